@@ -1,0 +1,44 @@
+# lmops — two commands on a fresh machine:
+#   make run    set up .venv, DVC and run the pipeline on the bundled sample data (offline)
+#   make test   set up the same environment and run the test suite
+# GPU users: make run TORCH='torch'  (or any pip spec / index options for a CUDA build)
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-all bench clean help
+
+help:
+	@echo "make run | make test | make test-all | make bench | make clean"
+
+# The stamp depends on pyproject.toml so a dependency change reinstalls.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: otherwise transformers/peft/accelerate resolve a multi-GB CUDA torch.
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	# Pin whatever torch got installed, so nothing below can swap it.
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+	$(BIN)/lmops init
+
+run: setup
+	$(BIN)/lmops run $(ARGS)
+
+test: $(VENV)/.installed
+	bash .ci/pytest.sh $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed
+	bash .ci/pytest.sh -m "" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf .lmops

@@ -1,0 +1,47 @@
+"""Prefect task wrappers around `tasks/` plus the artifacts people look at in the UI.
+
+Retries apply only to TransientError (a remote, a lock); user and data errors fail at once.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lmops.errors import TransientError
+
+
+def only_transient(task_obj, task_run, state) -> bool:
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not worth retrying
+        return False
+    return False
+
+
+def stage(fn=None, *, retries: int = 0, name: str | None = None):
+    """``@task`` with the project's defaults: no result persistence/caching of big local objects."""
+
+    def wrap(f):
+        return task(
+            f, name=name or f.__name__, retries=retries, retry_delay_seconds=3, retry_condition_fn=only_transient if retries else None,
+            persist_result=False, cache_policy=NO_CACHE, log_prints=True,
+        )
+
+    return wrap(fn) if fn else wrap
+
+
+def png_markdown(path: str | Path, caption: str) -> str:
+    """Inline a PNG so the Prefect UI shows it without a file server; the path is kept for humans."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![{caption}](data:image/png;base64,{data})\n\n`{path}`\n"
+
+
+def publish(key: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(key=key, markdown=markdown, description=description)

@@ -1,0 +1,138 @@
+"""lmops command line. Heavy libraries are imported inside each command so `lmops --help` is instant.
+
+    lmops run [--params FILE] [key.path=value ...] [--json]
+    lmops models list [--json]
+    lmops models show NAME[@ALIAS|@VERSION] [--json]
+    lmops init
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lmops.errors import LmopsError
+
+
+def _params(args: argparse.Namespace):
+    from lmops.config import load_params
+    from lmops.env import project_root
+
+    base = project_root() / "params.yaml"
+    return load_params(base, overrides=args.overrides, layers=[args.params] if args.params else None)
+
+
+def _emit(obj: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    if as_json:
+        print(json.dumps(obj, default=str))
+    else:
+        print(text(obj))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the local state folder and the DVC repo with its default local remote."""
+    from lmops.env import dvc_remote_dir, lmops_home, project_root
+    from tasks.version import ensure_dvc_repo
+
+    home = lmops_home()
+    home.mkdir(parents=True, exist_ok=True)
+    remote = ensure_dvc_repo(project_root(), dvc_remote_dir())
+    _emit({"lmops_home": str(home), "dvc_remote": remote}, args.json, lambda o: f"lmops home: {o['lmops_home']}\nDVC default remote: {o['dvc_remote']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = _params(args)
+    from flows.pipeline import pipeline
+    from lmops.env import lmops_home, mlflow_tracking_uri, project_root
+
+    summary = pipeline(params=params.to_dict(), project_root=str(project_root()))
+    if not args.json:
+        m = summary["model"]
+        verdict = "PROMOTED to champion" if summary["promoted"] else "not promoted (champion unchanged)"
+        print(
+            f"\nlmops run finished — {m['name']} v{m['version']} {verdict}\n"
+            f"  test accuracy {summary['metrics']['accuracy']:.4f} · macro-F1 {summary['metrics']['macro_f1']:.4f}\n"
+            + "".join(f"  gate: {r}\n" for r in summary["gate_reasons"])
+            + f"  run directory:   {summary['run_dir']}\n"
+            f"  data version:    {summary['data_version']} (data.dvc; `dvc status`, `dvc push`)\n"
+            f"  model registry:  {mlflow_tracking_uri()}\n"
+            f"  inspect:         lmops models show {m['name']}@champion --json\n"
+            f"  MLflow UI:       .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()}\n"
+            f"  Prefect UI:      PREFECT_HOME={lmops_home() / 'prefect'} .venv/bin/prefect server start  (then http://127.0.0.1:4200)\n"
+        )
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from tasks.registry import list_models
+
+    models = list_models()
+
+    def text(ms):
+        if not ms:
+            return "no registered models yet; run `lmops run`"
+        return "\n".join(f"{m['name']}: {m['versions']} version(s), aliases {m['aliases']}" for m in ms)
+
+    _emit(models, args.json, text)
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from tasks.registry import show
+
+    info = show(args.ref)
+    _emit(info, args.json, lambda o: "\n".join(f"{k}: {v}" for k, v in o.items() if k != "tags"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmops", description="Orchestrated MLOps pipeline for self-supervised NLP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_params(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--params", type=Path, help="a YAML file layered over params.yaml")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="single-value overrides, e.g. pretrain.max_steps=50")
+        p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+        return p
+
+    p = sub.add_parser("init", help="create local state and the DVC repo with its default remote")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_init)
+    with_params(sub.add_parser("run", help="run the whole pipeline")).set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="registered models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("show", help="one version: NAME, NAME@ALIAS or NAME@VERSION")
+    p.add_argument("ref")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LmopsError as exc:
+        print(f"lmops: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a flow failure surfaces as its original exception
+        cause = exc
+        while cause.__cause__ is not None and not isinstance(cause, LmopsError):
+            cause = cause.__cause__
+        if isinstance(cause, LmopsError):
+            print(f"lmops: error: {cause}", file=sys.stderr)
+            return cause.exit_code
+        print(f"lmops: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""params.yaml → typed pydantic models. Every stage reads its own section; no stage reads YAML.
+
+Unknown keys fail at once with their dotted path (``extra="forbid"``); all problems are reported in
+one message. Overrides: ``lmops run --params FILE pretrain.max_steps=50 finetune.method=full``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmops.errors import ConfigError
+
+LABELS_DEFAULT = ["negative", "neutral", "positive"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectParams(Section):
+    seed: int = 42
+
+
+class SourceParams(Section):
+    """One input. ``role`` says what it feeds; ``format`` picks the adapter."""
+
+    name: str
+    role: Literal["labeled", "unlabeled"]
+    format: Literal["sentfin", "csv", "jsonl", "text_dir", "fomc"]
+    path: str
+    text_column: str = "text"
+    label_column: str | None = "label"
+    # Raw label value (as a string) → canonical label name, e.g. {"0": negative, "bearish": negative}.
+    label_map: dict[str, str] = Field(default_factory=dict)
+    max_rows: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _labeled_needs_label(self) -> "SourceParams":
+        if self.role == "labeled" and self.format in {"csv", "jsonl"} and not self.label_column:
+            raise ValueError(f"source {self.name!r}: a labeled {self.format} source needs label_column")
+        return self
+
+
+class IngestParams(Section):
+    sources: list[SourceParams]
+    min_chars: int = Field(default=8, ge=1)
+    max_chars: int = Field(default=20000, ge=16)
+    # Long unlabeled documents are split on paragraph/sentence boundaries into chunks of ~this size.
+    chunk_chars: int = Field(default=2000, ge=64)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _roles(self) -> "IngestParams":
+        roles = {s.role for s in self.sources}
+        if "labeled" not in roles:
+            raise ValueError("ingest.sources needs at least one source with role: labeled")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ingest.sources names must be unique, got {names}")
+        return self
+
+
+class ValidateParams(Section):
+    labels: list[str] = Field(default_factory=lambda: list(LABELS_DEFAULT))
+    min_labeled_rows: int = 30
+    max_labeled_rows: int = 10_000_000
+    min_corpus_rows: int = 5
+    max_corpus_rows: int = 100_000_000
+    text_min_chars: int = 8
+    text_max_chars: int = 20000
+    # Share of rows that must satisfy a per-row expectation (GX ``mostly``).
+    mostly: float = Field(default=1.0, gt=0, le=1)
+
+
+class TokenizeParams(Section):
+    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    vocab_size: int = Field(default=4000, ge=100)
+    lowercase: bool = True
+    block_size: int = Field(default=64, ge=8)
+    # Reuse the base model's tokenizer when pretrain.base_model is set.
+    reuse_base: bool = True
+
+
+class PretrainParams(Section):
+    objective: Literal["mlm", "clm"] = "mlm"
+    base_model: str | None = None  # hub id or local path; None = from config below
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 128
+    max_steps: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = 0.01
+    warmup_steps: int = Field(default=10, ge=0)
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    log_every: int = Field(default=10, ge=1)
+    time_budget_s: float | None = None
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "PretrainParams":
+        if self.base_model is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"pretrain.hidden_size ({self.hidden_size}) must be divisible by pretrain.num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class LoraParams(Section):
+    r: int = Field(default=8, ge=1)
+    alpha: int = 16
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None = chosen per architecture
+
+
+class FinetuneParams(Section):
+    method: Literal["lora", "full"] = "lora"
+    # None = the pretrain stage's output; else any hub id or local path.
+    base_model: str | None = None
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, ge=8)
+    class_weighting: bool = True
+    patience: int = Field(default=2, ge=1)
+    lora: LoraParams = Field(default_factory=LoraParams)
+
+
+class EvaluateParams(Section):
+    batch_size: int = 64
+
+
+class GateParams(Section):
+    min_accuracy: float = Field(default=0.0, ge=0, le=1)
+    min_macro_f1: float = Field(default=0.0, ge=0, le=1)
+    primary_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # The candidate must beat the champion's score on the same test split by at least this much.
+    margin: float = 0.0
+
+
+class RegisterParams(Section):
+    model_name: str = "finance-sentiment"
+    experiment: str = "lmops"
+
+
+class Params(Section):
+    project: ProjectParams = Field(default_factory=ProjectParams)
+    ingest: IngestParams
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    tokenize: TokenizeParams = Field(default_factory=TokenizeParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    gate: GateParams = Field(default_factory=GateParams)
+    register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Params":
+        if self.validate_.text_max_chars < self.validate_.text_min_chars:
+            raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def hash(self) -> str:
+        """Stable hash of the fully resolved params (lineage: which params made a model)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML rules for override values: 50 → int, 1e-3 → float, true → bool, null → None, [a,b] → list.
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not key.path=value (e.g. pretrain.max_steps=50)")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = _parse_scalar(raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid param(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key (typo? check the section's keys in params.yaml)")
+        else:
+            lines.append(f"  - {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    layers: list[Path | str] | None = None,
+) -> Params:
+    """Load ``path`` (default: the project's params.yaml), layer extra YAML files, then overrides."""
+    from lmops.env import project_root
+
+    base_path = Path(path) if path else project_root() / "params.yaml"
+    tree = _read_yaml(base_path)
+    for layer in layers or []:
+        tree = _merge(tree, _read_yaml(Path(layer)))
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        params = Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(base_path))) from None
+    _resolve_paths(params, base_path.parent)
+    return params
+
+
+def _resolve_paths(params: Params, root: Path) -> None:
+    """Relative source paths are relative to the params file's folder, not to the cwd."""
+    for src in params.ingest.sources:
+        p = Path(src.path)
+        if not p.is_absolute() and "://" not in src.path:
+            src.path = str((root / p).resolve())
+
+
+def params_from_dict(data: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "params")) from None

@@ -1,0 +1,73 @@
+"""Where local state lives and which environment defaults lmops sets.
+
+Everything the embedded defaults write (Prefect home, MLflow DB and artifacts, the DVC local remote,
+run directories) lives under one folder: ``$LMOPS_HOME``, else ``<project root>/.lmops``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Offline and quiet: the product runs without a hub and phones nobody home. setdefault keeps a
+# user's explicit choice (e.g. HF_HUB_OFFLINE=0 to fetch a real base model).
+OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "HF_UPDATE_DOWNLOAD_COUNTS": "0",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    # GX writes usage statistics unless told not to.
+    "GX_ANALYTICS_ENABLED": "false",
+}
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) holding ``params.yaml``, else cwd."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+def lmops_home() -> Path:
+    home = os.environ.get("LMOPS_HOME")
+    return Path(home).resolve() if home else project_root() / ".lmops"
+
+
+def mlflow_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set (a team's server), else SQLite under LMOPS_HOME."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = lmops_home() / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def mlflow_artifact_root() -> str:
+    root = lmops_home() / "mlflow" / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
+
+
+def dvc_remote_dir() -> Path:
+    return lmops_home() / "dvc-remote"
+
+
+def runs_dir() -> Path:
+    return lmops_home() / "runs"
+
+
+def apply_defaults() -> None:
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # Prefect reads PREFECT_HOME at import; an ephemeral local API keeps its SQLite DB there.
+    os.environ.setdefault("PREFECT_HOME", str(lmops_home() / "prefect"))

@@ -1,0 +1,86 @@
+"""Evaluate: score a classifier on a labeled split through the project's local `evaluate` modules.
+
+Outputs ``metrics.json`` (flat headline metrics + full report), ``report.md`` (a readable
+classification report), ``confusion.png`` and ``predictions.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    n: int
+    metrics_path: str
+    report_path: str
+    confusion_plot: str
+    predictions_path: str
+    report: dict[str, Any]
+
+    def headline(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "weighted_f1": self.weighted_f1}
+
+
+def classification_report(predictions: list[int], references: list[int], labels: list[str]) -> dict[str, Any]:
+    import evaluate
+
+    from lmops.metrics import metric_path
+
+    metric = evaluate.load(metric_path("classification_report"))
+    return metric.compute(predictions=predictions, references=references, labels=labels)
+
+
+def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> str:
+    lines = [f"# {title}", "", f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {sum(c['support'] for c in report['per_class'].values())}", ""]
+    lines += ["| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+    for name in labels:
+        c = report["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+    for avg in ("micro", "macro", "weighted"):
+        a = report["averages"][avg]
+        lines.append(f"| *{avg} avg* | {a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | |")
+    lines += ["", "Confusion matrix (rows = true, columns = predicted): " + ", ".join(labels), ""]
+    for name, row in zip(labels, report["confusion_matrix"]):
+        lines.append(f"- {name}: {row}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_length: int, batch_size: int, out_dir: Path, title: str = "Evaluation") -> EvalResult:
+    import pandas as pd
+
+    from tasks.finetune import load_classifier, predict_logits
+    from tasks.plots import confusion_matrix
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = pd.read_parquet(data_path)
+    unknown = sorted(set(data["label"]) - set(labels))
+    if unknown:
+        from lmops.errors import DataError
+
+        raise DataError(f"{data_path}: labels {unknown} are not in the model's label set {labels}")
+    model, tokenizer = load_classifier(str(model_dir), labels)
+    logits = predict_logits(model, tokenizer, data["text"].tolist(), max_length, batch_size)
+    preds = logits.argmax(-1).tolist()
+    refs = [labels.index(l) for l in data["label"]]
+    report = classification_report(preds, refs, labels)
+
+    pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": [labels[p] for p in preds]}).to_parquet(out_dir / "predictions.parquet", index=False)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(report_markdown(report, labels, title))
+    plot = confusion_matrix(report["confusion_matrix"], labels, out_dir / "confusion.png", title)
+    return EvalResult(
+        accuracy=round(report["accuracy"], 6), macro_f1=round(report["macro_f1"], 6), weighted_f1=round(report["weighted_f1"], 6),
+        n=len(refs), metrics_path=str(out_dir / "metrics.json"), report_path=str(out_dir / "report.md"),
+        confusion_plot=str(plot), predictions_path=str(out_dir / "predictions.parquet"), report=report,
+    )
+
+
+def to_dict(result: EvalResult) -> dict[str, Any]:
+    return asdict(result)

@@ -1,0 +1,329 @@
+"""Ingest: read each declared source, normalize, quarantine what can't be used, split.
+
+Outputs (in ``out_dir``): ``train/validation/test.parquet`` (labeled: id, text, label, source, date,
+entities), ``corpus.parquet`` (unlabeled + labeled-train text for pretraining), ``quarantine.parquet``
+(source, file, row, reason, text) and ``summary.json``. For every source
+``rows_in == kept + quarantined + duplicates``: no row disappears without a reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lmops.config import IngestParams, SourceParams
+from lmops.errors import DataError, UserError
+
+COLUMNS = ["id", "text", "label", "source", "date", "entities"]
+QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "text"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SENTFIN_PAIR = re.compile(r"(?:^\{|,)\s*'(.+?)'\s*:\s*'(positive|negative|neutral)'")
+_FOMC_DATE = re.compile(r"MeetingDate=(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass
+class Row:
+    text: str
+    file: str
+    row: int  # 1-based data row number within the file (header excluded)
+    label: str | None = None
+    date: str | None = None
+    entities: dict[str, str] | None = None
+
+
+@dataclass
+class Rejected:
+    file: str
+    row: int
+    reason: str
+    text: str = ""
+
+
+@dataclass
+class SourceCounts:
+    rows_in: int = 0
+    kept: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class IngestSummary:
+    out_dir: str
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)
+    corpus_rows: int = 0
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalize_text(text: str) -> str:
+    """NFC, no BOM/control characters, single spaces; paragraph breaks kept as blank lines."""
+    text = unicodedata.normalize("NFC", text).replace("\ufeff", "")
+    text = _CONTROL.sub(" ", text)
+    paragraphs = [re.sub(r"[ \t\r\f\v]+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
+def chunk_text(text: str, chunk_chars: int) -> list[str]:
+    """Split on paragraph, then sentence boundaries, packing pieces up to ~chunk_chars."""
+    if len(text) <= chunk_chars:
+        return [text]
+    pieces: list[str] = []
+    for para in text.split("\n\n"):
+        if len(para) <= chunk_chars:
+            pieces.append(para)
+            continue
+        for sent in re.split(r"(?<=[.!?])\s+", para):
+            # A "sentence" longer than a chunk (no punctuation) is cut hard rather than dropped.
+            pieces.extend(sent[i : i + chunk_chars] for i in range(0, len(sent), chunk_chars))
+    chunks, current = [], ""
+    for piece in pieces:
+        if current and len(current) + 1 + len(piece) > chunk_chars:
+            chunks.append(current)
+            current = piece
+        else:
+            current = f"{current} {piece}" if current else piece
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _open_text(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    # utf-8-sig strips a BOM; undecodable bytes become U+FFFD and are caught per row below.
+    return opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+
+
+def parse_sentfin_decisions(raw: str) -> dict[str, str]:
+    """SEntFiN's ``Decisions`` is a Python dict literal; 13 rows have unescaped apostrophes."""
+    try:
+        value = ast.literal_eval(raw)
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+    except (ValueError, SyntaxError):
+        pass
+    pairs = _SENTFIN_PAIR.findall(raw.strip())
+    if not pairs:
+        raise ValueError(f"cannot parse Decisions {raw[:80]!r}")
+    return dict(pairs)
+
+
+def _read_sentfin(src: SourceParams) -> Iterator[Row | Rejected]:
+    path = Path(src.path)
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        missing = {"Title", "Decisions"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path}: SEntFiN format needs columns Title and Decisions; missing {sorted(missing)}")
+        for i, rec in enumerate(reader, start=1):
+            title = rec.get("Title") or ""
+            try:
+                entities = parse_sentfin_decisions(rec.get("Decisions") or "")
+            except ValueError as exc:
+                yield Rejected(str(path), i, f"unparseable Decisions: {exc}", title)
+                continue
+            labels = set(entities.values())
+            label = labels.pop() if len(labels) == 1 else None
+            yield Row(title, str(path), i, label=label, entities=entities)
+
+
+def _read_csv(src: SourceParams) -> Iterator[Row | Rejected]:
+    path = Path(src.path)
+    name = path.name[:-3] if path.suffix == ".gz" else path.name
+    delimiter = "\t" if name.endswith(".tsv") else ","
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        cols = set(reader.fieldnames or [])
+        need = {src.text_column} | ({src.label_column} if src.role == "labeled" and src.label_column else set())
+        if not cols:
+            return
+        if need - cols:
+            raise UserError(
+                f"{path}: column(s) {sorted(need - cols)} not found (columns: {sorted(cols)}); "
+                f"set text_column/label_column of source {src.name!r} in params.yaml"
+            )
+        for i, rec in enumerate(reader, start=1):
+            if None in rec:  # more fields than the header: a malformed line
+                yield Rejected(str(path), i, "malformed CSV line: more fields than the header", str(rec.get(src.text_column, "")))
+                continue
+            text = rec.get(src.text_column)
+            if text is None:
+                yield Rejected(str(path), i, "malformed CSV line: fewer fields than the header")
+                continue
+            label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
+            yield Row(text, str(path), i, label=label)
+
+
+def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
+    path = Path(src.path)
+    with _open_text(path) as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                yield Rejected(str(path), i, "empty line")
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Rejected(str(path), i, f"invalid JSON: {exc.msg}", line[:200])
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get(src.text_column), str):
+                yield Rejected(str(path), i, f"no string field {src.text_column!r}", line[:200])
+                continue
+            label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
+            yield Row(rec[src.text_column], str(path), i, label=None if label is None else str(label))
+
+
+def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[Row | Rejected]:
+    root = Path(src.path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".txt", ".gz"})
+    if not files:
+        raise UserError(f"{root}: no .txt files found for source {src.name!r}")
+    for i, path in enumerate(files, start=1):
+        with _open_text(path) as fh:
+            text = fh.read()
+        date = None
+        if date_from_name:
+            m = _FOMC_DATE.search(path.name)
+            date = m.group(1) if m else None
+        yield Row(text, str(path), i, date=date)
+
+
+def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
+    path = Path(src.path)
+    if not path.exists():
+        raise UserError(f"source {src.name!r}: {path} does not exist; fix ingest.sources[].path in params.yaml")
+    readers = {
+        "sentfin": _read_sentfin,
+        "csv": _read_csv,
+        "jsonl": _read_jsonl,
+        "text_dir": _read_text_dir,
+        "fomc": lambda s: _read_text_dir(s, date_from_name=True),
+    }
+    yield from readers[src.format](src)
+
+
+def _key(text: str) -> str:
+    return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
+
+
+def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) -> IngestSummary:
+    """Read all sources, write the normalized, split snapshot to ``out_dir``."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = IngestSummary(out_dir=str(out_dir))
+    labeled: list[dict[str, Any]] = []
+    corpus: list[dict[str, Any]] = []
+    quarantine: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+
+    for src in params.sources:
+        counts = summary.sources.setdefault(src.name, SourceCounts())
+        for item in read_source(src):
+            counts.rows_in += 1
+            if src.max_rows and counts.rows_in > src.max_rows:
+                counts.rows_in -= 1
+                break
+            if isinstance(item, Rejected):
+                counts.quarantined += 1
+                quarantine.append({"source": src.name, **asdict(item)})
+                continue
+            reason, rows = _clean(item, src, params, labels)
+            if reason:
+                counts.quarantined += 1
+                quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
+                continue
+            # Exact duplicates (case/whitespace-insensitive) within a role are counted, not kept.
+            key = (src.role, _key(" ".join(r["text"] for r in rows)))
+            if key in seen:
+                counts.duplicates += 1
+                continue
+            seen.add(key)
+            counts.kept += 1
+            (labeled if src.role == "labeled" else corpus).extend(rows)
+
+    if not labeled:
+        raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
+    frame = pd.DataFrame(labeled, columns=COLUMNS)
+    splits = _split(frame, params.validation_fraction, params.test_fraction, seed)
+
+    # Leakage guard: no evaluation text may appear in what the model pretrains on.
+    eval_keys = {_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
+    corpus_rows = []
+    for rec in corpus:
+        if _key(rec["text"]) in eval_keys:
+            counts = summary.sources[rec["source"]]
+            counts.kept -= 1
+            counts.quarantined += 1
+            quarantine.append({"source": rec["source"], "file": rec.pop("_file"), "row": rec.pop("_row"), "reason": "leakage: text also in validation/test split", "text": rec["text"][:200]})
+            continue
+        rec.pop("_file"), rec.pop("_row")
+        corpus_rows.append(rec)
+    # The labeled train texts are domain text too: pretraining sees them (never val/test).
+    corpus_frame = pd.concat(
+        [pd.DataFrame(corpus_rows, columns=COLUMNS), splits["train"].assign(label=None, entities=None)],
+        ignore_index=True,
+    )[["id", "text", "source", "date"]]
+
+    for name, part in splits.items():
+        part.to_parquet(out_dir / f"{name}.parquet", index=False)
+        summary.splits[name] = len(part)
+    corpus_frame.to_parquet(out_dir / "corpus.parquet", index=False)
+    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
+    summary.corpus_rows = len(corpus_frame)
+    summary.label_counts = {k: int(v) for k, v in frame["label"].value_counts().sort_index().items()}
+    (out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    return summary
+
+
+def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Return (reason to quarantine, None) or (None, normalized rows)."""
+    if "\ufffd" in item.text:
+        return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", []
+    text = normalize_text(item.text)
+    if len(text) < params.min_chars:
+        return f"text shorter than ingest.min_chars={params.min_chars} ({len(text)} chars)", []
+    base = {"source": src.name, "date": item.date}
+    if src.role == "unlabeled":
+        chunks = chunk_text(text, params.chunk_chars)
+        return None, [
+            {**base, "id": f"{src.name}:{item.row}:{k}", "text": c, "label": None, "entities": None, "_file": item.file, "_row": item.row}
+            for k, c in enumerate(chunks)
+        ]
+    if len(text) > params.max_chars:
+        return f"labeled text longer than ingest.max_chars={params.max_chars} ({len(text)} chars)", []
+    if item.label is None:
+        if item.entities:
+            return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
+        return "missing label", []
+    raw = str(item.label).strip()
+    label = src.label_map.get(raw, raw)
+    if label not in labels:
+        return f"unknown label {raw!r}: map it in ingest.sources[{src.name}].label_map or add it to validate.labels {labels}", []
+    entities = json.dumps(item.entities, sort_keys=True) if item.entities else None
+    return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
+
+
+def _split(frame, val_frac: float, test_frac: float, seed: int) -> dict[str, Any]:
+    """Seeded, stratified train/validation/test split (falls back to unstratified for tiny classes)."""
+    from sklearn.model_selection import train_test_split
+
+    def strat(part):
+        counts = part["label"].value_counts()
+        return part["label"] if len(counts) > 1 and counts.min() >= 2 else None
+
+    rest, test = train_test_split(frame, test_size=test_frac, random_state=seed, stratify=strat(frame))
+    train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed, stratify=strat(rest))
+    return {name: part.sort_values("id").reset_index(drop=True) for name, part in (("train", train), ("validation", val), ("test", test))}

@@ -1,0 +1,248 @@
+"""Register: MLflow run tracking and model registry (SQLite under LMOPS_HOME by default).
+
+A version is created only after its artifacts are fully logged and read back, so a crash never
+leaves a registered version without its files. The ``champion`` alias moves only on promotion,
+under a lock with compare-and-set: if the champion changed while this run was gating, the
+candidate is not promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from lmops.errors import RegistryError, UserError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    run_id: str
+    promoted: bool
+    aliases: list[str]
+    reason: str
+
+
+def client():
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lmops.env import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def registry_lock(timeout_s: float = 120) -> Iterator[None]:
+    """Serialize champion changes between processes on this machine (local SQLite registry)."""
+    from filelock import FileLock, Timeout
+
+    from lmops.env import lmops_home
+
+    path = lmops_home() / "registry.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout as exc:
+        from lmops.errors import TransientError
+
+        raise TransientError(f"registry lock {path} held for over {timeout_s}s by another run; retry") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _is_missing(exc: Exception) -> bool:
+    text = str(exc)
+    return "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "does not exist" in text.lower()
+
+
+def get_version(name: str, ref: str | None = None):
+    """``ref``: an alias (``champion``), a version number, or None for the latest version."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        if ref is None:
+            versions = c.search_model_versions(f"name='{name}'")
+            return max(versions, key=lambda v: int(v.version)) if versions else None
+        if ref.isdigit():
+            return c.get_model_version(name, ref)
+        return c.get_model_version_by_alias(name, ref)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def parse_ref(text: str) -> tuple[str, str | None]:
+    """``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION`` / ``NAME/VERSION``."""
+    for sep in ("@", "/"):
+        if sep in text:
+            name, ref = text.split(sep, 1)
+            return name, ref
+    return text, None
+
+
+def download_model(source: str, dst: Path) -> Path:
+    import mlflow
+
+    client()
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
+
+
+def _experiment_id(name: str) -> str:
+    from lmops.env import mlflow_artifact_root
+
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # Only the embedded default gets a local artifact root; a team's server chooses its own.
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else f"{mlflow_artifact_root()}/{name}"
+    return c.create_experiment(name, artifact_location=location)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = json.dumps(value) if not isinstance(value, str) else value
+    return out
+
+
+def log_candidate(experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], artifacts: dict[str, Path]) -> tuple[str, str]:
+    """One MLflow run with params, metrics, tags and artifact folders/files. Returns (run_id, model source)."""
+    c = client()
+    run = c.create_run(_experiment_id(experiment), run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        flat = _flatten(params)
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        items = [Param(k, v[:6000]) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            c.log_batch(run_id, params=items[i : i + 100])
+        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        for dest, path in artifacts.items():
+            if path is None or not Path(path).exists():
+                continue
+            if Path(path).is_dir():
+                c.log_artifacts(run_id, str(path), artifact_path=dest)
+            else:
+                c.log_artifact(run_id, str(path), artifact_path=dest)
+        c.set_terminated(run_id, "FINISHED")
+    except Exception:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    return run_id, f"{run.info.artifact_uri}/model"
+
+
+def register_version(name: str, run_id: str, source: str, tags: dict[str, str], promote: bool, expected_champion: str | None, description: str = "") -> Registration:
+    """Create the version; move ``champion`` only if promoting and the champion is still ``expected_champion``."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    with registry_lock():
+        try:
+            c.get_registered_model(name)
+        except MlflowException as exc:
+            if not _is_missing(exc):
+                raise
+            c.create_registered_model(name, description="Managed by lmops; see `lmops models show`.")
+        current = get_version(name, CHAMPION)
+        current_v = current.version if current else None
+        mv = c.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
+        if promote and current_v != expected_champion:
+            promote = False
+            reason = f"champion moved from v{expected_champion} to v{current_v} while this run was gating; re-run to compare against it"
+        elif promote:
+            reason = "gate passed"
+        else:
+            reason = "gate failed"
+        alias = CHAMPION if promote else CHALLENGER
+        c.set_registered_model_alias(name, alias, mv.version)
+        c.set_model_version_tag(name, mv.version, "lmops.promoted", str(promote).lower())
+        c.set_model_version_tag(name, mv.version, "lmops.registration", reason)
+        c.set_model_version_tag(name, mv.version, "lmops.status", "ready")
+    return Registration(name=name, version=mv.version, run_id=run_id, promoted=promote, aliases=[alias], reason=reason)
+
+
+def describe(mv) -> dict[str, Any]:
+    """The JSON shape of ``lmops models show``."""
+    c = client()
+    run = c.get_run(mv.run_id) if mv.run_id else None
+    tags = dict(mv.tags or {})
+    # Aliases live on the registered model; a ModelVersion's own list can be stale.
+    aliases = sorted(a for a, v in (c.get_registered_model(mv.name).aliases or {}).items() if str(v) == str(mv.version))
+    return {
+        "name": mv.name,
+        "version": int(mv.version),
+        "aliases": aliases,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mv.creation_timestamp / 1000)),
+        "metrics": dict(run.data.metrics) if run else {},
+        "data_version": tags.get("data_version"),
+        "params_hash": tags.get("params_hash"),
+        "git_commit": tags.get("git_commit"),
+        "git_dirty": tags.get("git_dirty"),
+        "flow_run_id": tags.get("flow_run_id"),
+        "deployment_id": tags.get("deployment_id"),
+        "parent_model": tags.get("parent_model"),
+        "promoted": tags.get("lmops.promoted") == "true",
+        "gate_reasons": json.loads(tags["gate_reasons"]) if "gate_reasons" in tags else [],
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "tags": tags,
+    }
+
+
+def list_models() -> list[dict[str, Any]]:
+    c = client()
+    out = []
+    for rm in c.search_registered_models():
+        versions = c.search_model_versions(f"name='{rm.name}'")
+        out.append({
+            "name": rm.name,
+            "versions": len(versions),
+            "latest_version": max((int(v.version) for v in versions), default=None),
+            "aliases": {a: int(v) for a, v in (rm.aliases or {}).items()},
+        })
+    return sorted(out, key=lambda m: m["name"])
+
+
+def show(ref_text: str) -> dict[str, Any]:
+    name, ref = parse_ref(ref_text)
+    mv = get_version(name, ref)
+    if mv is None:
+        known = [m["name"] for m in list_models()]
+        raise UserError(f"no model version {ref_text!r} in the registry (registered models: {known or 'none'}); see `lmops models list`")
+    return describe(mv)
+
+
+def as_dict(reg: Registration) -> dict[str, Any]:
+    return asdict(reg)
+
+
+def ensure_reachable() -> None:
+    try:
+        client().search_registered_models(max_results=1)
+    except Exception as exc:  # noqa: BLE001
+        raise RegistryError(f"MLflow registry unreachable: {exc}") from exc
