@@ -117,7 +117,7 @@ def register(p: Params, run: Path, root: Path, data, pre, ft, ev, decision):
     lineage = {
         "data_version": data.md5,
         "params_hash": p.hash(),
-        **{k: str(v) for k, v in git_info(root).items()},
+        **{k: str(v).lower() if isinstance(v, bool) else str(v or "") for k, v in git_info(root).items()},
         "flow_run_id": str(runtime.flow_run.id or ""),
         "deployment_id": str(runtime.deployment.id or ""),
         "parent_model": pre.model_dir if pre else (p.finetune.base_model or ""),

@@ -23,6 +23,8 @@ OFFLINE_DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
+    # transformers prints a load report table for every head swap (MLM → classifier); expected here.
+    "TRANSFORMERS_VERBOSITY": "error",
     # GX writes usage statistics unless told not to.
     "GX_ANALYTICS_ENABLED": "false",
 }

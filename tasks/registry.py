@@ -9,7 +9,6 @@ candidate is not promoted.
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -112,8 +111,10 @@ def _experiment_id(name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # Only the embedded default gets a local artifact root; a team's server chooses its own.
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else f"{mlflow_artifact_root()}/{name}"
+    # A local backend (the embedded SQLite default) keeps artifacts under LMOPS_HOME, not ./mlruns;
+    # a team's tracking server chooses its own artifact store.
+    uri = c.tracking_uri
+    location = f"{mlflow_artifact_root()}/{name}" if uri.startswith(("sqlite:", "file:", "/")) else None
     return c.create_experiment(name, artifact_location=location)
 
 
@@ -202,7 +203,7 @@ def describe(mv) -> dict[str, Any]:
         "data_version": tags.get("data_version"),
         "params_hash": tags.get("params_hash"),
         "git_commit": tags.get("git_commit"),
-        "git_dirty": tags.get("git_dirty"),
+        "git_dirty": {"true": True, "false": False}.get(tags.get("git_dirty", ""), None),
         "flow_run_id": tags.get("flow_run_id"),
         "deployment_id": tags.get("deployment_id"),
         "parent_model": tags.get("parent_model"),
