@@ -101,7 +101,7 @@ def gate(p: Params, run: Path, candidate):
         r = evaluate_model(local, run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size,
                            run / "gate" / "champion-eval", title=f"Champion v{champ.version} on the same test split")
         champ_metrics = r.headline()
-    decision = decide(candidate.headline(), champ_metrics, p.gate, champ.version if champ else None)
+    decision = decide(candidate.headline(), champ_metrics, p.gate, str(champ.version) if champ else None)
     (run / "gate").mkdir(parents=True, exist_ok=True)
     (run / "gate" / "decision.json").write_text(json.dumps(decision.to_dict(), indent=2))
     publish("gate-decision", decision.to_markdown(), "champion/challenger decision")

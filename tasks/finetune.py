@@ -56,16 +56,31 @@ def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
     return LORA_TARGETS[model_type]
 
 
+def new_module_names(model) -> list[str]:
+    """Top-level names (e.g. ``pooler``, ``classifier``) of modules initialised fresh on load."""
+    prefix = getattr(model, "base_model_prefix", "")
+    names = set()
+    for key in getattr(model, "lmops_new_modules", []):
+        parts = key.split(".")
+        if parts[0] == prefix and len(parts) > 1:
+            parts = parts[1:]
+        names.add(parts[0])
+    return sorted(names)
+
+
 def load_classifier(base: str, labels: list[str]):
     from transformers import AutoModelForSequenceClassification
 
     from tasks.tokenize import load_tokenizer
 
     tokenizer = load_tokenizer(base)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-        use_safetensors=True, trust_remote_code=False,
+        use_safetensors=True, trust_remote_code=False, output_loading_info=True,
     )
+    # Weights the checkpoint lacked (classifier head, a BERT pooler absent from MLM checkpoints) are
+    # freshly initialised: PEFT must train and save them, or a reload re-randomises them.
+    model.lmops_new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -120,6 +135,7 @@ def finetune(
         cfg = LoraConfig(
             task_type=TaskType.SEQ_CLS, r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
             target_modules=lora_targets(model.config.model_type, params.lora.target_modules),
+            modules_to_save=new_module_names(model),
         )
         model = get_peft_model(model, cfg)  # SEQ_CLS keeps the classifier head trainable and saved
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -170,7 +170,8 @@ def register_version(name: str, run_id: str, source: str, tags: dict[str, str], 
                 raise
             c.create_registered_model(name, description="Managed by lmops; see `lmops models show`.")
         current = get_version(name, CHAMPION)
-        current_v = current.version if current else None
+        current_v = str(current.version) if current else None
+        expected_champion = str(expected_champion) if expected_champion is not None else None
         mv = c.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
         if promote and current_v != expected_champion:
             promote = False
@@ -184,7 +185,7 @@ def register_version(name: str, run_id: str, source: str, tags: dict[str, str], 
         c.set_model_version_tag(name, mv.version, "lmops.promoted", str(promote).lower())
         c.set_model_version_tag(name, mv.version, "lmops.registration", reason)
         c.set_model_version_tag(name, mv.version, "lmops.status", "ready")
-    return Registration(name=name, version=mv.version, run_id=run_id, promoted=promote, aliases=[alias], reason=reason)
+    return Registration(name=name, version=str(mv.version), run_id=run_id, promoted=promote, aliases=[alias], reason=reason)
 
 
 def describe(mv) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def snapshot(root: Path, ingest_dir: Path, default_remote: Path, data_dir: str =
 
     repo = Repo(str(root))
     try:
-        repo.add(data_dir)
+        repo.add(str(target))
         pushed = False
         try:
             repo.push(remote=remote)

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny params (2-layer, 64-dim models, a few hundred rows), isolated state dirs.
+
+Everything runs offline: HF hubs are off, and every test's local state (MLflow DB, DVC remote,
+runs) lives under its own tmp folder via LMOPS_HOME.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports lmops/prefect: an isolated home and offline hubs for the whole session.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="lmops-test-home-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+os.environ["LMOPS_HOME"] = str(_SESSION_HOME)
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_dict(**sections) -> dict:
+    """params.yaml for tests: fixture data and tiny models; override any section by keyword."""
+    base = {
+        "project": {"seed": 7},
+        "ingest": {
+            "sources": [
+                {"name": "sentfin", "role": "labeled", "format": "sentfin", "path": str(FIXTURES / "sentfin_sample.csv")},
+                {"name": "fomc", "role": "unlabeled", "format": "fomc", "path": str(FIXTURES / "fomc")},
+            ],
+            "chunk_chars": 800,
+            "validation_fraction": 0.15,
+            "test_fraction": 0.15,
+        },
+        "validate": {"min_labeled_rows": 20, "min_corpus_rows": 5},
+        "tokenize": {"vocab_size": 800, "block_size": 32},
+        "pretrain": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "max_steps": 12,
+                     "batch_size": 8, "warmup_steps": 2, "log_every": 4, "lr": 2e-3},
+        "finetune": {"method": "full", "epochs": 3, "batch_size": 16, "lr": 2e-3, "max_length": 32, "patience": 3},
+        "evaluate": {"batch_size": 64},
+        "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return base
+
+
+@pytest.fixture
+def tiny_params():
+    from lmops.config import params_from_dict
+
+    return params_from_dict(tiny_params_dict())
+
+
+@pytest.fixture
+def lmops_home(tmp_path, monkeypatch) -> Path:
+    """A fresh LMOPS_HOME (MLflow DB, DVC remote, runs) for one test."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LMOPS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+@pytest.fixture
+def project(tmp_path, lmops_home) -> Path:
+    """A git repo with a tiny params.yaml: the shape of a user's lmops project."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"], cwd=root, check=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    return root
+
+
+@pytest.fixture(scope="session")
+def ingested(tmp_path_factory):
+    """One ingest of the fixtures shared by read-only tests."""
+    from lmops.config import params_from_dict
+    from tasks.ingest import ingest
+
+    p = params_from_dict(tiny_params_dict())
+    out = tmp_path_factory.mktemp("ingest")
+    summary = ingest(p.ingest, p.validate_.labels, out, p.project.seed)
+    return out, summary, p
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(ingested, tmp_path_factory):
+    """A tokenizer and a tiny MLM trained on the fixture corpus (session-scoped: seconds)."""
+    from tasks.pretrain import pretrain
+    from tasks.tokenize import tokenize_corpus
+
+    data, _, p = ingested
+    out = tmp_path_factory.mktemp("lm")
+    tok = tokenize_corpus(data / "corpus.parquet", p.tokenize, "mlm", None, out / "tok")
+    pre = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out / "pre", progress=False)
+    return tok, pre, p
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmops.cli", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import run_cli, tiny_params_dict
+
+
+def test_help_imports_no_heavy_library():
+    code = "import sys; from lmops.cli import build_parser; build_parser(); print(sorted(m for m in ('torch','prefect','mlflow','transformers','great_expectations','dvc','pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert "run" in run_cli("--help").stdout
+
+
+def test_package_sets_offline_defaults_without_overriding_the_user():
+    code = "import os; os.environ['HF_HUB_OFFLINE']='0'; import lmops; print(os.environ['HF_HUB_OFFLINE'], os.environ['DO_NOT_TRACK'], os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k not in {"DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"}}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["0", "1", "true"]
+
+
+def test_config_typo_fails_fast_with_the_key_name(project):
+    r = run_cli("run", "pretrain.max_stpes=5", cwd=project)
+    assert r.returncode == 2
+    assert "pretrain.max_stpes: unknown key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_params_layer_file_is_validated(project):
+    (project / "bad.yaml").write_text(yaml.safe_dump({"finetune": {"method": "qlora"}}))
+    r = run_cli("run", "--params", "bad.yaml", cwd=project)
+    assert r.returncode == 2 and "finetune.method" in r.stderr
+
+
+def test_models_list_and_show_on_an_empty_registry(project, lmops_home):
+    r = run_cli("models", "list", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    r = run_cli("models", "show", "finance-sentiment@champion", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    assert r.returncode == 2 and "no model version" in r.stderr
+
+
+def test_init_creates_dvc_repo_with_local_default_remote(project, lmops_home):
+    r = run_cli("init", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["dvc_remote"] == "lmops-local"
+    assert "analytics = False" in (project / ".dvc" / "config").read_text()
+    assert str(lmops_home / "dvc-remote") in (project / ".dvc" / "config.local").read_text()

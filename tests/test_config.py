@@ -1,0 +1,62 @@
+import pytest
+import yaml
+
+from lmops.config import apply_override, load_params, params_from_dict
+from lmops.errors import ConfigError
+from tests.conftest import REPO, tiny_params_dict
+
+
+def test_repo_params_yaml_loads_and_resolves_paths():
+    p = load_params(REPO / "params.yaml")
+    assert p.pretrain.objective == "mlm" and p.finetune.method == "lora"
+    assert p.register_.model_name == "finance-sentiment"
+    for src in p.ingest.sources:  # relative to params.yaml, not to the cwd
+        assert src.path.startswith(str(REPO))
+
+
+def test_unknown_key_is_named():
+    data = tiny_params_dict(pretrain={"max_stpes": 5})
+    with pytest.raises(ConfigError, match=r"pretrain\.max_stpes: unknown key"):
+        params_from_dict(data)
+
+
+def test_all_errors_reported_at_once():
+    data = tiny_params_dict(pretrain={"objective": "xlnet"}, finetune={"epochs": 0})
+    data["typo_section"] = {}
+    with pytest.raises(ConfigError) as exc:
+        params_from_dict(data)
+    msg = str(exc.value)
+    assert "pretrain.objective" in msg and "finetune.epochs" in msg and "typo_section" in msg
+
+
+def test_cross_field_rule_heads_divide_hidden():
+    with pytest.raises(ConfigError, match="divisible"):
+        params_from_dict(tiny_params_dict(pretrain={"hidden_size": 65, "num_heads": 2}))
+
+
+def test_overrides_and_layers(tmp_path):
+    base = tmp_path / "params.yaml"
+    base.write_text(yaml.safe_dump(tiny_params_dict()))
+    layer = tmp_path / "gpu.yaml"
+    layer.write_text(yaml.safe_dump({"pretrain": {"batch_size": 128}}))
+    p = load_params(base, overrides=["pretrain.max_steps=50", "finetune.method=lora", "finetune.lora.target_modules=[query,key]"], layers=[layer])
+    assert p.pretrain.max_steps == 50 and p.pretrain.batch_size == 128
+    assert p.finetune.method == "lora" and p.finetune.lora.target_modules == ["query", "key"]
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_override({}, "pretrain.max_steps")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+    base = tmp_path / "params.yaml"
+    base.write_text(yaml.safe_dump(tiny_params_dict()))
+    with pytest.raises(ConfigError, match="pretrain.max_steps"):
+        load_params(base, overrides=["pretrain.max_steps=lots"])
+
+
+def test_params_hash_is_stable_and_sensitive():
+    a = params_from_dict(tiny_params_dict())
+    b = params_from_dict(tiny_params_dict())
+    c = params_from_dict(tiny_params_dict(finetune={"lr": 1e-4}))
+    assert a.hash() == b.hash() != c.hash()

@@ -1,0 +1,78 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from tasks.evaluate import classification_report, evaluate_model
+from tasks.finetune import finetune, load_classifier, predict_logits
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_lm, ingested, tmp_path_factory):
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "lora", "epochs": 2, "lr": 5e-3})
+    out = tmp_path_factory.mktemp("ft")
+    return finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, out, progress=False), fp, data
+
+
+def test_lora_trains_few_params_and_saves_adapter(lora_run):
+    s, _, _ = lora_run
+    assert s.method == "lora" and 0 < s.trainable_params < s.total_params / 5
+    assert (Path(s.adapter_dir) / "adapter_model.safetensors").exists()
+    assert (Path(s.model_dir) / "model.safetensors").exists() and not list(Path(s.model_dir).glob("*.bin"))
+    assert 1 <= s.best_epoch <= 2 and len(s.history) == s.epochs_run
+
+
+def test_reloaded_model_predicts_identically(lora_run):
+    """The classifier head is saved with the merged model (a known PEFT pitfall if it is not)."""
+    s, fp, data = lora_run
+    import pandas as pd
+
+    texts = pd.read_parquet(data / "test.parquet")["text"].tolist()
+    model, tok = load_classifier(s.model_dir, LABELS)
+    a = predict_logits(model, tok, texts, fp.max_length, 32)
+    model2, tok2 = load_classifier(s.model_dir, LABELS)
+    b = predict_logits(model2, tok2, texts, fp.max_length, 32)
+    torch.testing.assert_close(a, b)
+    # the adapter + base reproduce the merged model's predictions
+    from peft import PeftModel
+
+    base, _ = load_classifier(s.base_model, LABELS)
+    peft_model = PeftModel.from_pretrained(base, s.adapter_dir)
+    c = predict_logits(peft_model, tok, texts, fp.max_length, 32)
+    assert (a.argmax(-1) == c.argmax(-1)).all()
+    torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+
+
+def test_full_finetune_beats_chance_on_validation(tiny_lm, ingested, tmp_path):
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, p.finetune, 0, tmp_path, progress=False)
+    assert s.method == "full" and s.trainable_params == s.total_params
+    assert s.history[-1]["train_loss"] < s.history[0]["train_loss"]
+
+
+def test_local_metric_module_matches_sklearn():
+    refs = [0, 1, 2, 2, 1, 0, 2, 1]
+    preds = [0, 2, 2, 1, 1, 0, 2, 0]
+    r = classification_report(preds, refs, LABELS)
+    assert r["accuracy"] == pytest.approx(5 / 8)
+    assert r["macro_f1"] == pytest.approx(f1_score(refs, preds, average="macro"))
+    assert r["averages"]["weighted"]["f1"] == pytest.approx(f1_score(refs, preds, average="weighted"))
+    assert r["per_class"]["positive"]["support"] == 3
+    assert r["confusion_matrix"][2] == [0, 1, 2]
+
+
+def test_evaluate_writes_report_plot_and_predictions(lora_run, tmp_path):
+    s, fp, data = lora_run
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", LABELS, fp.max_length, 64, tmp_path, title="t")
+    assert 0 <= r.macro_f1 <= 1 and r.n == len(json.loads(Path(r.metrics_path).read_text())["confusion_matrix"]) * 0 + r.n
+    assert sum(map(sum, r.report["confusion_matrix"])) == r.n
+    md = Path(r.report_path).read_text()
+    assert "| negative |" in md and "macro avg" in md
+    assert Path(r.confusion_plot).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,74 @@
+"""The whole pipeline under a real Prefect API (the test harness), real DVC, GX and MLflow."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmops.config import load_params
+from tasks import registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _flow_run_state(flow_run_id: str) -> str:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state.type.value
+
+
+def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home):
+    from flows.pipeline import pipeline
+
+    good = load_params(project / "params.yaml")
+    first = pipeline(params=good.to_dict(), project_root=str(project))
+    assert first["promoted"] and first["model"]["version"] == 1
+
+    info = registry.show("finance-sentiment@champion")
+    assert info["version"] == 1 and "champion" in info["aliases"]
+    assert info["data_version"] == first["data_version"] and info["data_version"].endswith(".dir")
+    assert info["data_version"] == (project / "data.dvc").read_text().split("md5: ")[1].split()[0]
+    assert info["params_hash"] == good.hash()
+    assert len(info["git_commit"]) == 40
+    assert _flow_run_state(info["flow_run_id"]) == "COMPLETED"
+    assert info["metrics"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"])
+    run_dir = Path(first["run_dir"])
+    for f in ("pretrain/loss.png", "finetune/loss.png", "evaluate/confusion.png", "evaluate/report.md", "validate/validation.md", "run.json"):
+        assert (run_dir / f).exists(), f
+    # the registered artifact is a complete Hugging Face model
+    local = registry.download_model(info["source"], run_dir / "check")
+    assert (local / "model.safetensors").exists() and (local / "config.json").exists()
+
+    # A deliberately worse config: the learning rate is so small the classifier stays at its init.
+    worse = load_params(project / "params.yaml", overrides=["finetune.lr=1e-9", "finetune.epochs=1", "finetune.class_weighting=false"])
+    second = pipeline(params=worse.to_dict(), project_root=str(project))
+    assert second["metrics"]["macro_f1"] < first["metrics"]["macro_f1"]
+    assert not second["promoted"] and second["model"]["version"] == 2
+    assert any("< champion v1" in r for r in second["gate_reasons"])
+    assert registry.show("finance-sentiment@champion")["version"] == 1
+    assert registry.show("finance-sentiment@2")["aliases"] == ["challenger"]
+    # the champion was re-scored now, on the same test split
+    gate = json.loads((Path(second["run_dir"]) / "gate" / "decision.json").read_text())
+    assert gate["champion"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"], abs=1e-6)
+
+
+def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home):
+    from flows.pipeline import pipeline
+    from lmops.errors import DataError
+
+    bad = load_params(project / "params.yaml", overrides=["validate.min_labeled_rows=100000"])
+    with pytest.raises(DataError, match="expect_table_row_count_to_be_between"):
+        pipeline(params=bad.to_dict(), project_root=str(project))
+    runs = list((lmops_home / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "FAILED").exists()
+    assert not (runs[0] / "pretrain").exists() and not (runs[0] / "tokenize").exists()
+    assert registry.list_models() == []

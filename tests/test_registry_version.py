@@ -1,0 +1,71 @@
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks import registry
+from tasks.version import git_info, read_data_version, snapshot
+
+
+def _fake_model(tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def _register(tmp_path, promote, expected, name="m"):
+    run_id, source = registry.log_candidate("exp", "r", {"a": {"b": 1}}, {"macro_f1": 0.5}, {"data_version": "abc.dir"}, {"model": _fake_model(tmp_path)})
+    return registry.register_version(name, run_id, source, {"data_version": "abc.dir", "git_commit": "deadbeef"}, promote, expected)
+
+
+def test_champion_moves_only_on_promotion(lmops_home, tmp_path):
+    v1 = _register(tmp_path / "1", True, None)
+    assert v1.promoted and str(registry.get_version("m", "champion").version) == "1"
+    v2 = _register(tmp_path / "2", False, "1")
+    assert not v2.promoted and v2.aliases == ["challenger"]
+    assert str(registry.get_version("m", "champion").version) == "1"
+    info = registry.show("m@champion")
+    assert info["version"] == 1 and info["aliases"] == ["champion"] and info["data_version"] == "abc.dir"
+    assert info["metrics"] == {"macro_f1": 0.5}
+    assert registry.show("m@2")["aliases"] == ["challenger"]
+    assert registry.list_models() == [{"name": "m", "versions": 2, "latest_version": 2, "aliases": {"champion": 1, "challenger": 2}}]
+    # artifacts live under LMOPS_HOME, not in a stray ./mlruns
+    assert info["source"].startswith(str(lmops_home)) or info["source"].startswith("file://" + str(lmops_home))
+
+
+def test_compare_and_set_refuses_a_stale_champion(lmops_home, tmp_path):
+    _register(tmp_path / "1", True, None)
+    _register(tmp_path / "2", True, "1")  # champion is now v2
+    late = _register(tmp_path / "3", True, "1")  # gated against v1, but v2 won meanwhile
+    assert not late.promoted and "champion moved from v1 to v2" in late.reason
+    assert str(registry.get_version("m", "champion").version) == "2"
+
+
+def test_show_unknown_model_is_a_user_error(lmops_home):
+    from lmops.errors import UserError
+
+    with pytest.raises(UserError, match="lmops models list"):
+        registry.show("nope@champion")
+
+
+def test_dvc_snapshot_versions_and_pushes(project, lmops_home, ingested):
+    data, _, _ = ingested
+    v = snapshot(project, data, lmops_home / "remote")
+    assert v.md5.endswith(".dir") and v.pushed and read_data_version(project / "data.dvc") == v.md5
+    assert (project / "data" / "train.parquet").exists()
+    assert any((lmops_home / "remote").rglob("*")), "nothing pushed to the local remote"
+    assert "/data" in (project / ".gitignore").read_text()
+    # same snapshot again → same version; changed data → a new version
+    assert snapshot(project, data, lmops_home / "remote").md5 == v.md5
+    changed = project.parent / "changed"
+    changed.mkdir()
+    for f in data.iterdir():
+        (changed / f.name).write_bytes(f.read_bytes())
+    pd.read_parquet(data / "train.parquet").head(10).to_parquet(changed / "train.parquet", index=False)
+    assert snapshot(project, changed, lmops_home / "remote").md5 != v.md5
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    info = git_info(project)
+    assert info["git_commit"] and info["git_dirty"] is True

@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmops.config import PretrainParams, TokenizeParams
+from tasks.pretrain import lr_at, mask_tokens, pretrain
+from tasks.tokenize import load_tokenizer, pack_blocks, tokenize_corpus, train_tokenizer
+
+TEXTS = ["The Federal Reserve raised interest rates.", "Shares of Infosys fell sharply today."] * 50
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_trained_tokenizer_roundtrip(kind, tmp_path):
+    tok = train_tokenizer(TEXTS, TokenizeParams(kind=kind, vocab_size=300))
+    tok.save_pretrained(tmp_path)
+    again = load_tokenizer(str(tmp_path))
+    ids = again("interest rates fell", add_special_tokens=False)["input_ids"]
+    assert again.decode(ids).strip() == "interest rates fell"
+    assert again.pad_token_id is not None and again.mask_token_id is not None
+
+
+def test_pack_blocks_mlm_frames_each_block():
+    tok = train_tokenizer(TEXTS, TokenizeParams(vocab_size=300))
+    blocks, n = pack_blocks(tok, TEXTS, 16, add_cls=True)
+    assert blocks.shape[1] == 16 and blocks.dtype == np.int32
+    assert (blocks[:, 0] == tok.cls_token_id).all() and (blocks[:, -1] == tok.sep_token_id).all()
+    assert blocks.shape[0] == n // 14  # no padding: every block is full of real tokens
+
+
+def test_mask_tokens_80_10_10_and_specials_untouched():
+    tok = train_tokenizer(TEXTS, TokenizeParams(vocab_size=300))
+    ids = torch.randint(5, len(tok), (200, 64))
+    ids[:, 0] = tok.cls_token_id
+    inputs, labels = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert not chosen[:, 0].any()  # [CLS] is never a target
+    rate = chosen[:, 1:].float().mean().item()
+    assert 0.13 < rate < 0.17
+    masked = (inputs == tok.mask_token_id) & chosen
+    kept = (inputs == ids) & chosen
+    assert 0.77 < masked.sum() / chosen.sum() < 0.83
+    assert 0.07 < kept.sum() / chosen.sum() < 0.14  # 10% kept + random draws that hit the same id
+    assert torch.equal(labels[chosen], ids[chosen])
+
+
+def test_lr_schedule_warmup_then_decay():
+    p = PretrainParams(lr=1.0, warmup_steps=10, max_steps=110)
+    assert lr_at(0, p) == pytest.approx(0.1) and lr_at(9, p) == pytest.approx(1.0)
+    assert lr_at(60, p) < 1.0 and lr_at(110, p) == pytest.approx(0.1)
+
+
+def test_tiny_mlm_learns_and_is_seeded(tiny_lm, tmp_path):
+    tok, pre, p = tiny_lm
+    first, last = pre.history[0]["loss"], pre.history[-1]["loss"]
+    assert last < first  # it learns
+    assert pre.steps == p.pretrain.max_steps and pre.tokens == p.pretrain.max_steps * p.pretrain.batch_size * 32
+    # Same seed, same data → the same losses (torchtune-style pinned run, within a tolerance).
+    again = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, tmp_path, progress=False)
+    torch.testing.assert_close(torch.tensor([h["loss"] for h in again.history]), torch.tensor([h["loss"] for h in pre.history]), rtol=0, atol=1e-3)
+    assert again.eval_loss == pytest.approx(pre.eval_loss, abs=1e-3)
+    # the output is a loadable Hugging Face folder with safetensors
+    model_dir = Path(pre.model_dir)
+    assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists()
+    assert json.loads((model_dir / "config.json").read_text())["num_hidden_layers"] == 2
+    assert Path(pre.loss_plot).stat().st_size > 1000
+
+
+def test_tiny_clm_with_bpe(ingested, tmp_path):
+    data, _, p = ingested
+    tp = p.tokenize.model_copy(update={"kind": "bpe"})
+    tok = tokenize_corpus(data / "corpus.parquet", tp, "clm", None, tmp_path / "tok")
+    pp = p.pretrain.model_copy(update={"objective": "clm", "max_steps": 6})
+    s = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), pp, 0, tmp_path / "pre", progress=False)
+    assert s.objective == "clm" and np.isfinite(s.perplexity) and s.perplexity > 1
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(s.model_dir)
+    assert model.config.model_type == "gpt2"
