@@ -109,8 +109,11 @@ def gate(p: Params, run: Path, candidate):
 
 
 @stage(retries=2)
-def register(p: Params, run: Path, root: Path, data, pre, ft, ev, decision):
+def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decision):
+    import sys
+
     from tasks import registry
+    from tasks.modelcard import write_model_card
     from tasks.readback import check_readback
     from tasks.version import git_info
 
@@ -125,14 +128,17 @@ def register(p: Params, run: Path, root: Path, data, pre, ft, ev, decision):
         "gate_promote": str(decision.promote).lower(),
         "gate_reasons": json.dumps(decision.reasons),
         "run_dir": str(run),
+        "validation": f"passed ({len(report.outcomes)}/{len(report.outcomes)} expectations)",
     }
     metrics = {**ev.headline(), "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params}
     if pre:
         metrics.update(pretrain_perplexity=pre.perplexity, pretrain_eval_loss=pre.eval_loss, pretrain_tokens_per_s=pre.tokens_per_s)
     (run / "params.json").write_text(json.dumps(p.to_dict(), indent=2))
+    card = write_model_card(run / "model_card.md", p.register_.model_name, lineage, metrics, p.to_dict(),
+                            Path(ev.report_path).read_text(), " ".join(["lmops", *sys.argv[1:]]))
     artifacts = {
         "model": Path(ft.model_dir), "adapter": Path(ft.adapter_dir) if ft.adapter_dir else None, "evaluate": run / "evaluate",
-        "validate": run / "validate", "gate": run / "gate" / "decision.json", "lineage": run / "params.json",
+        "validate": run / "validate", "gate": run / "gate" / "decision.json", "lineage": run / "params.json", "model_card": card,
         "plots": Path(ft.loss_plot), "pretrain": Path(pre.loss_plot) if pre else None,
     }
     run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts)
@@ -155,14 +161,14 @@ def pipeline(params: dict[str, Any], project_root: str) -> dict[str, Any]:
     p, root, run = params_from_dict(params), Path(project_root), new_run_dir()
     try:
         data_summary = ingest(p, run)
-        validate(p, run)
+        report = validate(p, run)
         data = version(run, root)
         tok = tokenize(p, run)
         pre = pretrain(p, run, tok)
         ft = finetune(p, run, p.finetune.base_model or pre.model_dir)
         ev = evaluate(p, run, ft.model_dir)
         decision = gate(p, run, ev)
-        reg = register(p, run, root, data, pre, ft, ev, decision)
+        reg = register(p, run, root, data, report, pre, ft, ev, decision)
     except Exception:
         (run / "FAILED").write_text("see the Prefect flow run logs\n")
         raise

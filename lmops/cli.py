@@ -3,6 +3,11 @@
     lmops run [--params FILE] [key.path=value ...] [--json]
     lmops models list [--json]
     lmops models show NAME[@ALIAS|@VERSION] [--json]
+    lmops models verify [NAME] [--json]
+    lmops audit NAME@VERSION [--json] [--restore DIR]
+    lmops promote NAME VERSION --reason TEXT
+    lmops rollback NAME --reason TEXT
+    lmops compare NAME@A NAME@B [--json]
     lmops init
 """
 
@@ -90,6 +95,61 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from tasks.registry import verify
+
+    rows = verify(args.name)
+    bad = [r for r in rows if not r["ok"]]
+    _emit({"checked": len(rows), "broken": bad}, args.json, lambda o: f"checked {o['checked']} version(s); "
+          + ("all artifacts present" if not o["broken"] else "BROKEN: " + "; ".join(f"{r['name']} v{r['version']} missing {r['missing'] or r['error']}" for r in o["broken"])))
+    return 0 if not bad else 5
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from lmops.env import project_root
+    from tasks import audit
+
+    if args.restore:
+        out = audit.restore(args.ref, Path(args.restore), project_root())
+        _emit(out, args.json, lambda o: f"restored into {o['restored']}: data {o['data_version']}, params {o['params']}, code {o['code']}")
+        return 0
+    lin = audit.lineage(args.ref)
+    _emit(lin, args.json, audit.to_text)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from tasks.registry import set_champion
+
+    event = set_champion(args.name, str(args.version), "promote (manual)", args.reason)
+    _emit(event, args.json, lambda e: f"{args.name}@champion: v{e['from_version']} → v{e['to_version']} ({e['who']}, {e['when']})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from tasks.registry import rollback
+
+    event = rollback(args.name, args.reason)
+    _emit(event, args.json, lambda e: f"{args.name}@champion rolled back: v{e['from_version']} → v{e['to_version']} ({e['who']}, {e['when']})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tasks.registry import compare
+
+    out = compare(args.a, args.b)
+
+    def text(o):
+        rows = [f"{'':32} {o['a']:>22} {o['b']:>22}"]
+        rows += [f"{k:32} {str(a):>22} {str(b):>22}" for k, (a, b) in o["metrics"].items()]
+        rows += ["lineage:"] + [f"  {k:30} {str(a)[:22]:>22} {str(b)[:22]:>22}" for k, (a, b) in o["lineage"].items()]
+        rows += ["params that differ:"] + [f"  {k:30} {str(a)[:22]:>22} {str(b)[:22]:>22}" for k, (a, b) in o["params_changed"].items()]
+        return "\n".join(rows)
+
+    _emit(out, args.json, text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmops", description="Orchestrated MLOps pipeline for self-supervised NLP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_show)
+    p = models.add_parser("verify", help="check every registered version's artifacts are present")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_verify)
+
+    p = sub.add_parser("audit", help="full lineage of NAME@VERSION; --restore DIR rebuilds its data, params and code")
+    p.add_argument("ref")
+    p.add_argument("--restore", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+    p = sub.add_parser("promote", help="make VERSION the champion (recorded with who/when/why)")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="restore the previous champion (recorded with who/when/why)")
+    p.add_argument("name")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("compare", help="params and metrics of two versions side by side")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

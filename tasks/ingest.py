@@ -281,11 +281,25 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) ->
         part.to_parquet(out_dir / f"{name}.parquet", index=False)
         summary.splits[name] = len(part)
     corpus_frame.to_parquet(out_dir / "corpus.parquet", index=False)
+    # Paths relative to their source, so the snapshot (and its DVC md5) is the same on every machine.
+    roots = {src.name: Path(src.path) for src in params.sources}
+    for rec in quarantine:
+        rec["file"] = _relative(Path(rec["file"]), roots[rec["source"]])
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
     summary.corpus_rows = len(corpus_frame)
     summary.label_counts = {k: int(v) for k, v in frame["label"].value_counts().sort_index().items()}
-    (out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    # The snapshot's bytes must depend only on the data (its DVC md5 is the data version): no run paths.
+    (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.to_dict().items() if k != "out_dir"}, indent=2))
     return summary
+
+
+def _relative(path: Path, root: Path) -> str:
+    if path == root:
+        return path.name
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return path.name
 
 
 def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]) -> tuple[str | None, list[dict[str, Any]]]:

@@ -9,6 +9,7 @@ candidate is not promoted.
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -30,16 +31,30 @@ class Registration:
     reason: str
 
 
+_CLIENTS: dict[str, Any] = {}
+
+
 def client():
+    """An MlflowClient for the configured URI; the first use creates the SQLite schema under a lock,
+    because two processes migrating a new database at once corrupt its version table."""
     import mlflow
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    from lmops.env import mlflow_tracking_uri
+    from lmops.env import lmops_home, mlflow_tracking_uri
 
     uri = mlflow_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if uri not in _CLIENTS:
+        lock = lmops_home() / "mlflow" / "init.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):
+            c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            c.search_experiments(max_results=1)
+            c.search_registered_models(max_results=1)
+        _CLIENTS[uri] = c
+    return _CLIENTS[uri]
 
 
 @contextmanager
@@ -185,6 +200,8 @@ def register_version(name: str, run_id: str, source: str, tags: dict[str, str], 
         c.set_model_version_tag(name, mv.version, "lmops.promoted", str(promote).lower())
         c.set_model_version_tag(name, mv.version, "lmops.registration", reason)
         c.set_model_version_tag(name, mv.version, "lmops.status", "ready")
+        if promote:
+            record_event(name, "promote (gate)", str(mv.version), current_v, description or reason)
     return Registration(name=name, version=str(mv.version), run_id=run_id, promoted=promote, aliases=[alias], reason=reason)
 
 
@@ -248,3 +265,104 @@ def ensure_reachable() -> None:
         client().search_registered_models(max_results=1)
     except Exception as exc:  # noqa: BLE001
         raise RegistryError(f"MLflow registry unreachable: {exc}") from exc
+
+
+# --- audit trail: manual actions, rollback, comparison, verification -------------------------
+
+EVENT_PREFIX = "lmops.event."
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}"
+
+
+def record_event(name: str, action: str, to_version: str | None, from_version: str | None, reason: str) -> dict[str, Any]:
+    """Append who/when/why to the registered model's history (tags keyed by a sortable timestamp)."""
+    event = {
+        "action": action, "to_version": to_version, "from_version": from_version, "reason": reason,
+        "who": _who(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    key = f"{EVENT_PREFIX}{time.time_ns()}"
+    client().set_registered_model_tag(name, key, json.dumps(event))
+    return event
+
+
+def history(name: str) -> list[dict[str, Any]]:
+    rm = client().get_registered_model(name)
+    tags = rm.tags or {}
+    return [json.loads(tags[k]) for k in sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX):]))]
+
+
+def set_champion(name: str, version: str, action: str, reason: str) -> dict[str, Any]:
+    """Manual promotion (or rollback): move ``champion`` to ``version`` and record it."""
+    if not reason.strip():
+        raise UserError("a reason is required for manual registry actions: --reason TEXT")
+    c = client()
+    with registry_lock():
+        if get_version(name, str(version)) is None:
+            raise UserError(f"{name} has no version {version}; see `lmops models list`")
+        current = get_version(name, CHAMPION)
+        current_v = str(current.version) if current else None
+        c.set_registered_model_alias(name, CHAMPION, str(version))
+        c.set_model_version_tag(name, str(version), "lmops.promoted", "true")
+        return record_event(name, action, str(version), current_v, reason)
+
+
+def rollback(name: str, reason: str) -> dict[str, Any]:
+    """Put back the champion that the current one replaced (champion history is a stack)."""
+    current = get_version(name, CHAMPION)
+    if current is None:
+        raise UserError(f"{name} has no champion to roll back")
+    stack: list[str] = []
+    for event in history(name):
+        if event["action"] == "rollback":
+            if stack:
+                stack.pop()
+        elif event["from_version"]:
+            stack.append(event["from_version"])
+    if not stack:
+        raise UserError(f"{name}@champion (v{current.version}) replaced no earlier champion; nothing to roll back to")
+    return set_champion(name, stack[-1], "rollback", reason)
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    return dict(client().get_run(run_id).data.params)
+
+
+def compare(ref_a: str, ref_b: str) -> dict[str, Any]:
+    a, b = show(ref_a), show(ref_b)
+    pa, pb = run_params(a["run_id"]), run_params(b["run_id"])
+    params = {k: [pa.get(k), pb.get(k)] for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)}
+    metrics = {k: [a["metrics"].get(k), b["metrics"].get(k)] for k in sorted(set(a["metrics"]) | set(b["metrics"]))}
+    lineage = {k: [a.get(k), b.get(k)] for k in ("data_version", "params_hash", "git_commit", "flow_run_id", "promoted")}
+    return {"a": f"{a['name']}@{a['version']}", "b": f"{b['name']}@{b['version']}", "metrics": metrics, "params_changed": params, "lineage": lineage}
+
+
+REQUIRED_FILES = ("config.json", "model.safetensors")
+
+
+def verify(name: str | None = None) -> list[dict[str, Any]]:
+    """Check every registered version's artifacts are present; returns one row per version."""
+    import mlflow
+
+    c = client()
+    names = [name] if name else [m["name"] for m in list_models()]
+    rows = []
+    for n in names:
+        for mv in sorted(c.search_model_versions(f"name='{n}'"), key=lambda v: int(v.version)):
+            try:
+                present = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=mv.source)}
+            except Exception as exc:  # noqa: BLE001 - an unreachable store is a finding, not a crash
+                present, error = set(), str(exc)
+            else:
+                error = None
+            missing = [f for f in REQUIRED_FILES if f not in present]
+            rows.append({"name": n, "version": int(mv.version), "ok": not missing and error is None, "missing": missing, "error": error, "source": mv.source})
+    return rows

@@ -35,11 +35,23 @@ def train_tokenizer(texts: Iterable[str], params: TokenizeParams):
     from transformers import PreTrainedTokenizerFast
 
     if params.kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=params.lowercase, clean_text=True, handle_chinese_chars=True)
+        texts = list(texts)
+        normalizer = normalizers.BertNormalizer(lowercase=params.lowercase, clean_text=True, handle_chinese_chars=True)
+        # tokenizers' WordPiece trainer numbers "##x" pieces in hash-map order, so the same corpus can give
+        # a different vocabulary each run (huggingface/tokenizers#1794). Declaring every "##x" up front
+        # fixes their ids and makes training deterministic; the model is rebuilt below so they are not
+        # treated as special tokens.
+        chars = sorted({c for t in texts for c in normalizer.normalize_str(t) if not c.isspace()})
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=params.vocab_size, special_tokens=BERT_SPECIALS + [f"##{c}" for c in chars], min_frequency=2
+        )
+        draft = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        draft.normalizer = normalizer
+        draft.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        draft.train_from_iterator(texts, trainer=trainer)
+        tok = Tokenizer(models.WordPiece(vocab=draft.get_vocab(), unk_token="[UNK]", continuing_subword_prefix="##"))
+        tok.normalizer = normalizer
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(vocab_size=params.vocab_size, special_tokens=BERT_SPECIALS, min_frequency=2)
-        tok.train_from_iterator(texts, trainer=trainer)
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

@@ -75,6 +75,10 @@ def snapshot(root: Path, ingest_dir: Path, default_remote: Path, data_dir: str =
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
 
+    import logging
+
+    # DVC's "git add data.dvc" hints are for interactive use; the pipeline records the version itself.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
     repo = Repo(str(root))
     try:
         repo.add(str(target))

@@ -76,9 +76,10 @@ def project(tmp_path, lmops_home) -> Path:
     """A git repo with a tiny params.yaml: the shape of a user's lmops project."""
     root = tmp_path / "proj"
     root.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"], cwd=root, check=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "init"], cwd=root, check=True)
     return root
 
 
@@ -105,6 +106,15 @@ def tiny_lm(ingested, tmp_path_factory):
     tok = tokenize_corpus(data / "corpus.parquet", p.tokenize, "mlm", None, out / "tok")
     pre = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out / "pre", progress=False)
     return tok, pre, p
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real (temporary) Prefect API for flow tests, started once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

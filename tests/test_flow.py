@@ -11,14 +11,6 @@ from tasks import registry
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _flow_run_state(flow_run_id: str) -> str:
     from prefect import get_client
 

@@ -79,3 +79,19 @@ def test_tiny_clm_with_bpe(ingested, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(s.model_dir)
     assert model.config.model_type == "gpt2"
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_tokenizer_training_is_deterministic_across_processes(kind, ingested):
+    """Same corpus → same vocabulary in a new process (tokenizers#1794 made WordPiece vary)."""
+    import subprocess
+    import sys
+
+    data = ingested[0]
+    code = (
+        "import sys, json, hashlib, pandas as pd; from lmops.config import TokenizeParams; from tasks.tokenize import train_tokenizer;"
+        f"t = train_tokenizer(pd.read_parquet({str(data / 'corpus.parquet')!r})['text'].tolist(), TokenizeParams(kind={kind!r}, vocab_size=600));"
+        "print(hashlib.md5(json.dumps(sorted(t.get_vocab().items())).encode()).hexdigest())"
+    )
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1] for _ in range(3)}
+    assert len(digests) == 1

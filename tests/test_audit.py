@@ -1,0 +1,99 @@
+"""Registry safety and the audit trail: manual actions, rollback, concurrency, verification, restore."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lmops.config import load_params
+from lmops.errors import UserError
+from tasks import registry
+from tests.conftest import REPO, run_cli
+from tests.registry_helpers import fake_version as _fake_version
+
+
+def test_manual_promote_and_rollback_are_recorded(lmops_home, tmp_path):
+    _fake_version(tmp_path / "1", True, None)
+    _fake_version(tmp_path / "2", True, "1")
+    _fake_version(tmp_path / "3", False, "2")
+    with pytest.raises(UserError, match="reason"):
+        registry.set_champion("m", "3", "promote (manual)", " ")
+    event = registry.set_champion("m", "3", "promote (manual)", "hotfix approved by risk")
+    assert (event["from_version"], event["to_version"]) == ("2", "3") and "@" in event["who"]
+    assert registry.show("m@champion")["version"] == 3
+    registry.rollback("m", "v3 misbehaves on live data")
+    assert registry.show("m@champion")["version"] == 2
+    registry.rollback("m", "v2 too")
+    assert registry.show("m@champion")["version"] == 1
+    with pytest.raises(UserError, match="nothing to roll back"):
+        registry.rollback("m", "again")
+    actions = [(e["action"], e["from_version"], e["to_version"]) for e in registry.history("m")]
+    assert actions == [("promote (gate)", None, "1"), ("promote (gate)", "1", "2"), ("promote (manual)", "2", "3"),
+                       ("rollback", "3", "2"), ("rollback", "2", "1")]
+
+
+def test_two_processes_cannot_both_become_champion(lmops_home, tmp_path):
+    """Both gated against 'no champion'; the lock + compare-and-set lets exactly one win."""
+    script = textwrap.dedent(f"""
+        import sys, pathlib
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.registry_helpers import fake_version as _fake_version
+        r = _fake_version(pathlib.Path(sys.argv[1]), True, None, name="race")
+        print(r.promoted)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p{i}")], stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
+    assert sorted(outs) == ["False", "True"]
+    assert len(registry.show("race@1")["aliases"] + registry.show("race@2")["aliases"]) == 2
+    assert [e["to_version"] for e in registry.history("race")] in (["1"], ["2"])
+
+
+def test_verify_detects_missing_artifacts(lmops_home, tmp_path):
+    _fake_version(tmp_path / "1", True, None)
+    r = run_cli("models", "verify", "--json", env={"LMOPS_HOME": str(lmops_home)}, cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["broken"] == []
+    source = registry.show("m@1")["source"]
+    Path(source.removeprefix("file://"), "model.safetensors").unlink()
+    r = run_cli("models", "verify", "--json", env={"LMOPS_HOME": str(lmops_home)}, cwd=tmp_path)
+    assert r.returncode == 5
+    assert json.loads(r.stdout.splitlines()[-1])["broken"][0]["missing"] == ["model.safetensors"]
+
+
+@pytest.mark.integration
+def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, lmops_home, tmp_path):
+    from flows.pipeline import pipeline
+
+    params = load_params(project / "params.yaml")
+    first = pipeline(params=params.to_dict(), project_root=str(project))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+
+    r = run_cli("audit", "finance-sentiment@1", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    assert r.returncode == 0, r.stderr
+    lin = json.loads(r.stdout.splitlines()[-1])
+    assert lin["data_version"] == first["data_version"] and lin["git_commit"] == head and lin["validation"] is True
+    assert lin["params"] == params.to_dict() and lin["params_hash"] == params.hash()
+    assert lin["metrics"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"])
+    text = run_cli("audit", "finance-sentiment@1", cwd=project, env={"LMOPS_HOME": str(lmops_home)}).stdout
+    assert f"DVC md5 {first['data_version']}" in text and "promote (gate)" in text
+
+    dest = tmp_path / "restored"
+    r = run_cli("audit", "finance-sentiment@1", "--restore", str(dest), "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    assert r.returncode == 0, r.stderr
+    from tasks.version import read_data_version
+
+    assert read_data_version(dest / "data.dvc") == first["data_version"]
+    import pandas as pd
+
+    assert pd.read_parquet(dest / "data" / "test.parquet").equals(pd.read_parquet(Path(first["run_dir"]) / "ingest" / "test.parquet"))
+    assert (dest / "code" / "params.yaml").exists() and "Reproduce" in (dest / "AUDIT.md").read_text()
+
+    # Re-running from the restored params reproduces the data version and the metrics.
+    again = pipeline(params=load_params(dest / "params.yaml").to_dict(), project_root=str(project))
+    assert again["data_version"] == first["data_version"]
+    assert again["metrics"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"], abs=0.02)
+    cmp = run_cli("compare", "finance-sentiment@1", "finance-sentiment@2", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    out = json.loads(cmp.stdout.splitlines()[-1])
+    assert out["params_changed"] == {} and out["lineage"]["data_version"][0] == out["lineage"]["data_version"][1]
