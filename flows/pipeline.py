@@ -16,6 +16,7 @@ from prefect import flow, runtime
 from flows.stages import png_markdown, publish, stage
 from lmops.config import Params, params_from_dict
 from lmops.env import dvc_remote_dir, runs_dir
+from lmops.models import resolve_model_ref
 
 
 @stage
@@ -123,7 +124,7 @@ def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decisi
         **{k: str(v).lower() if isinstance(v, bool) else str(v or "") for k, v in git_info(root).items()},
         "flow_run_id": str(runtime.flow_run.id or ""),
         "deployment_id": str(runtime.deployment.id or ""),
-        "parent_model": pre.model_dir if pre else (p.finetune.base_model or ""),
+        "parent_model": p.finetune.base_model or (pre.model_dir if pre else ""),
         "finetune_method": ft.method,
         "gate_promote": str(decision.promote).lower(),
         "gate_reasons": json.dumps(decision.reasons),
@@ -163,9 +164,8 @@ def pipeline(params: dict[str, Any], project_root: str) -> dict[str, Any]:
         data_summary = ingest(p, run)
         report = validate(p, run)
         data = version(run, root)
-        tok = tokenize(p, run)
-        pre = pretrain(p, run, tok)
-        ft = finetune(p, run, p.finetune.base_model or pre.model_dir)
+        pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
+        ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
         ev = evaluate(p, run, ft.model_dir)
         decision = gate(p, run, ev)
         reg = register(p, run, root, data, report, pre, ft, ev, decision)
@@ -174,7 +174,7 @@ def pipeline(params: dict[str, Any], project_root: str) -> dict[str, Any]:
         raise
     summary = {
         "run_dir": str(run), "data_version": data.md5, "rows": {k: v.kept for k, v in data_summary.sources.items()},
-        "pretrain": {"steps": pre.steps, "perplexity": pre.perplexity, "tokens_per_s": pre.tokens_per_s},
+        "pretrain": {"steps": pre.steps, "perplexity": pre.perplexity, "tokens_per_s": pre.tokens_per_s} if pre else None,
         "finetune": {"method": ft.method, "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params},
         "metrics": ev.headline(), "promoted": reg.promoted, "gate_reasons": decision.reasons,
         "model": {"name": reg.name, "version": int(reg.version), "aliases": reg.aliases, "run_id": reg.run_id},

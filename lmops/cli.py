@@ -1,6 +1,8 @@
 """lmops command line. Heavy libraries are imported inside each command so `lmops --help` is instant.
 
     lmops run [--params FILE] [key.path=value ...] [--json]
+    lmops data ingest | pretrain | finetune [--base M] [--params FILE] [key=value ...] [--json]
+    lmops evaluate MODEL [--data FILE] [--json]
     lmops models list [--json]
     lmops models show NAME[@ALIAS|@VERSION] [--json]
     lmops models verify [NAME] [--json]
@@ -27,7 +29,7 @@ def _params(args: argparse.Namespace):
     from lmops.env import project_root
 
     base = project_root() / "params.yaml"
-    return load_params(base, overrides=args.overrides, layers=[args.params] if args.params else None)
+    return load_params(base, overrides=args.overrides, layers=args.params or None)
 
 
 def _emit(obj: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -71,6 +73,108 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     print(json.dumps(summary, default=str))
     return 0
+
+
+def _snapshot_dir(params) -> Path:
+    """The versioned snapshot (``data/``) if present, else a fresh ingest into a new run folder."""
+    from lmops.env import project_root
+
+    data = project_root() / "data"
+    if (data / "train.parquet").exists():
+        return data
+    from tasks.ingest import ingest
+
+    out = _new_run("ingest") / "ingest"
+    ingest(params.ingest, params.validate_.labels, out, params.project.seed)
+    return out
+
+
+def _new_run(kind: str) -> Path:
+    import time
+    import uuid
+
+    from lmops.env import runs_dir
+
+    run = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+    run.mkdir(parents=True)
+    return run
+
+
+def cmd_data_ingest(args: argparse.Namespace) -> int:
+    """Ingest + validate only (no versioning, no training)."""
+    params = _params(args)
+    from tasks.ingest import ingest
+    from tasks.validate import validate_snapshot
+
+    run = _new_run("ingest")
+    summary = ingest(params.ingest, params.validate_.labels, run / "ingest", params.project.seed)
+    out = {**summary.to_dict(), "run_dir": str(run)}
+    try:
+        report = validate_snapshot(run / "ingest", params.validate_, run / "validate")
+        out["validation"] = {"success": True, "expectations": len(report.outcomes)}
+    finally:
+        if not args.json:
+            for name, c in summary.sources.items():
+                print(f"{name}: rows_in {c.rows_in} = kept {c.kept} + quarantined {c.quarantined} + duplicates {c.duplicates}")
+    print(json.dumps(out, default=str))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    params = _params(args)
+    from tasks.pretrain import pretrain
+    from tasks.tokenize import tokenize_corpus
+
+    data = _snapshot_dir(params)
+    run = _new_run("pretrain")
+    tok = tokenize_corpus(data / "corpus.parquet", params.tokenize, params.pretrain.objective, params.pretrain.base_model, run / "tokenize")
+    s = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params.pretrain, params.project.seed, run / "pretrain")
+    out = {k: v for k, v in s.__dict__.items() if k != "history"}
+    print(json.dumps(out, default=str))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    params = _params(args)
+    from lmops.errors import UserError
+    from lmops.models import resolve_model_ref
+    from tasks.finetune import finetune
+
+    base = args.base or params.finetune.base_model
+    if not base:
+        raise UserError("no base model: pass --base PATH (e.g. a pretrain run's model/) or set finetune.base_model")
+    data = _snapshot_dir(params)
+    run = _new_run("finetune")
+    s = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(base), params.validate_.labels, params.finetune,
+                 params.project.seed, run / "finetune")
+    print(json.dumps({k: v for k, v in s.__dict__.items() if k != "history"}, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model folder or a registry reference on the test split or a labeled file."""
+    params = _params(args)
+    from tasks.evaluate import evaluate_model, load_labeled_file
+
+    run = _new_run("evaluate")
+    model_dir = _model_dir(args.model, run)
+    data = load_labeled_file(Path(args.data), params, run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
+    r = evaluate_model(model_dir, data, params.validate_.labels, params.finetune.max_length, params.evaluate.batch_size, run / "evaluate",
+                       title=f"{args.model} on {args.data or 'the test split'}")
+    if not args.json:
+        print(Path(r.report_path).read_text())
+    print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]}, default=str))
+    return 0
+
+
+def _model_dir(ref: str, run: Path) -> Path:
+    """A folder path as is; ``NAME@ALIAS`` / ``NAME@VERSION`` downloaded from the registry."""
+    if Path(ref).exists():
+        return Path(ref)
+    from tasks import registry
+
+    info = registry.show(ref)
+    return registry.download_model(info["source"], run / "model")
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -155,10 +259,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_params(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--params", type=Path, help="a YAML file layered over params.yaml")
+        p.add_argument("--params", type=Path, action="append", help="a YAML file layered over params.yaml (repeatable, later wins)")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="single-value overrides, e.g. pretrain.max_steps=50")
         p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
         return p
+
+    data = sub.add_parser("data", help="the data layer").add_subparsers(dest="data_command", required=True)
+    with_params(data.add_parser("ingest", help="ingest + validate the sources in params (no training)")).set_defaults(func=cmd_data_ingest)
+    with_params(sub.add_parser("pretrain", help="tokenize + pretrain on the current snapshot")).set_defaults(func=cmd_pretrain)
+    p = with_params(sub.add_parser("finetune", help="fine-tune a classifier on the current snapshot"))
+    p.add_argument("--base", help="base model: folder, pkg:NAME or hub id (default: finetune.base_model)")
+    p.set_defaults(func=cmd_finetune)
+    p = with_params(sub.add_parser("evaluate", help="evaluate MODEL (folder or NAME@ALIAS) on the test split or --data FILE"))
+    p.add_argument("model")
+    p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label), ingested with the same rules")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("init", help="create local state and the DVC repo with its default remote")
     p.add_argument("--json", action="store_true")
@@ -204,7 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lmops.env import ensure_home
+
     try:
+        ensure_home()
         return args.func(args)
     except LmopsError as exc:
         print(f"lmops: error: {exc}", file=sys.stderr)

@@ -32,7 +32,7 @@ class SourceParams(Section):
 
     name: str
     role: Literal["labeled", "unlabeled"]
-    format: Literal["sentfin", "csv", "jsonl", "text_dir", "fomc"]
+    format: Literal["sentfin", "csv", "jsonl", "parquet", "text_dir", "fomc"]
     path: str
     text_column: str = "text"
     label_column: str | None = "label"
@@ -89,6 +89,8 @@ class TokenizeParams(Section):
 
 
 class PretrainParams(Section):
+    # false = skip tokenize+pretrain and fine-tune finetune.base_model directly
+    enabled: bool = True
     objective: Literal["mlm", "clm"] = "mlm"
     base_model: str | None = None  # hub id or local path; None = from config below
     hidden_size: int = 64
@@ -169,6 +171,13 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
+        if not self.pretrain.enabled and not self.finetune.base_model:
+            raise ValueError("pretrain.enabled is false, so finetune.base_model must name the model to fine-tune")
+        if self.pretrain.enabled and self.finetune.base_model:
+            raise ValueError(
+                "finetune.base_model is set, so the pretrain stage's output would go unused: set pretrain.enabled: false "
+                "(fine-tune that model directly) or finetune.base_model: null (fine-tune the domain-pretrained model)"
+            )
         if self.validate_.text_max_chars < self.validate_.text_min_chars:
             raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
         return self

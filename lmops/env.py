@@ -25,6 +25,9 @@ OFFLINE_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     # transformers prints a load report table for every head swap (MLM → classifier); expected here.
     "TRANSFORMERS_VERBOSITY": "error",
+    # The embedded (ephemeral) Prefect API migrates a fresh SQLite DB on first start; on 2 busy cores
+    # that can exceed Prefect's 20 s default and fail the whole run.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     # GX writes usage statistics unless told not to.
     "GX_ANALYTICS_ENABLED": "false",
 }
@@ -73,3 +76,14 @@ def apply_defaults() -> None:
         os.environ.setdefault(key, value)
     # Prefect reads PREFECT_HOME at import; an ephemeral local API keeps its SQLite DB there.
     os.environ.setdefault("PREFECT_HOME", str(lmops_home() / "prefect"))
+
+
+def ensure_home() -> Path:
+    """Create the state folders; Prefect's embedded API cannot create its SQLite DB in a missing folder."""
+    home = lmops_home()
+    for sub in ("prefect", "mlflow", "runs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    prefect_home = os.environ.get("PREFECT_HOME")
+    if prefect_home:
+        Path(prefect_home).expanduser().mkdir(parents=True, exist_ok=True)
+    return home

@@ -82,5 +82,29 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     )
 
 
+def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
+    """Bring a user's labeled file through the same ingest rules (normalization, quarantine, label map)."""
+    import pandas as pd
+
+    from lmops.config import IngestParams, SourceParams
+    from lmops.errors import DataError
+    from tasks.ingest import ingest_labeled_only
+
+    if not path.exists():
+        from lmops.errors import UserError
+
+        raise UserError(f"--data {path} does not exist")
+    suffixes = "".join(path.suffixes).lower()
+    fmt = "jsonl" if ".jsonl" in suffixes or ".json" in suffixes else "parquet" if ".parquet" in suffixes else "csv"
+    src = SourceParams(name=path.stem, role="labeled", format=fmt, path=str(path))
+    frame, summary = ingest_labeled_only(IngestParams(sources=[src], min_chars=params.ingest.min_chars, max_chars=params.ingest.max_chars),
+                                         params.validate_.labels, out_dir)
+    if frame.empty:
+        raise DataError(f"{path}: no usable labeled rows; see {out_dir / 'quarantine.parquet'}")
+    out = out_dir / "eval.parquet"
+    frame.to_parquet(out, index=False)
+    return out
+
+
 def to_dict(result: EvalResult) -> dict[str, Any]:
     return asdict(result)

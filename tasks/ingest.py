@@ -185,6 +185,27 @@ def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Row(rec[src.text_column], str(path), i, label=None if label is None else str(label))
 
 
+def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
+    import pandas as pd
+
+    path = Path(src.path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a corrupt file
+        raise UserError(f"{path}: not a readable Parquet file ({exc})") from exc
+    need = {src.text_column} | ({src.label_column} if src.role == "labeled" and src.label_column else set())
+    if need - set(frame.columns):
+        raise UserError(f"{path}: column(s) {sorted(need - set(frame.columns))} not found (columns: {sorted(frame.columns)}); "
+                        f"set text_column/label_column of source {src.name!r} in params.yaml")
+    for i, rec in enumerate(frame.to_dict("records"), start=1):
+        text = rec.get(src.text_column)
+        if not isinstance(text, str):
+            yield Rejected(str(path), i, f"{src.text_column!r} is not a string ({type(text).__name__})")
+            continue
+        label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
+        yield Row(text, str(path), i, label=None if label is None else str(label))
+
+
 def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[Row | Rejected]:
     root = Path(src.path)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".txt", ".gz"})
@@ -208,6 +229,7 @@ def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
         "sentfin": _read_sentfin,
         "csv": _read_csv,
         "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
         "text_dir": _read_text_dir,
         "fomc": lambda s: _read_text_dir(s, date_from_name=True),
     }
@@ -218,12 +240,8 @@ def _key(text: str) -> str:
     return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
 
 
-def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) -> IngestSummary:
-    """Read all sources, write the normalized, split snapshot to ``out_dir``."""
-    import pandas as pd
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = IngestSummary(out_dir=str(out_dir))
+def _collect(params: IngestParams, labels: list[str], summary: IngestSummary):
+    """Read and clean every source; returns (labeled rows, corpus rows, quarantine rows)."""
     labeled: list[dict[str, Any]] = []
     corpus: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
@@ -253,6 +271,37 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) ->
             seen.add(key)
             counts.kept += 1
             (labeled if src.role == "labeled" else corpus).extend(rows)
+    return labeled, corpus, quarantine
+
+
+def _write_quarantine(quarantine: list[dict[str, Any]], params: IngestParams, out_dir: Path) -> None:
+    import pandas as pd
+
+    # Paths relative to their source, so the snapshot (and its DVC md5) is the same on every machine.
+    roots = {src.name: Path(src.path) for src in params.sources}
+    for rec in quarantine:
+        rec["file"] = _relative(Path(rec["file"]), roots[rec["source"]])
+    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
+
+
+def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path):
+    """Ingest labeled sources without splitting (evaluation files); returns (frame, summary)."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = IngestSummary(out_dir=str(out_dir))
+    labeled, _, quarantine = _collect(params, labels, summary)
+    _write_quarantine(quarantine, params, out_dir)
+    return pd.DataFrame(labeled, columns=COLUMNS), summary
+
+
+def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) -> IngestSummary:
+    """Read all sources, write the normalized, split snapshot to ``out_dir``."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = IngestSummary(out_dir=str(out_dir))
+    labeled, corpus, quarantine = _collect(params, labels, summary)
 
     if not labeled:
         raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
@@ -281,11 +330,7 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) ->
         part.to_parquet(out_dir / f"{name}.parquet", index=False)
         summary.splits[name] = len(part)
     corpus_frame.to_parquet(out_dir / "corpus.parquet", index=False)
-    # Paths relative to their source, so the snapshot (and its DVC md5) is the same on every machine.
-    roots = {src.name: Path(src.path) for src in params.sources}
-    for rec in quarantine:
-        rec["file"] = _relative(Path(rec["file"]), roots[rec["source"]])
-    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
+    _write_quarantine(quarantine, params, out_dir)
     summary.corpus_rows = len(corpus_frame)
     summary.label_counts = {k: int(v) for k, v in frame["label"].value_counts().sort_index().items()}
     # The snapshot's bytes must depend only on the data (its DVC md5 is the data version): no run paths.

@@ -38,7 +38,9 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
 
     if params.base_model:
         auto = AutoModelForMaskedLM if params.objective == "mlm" else AutoModelForCausalLM
-        model = auto.from_pretrained(params.base_model, use_safetensors=True, trust_remote_code=False)
+        from lmops.models import resolve_model_ref
+
+        model = auto.from_pretrained(resolve_model_ref(params.base_model), use_safetensors=True, trust_remote_code=False)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model

@@ -118,7 +118,12 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = pd.read_parquet(corpus_path)["text"].tolist()
     trained = not (base_model and params.reuse_base)
-    tokenizer = train_tokenizer(texts, params) if trained else load_tokenizer(base_model)
+    if trained:
+        tokenizer = train_tokenizer(texts, params)
+    else:
+        from lmops.models import resolve_model_ref
+
+        tokenizer = load_tokenizer(resolve_model_ref(base_model))
     tok_dir = out_dir / "tokenizer"
     tokenizer.save_pretrained(tok_dir)
     add_cls = objective == "mlm" and tokenizer.cls_token_id is not None

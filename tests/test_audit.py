@@ -97,3 +97,54 @@ def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, l
     cmp = run_cli("compare", "finance-sentiment@1", "finance-sentiment@2", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
     out = json.loads(cmp.stdout.splitlines()[-1])
     assert out["params_changed"] == {} and out["lineage"]["data_version"][0] == out["lineage"]["data_version"][1]
+
+
+def test_a_registration_killed_midway_leaves_no_version(lmops_home, tmp_path):
+    """SIGKILL while artifacts are being logged: no registered version, nothing for verify to flag."""
+    import os
+    import signal
+    import time
+
+    marker = tmp_path / "logging-started"
+    script = textwrap.dedent(f"""
+        import sys, time, pathlib
+        sys.path.insert(0, {str(REPO)!r})
+        from tasks import registry
+        from mlflow.tracking import MlflowClient
+        real = MlflowClient.log_artifacts
+        def slow(self, *a, **k):
+            pathlib.Path({str(marker)!r}).write_text("x")
+            time.sleep(60)
+            return real(self, *a, **k)
+        MlflowClient.log_artifacts = slow
+        from tests.registry_helpers import fake_version
+        fake_version(pathlib.Path({str(tmp_path / 'w')!r}), True, None, name="killed")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "LMOPS_HOME": str(lmops_home)})
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "child never reached artifact logging"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert registry.list_models() == []
+    assert registry.verify() == []
+
+
+def test_models_load_from_safetensors_only(tmp_path, tiny_lm):
+    """A pickle checkpoint (pytorch_model.bin) is refused: loading it could run arbitrary code."""
+    import shutil
+
+    import torch
+
+    from tasks.finetune import load_classifier
+
+    _, pre, _ = tiny_lm
+    pickled = tmp_path / "pickled"
+    shutil.copytree(pre.model_dir, pickled)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(OSError):
+        load_classifier(str(pickled), ["negative", "neutral", "positive"])
