@@ -131,7 +131,7 @@ def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decisi
         "run_dir": str(run),
         "validation": f"passed ({len(report.outcomes)}/{len(report.outcomes)} expectations)",
     }
-    metrics = {**ev.headline(), "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params}
+    metrics = {**ev.headline(), **ev.extra(), "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params}
     if pre:
         metrics.update(pretrain_perplexity=pre.perplexity, pretrain_eval_loss=pre.eval_loss, pretrain_tokens_per_s=pre.tokens_per_s)
     (run / "params.json").write_text(json.dumps(p.to_dict(), indent=2))
@@ -185,3 +185,16 @@ def pipeline(params: dict[str, Any], project_root: str) -> dict[str, Any]:
 
 
 
+
+
+@flow(name="lmops-scheduled", log_prints=True)
+def scheduled(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".") -> dict[str, Any]:
+    """Deployment entry point (schedules, data triggers): params are read where the flow runs.
+
+    ``prefect deploy --prefect-file infra/prefect.yaml`` or ``lmops serve --cron "0 2 * * *"``.
+    """
+    from lmops.config import load_params
+
+    root = Path(project_root).resolve()
+    p = load_params(root / params_file, overrides=overrides)
+    return pipeline(params=p.to_dict(), project_root=str(root))

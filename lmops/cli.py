@@ -120,17 +120,62 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_versions(args: argparse.Namespace) -> int:
+    from tasks.version import list_versions
+
+    versions = list_versions()
+    _emit(versions, args.json, lambda vs: "\n".join(f"{v['md5']}  {v['date']}  splits {v['splits']}  corpus {v['corpus_rows']}" for v in vs)
+          or "no data versions yet; run `lmops run`")
+    return 0
+
+
+def cmd_data_checkout(args: argparse.Namespace) -> int:
+    from lmops.env import project_root
+    from tasks.version import checkout
+
+    md5 = checkout(project_root(), args.version)
+    _emit({"data_version": md5, "path": str(project_root() / "data")}, args.json, lambda o: f"data/ is now {o['data_version']}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Tokenize + pretrain. Re-running the same command resumes from the last checkpoint; works under
+    ``torchrun --nproc_per_node N -m lmops.cli pretrain`` (DDP)."""
     params = _params(args)
-    from tasks.pretrain import pretrain
+    import hashlib
+
+    import torch
+
+    from tasks.pretrain import _dist_setup, pretrain
     from tasks.tokenize import tokenize_corpus
 
-    data = _snapshot_dir(params)
-    run = _new_run("pretrain")
-    tok = tokenize_corpus(data / "corpus.parquet", params.tokenize, params.pretrain.objective, params.pretrain.base_model, run / "tokenize")
+    rank, world, _ = _dist_setup()
+    data = _snapshot_dir(params) if rank == 0 else None
+    if world > 1:
+        box = [str(data) if data else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        data = Path(box[0])
+    if args.out:
+        run = Path(args.out).resolve()
+    else:
+        # The same data and params map to the same folder, so the same command resumes.
+        from lmops.env import runs_dir
+
+        key = hashlib.sha256(json.dumps([str(data), params.tokenize.model_dump(mode="json"), params.pretrain.model_dump(mode="json"),
+                                         params.project.seed]).encode()).hexdigest()[:12]
+        run = runs_dir() / f"pretrain-{key}"
+    if rank == 0:
+        tok = tokenize_corpus(data / "corpus.parquet", params.tokenize, params.pretrain.objective, params.pretrain.base_model, run / "tokenize")
+    if world > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            tok = tokenize_corpus(data / "corpus.parquet", params.tokenize, params.pretrain.objective, params.pretrain.base_model, run / "tokenize")
     s = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params.pretrain, params.project.seed, run / "pretrain")
-    out = {k: v for k, v in s.__dict__.items() if k != "history"}
+    out = dict(s.__dict__)
+    out["rank"] = rank
     print(json.dumps(out, default=str))
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -175,6 +220,16 @@ def _model_dir(ref: str, run: Path) -> Path:
 
     info = registry.show(ref)
     return registry.download_model(info["source"], run / "model")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the pipeline as a Prefect deployment on a schedule (runs until interrupted)."""
+    from flows.pipeline import scheduled
+    from lmops.env import project_root
+
+    scheduled.serve(name=args.name, cron=args.cron,
+                    parameters={"params_file": "params.yaml", "overrides": args.overrides, "project_root": str(project_root())})
+    return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -266,7 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="the data layer").add_subparsers(dest="data_command", required=True)
     with_params(data.add_parser("ingest", help="ingest + validate the sources in params (no training)")).set_defaults(func=cmd_data_ingest)
-    with_params(sub.add_parser("pretrain", help="tokenize + pretrain on the current snapshot")).set_defaults(func=cmd_pretrain)
+    p = data.add_parser("versions", help="data snapshots with dates and row counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_versions)
+    p = data.add_parser("checkout", help="restore data/ to a snapshot (md5 or unique prefix)")
+    p.add_argument("version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_checkout)
+    p = with_params(sub.add_parser("pretrain", help="tokenize + pretrain on the current snapshot (resumable; torchrun-ready)"))
+    p.add_argument("--out", help="output folder (default: one per data+params, so re-running resumes)")
+    p.set_defaults(func=cmd_pretrain)
     p = with_params(sub.add_parser("finetune", help="fine-tune a classifier on the current snapshot"))
     p.add_argument("--base", help="base model: folder, pkg:NAME or hub id (default: finetune.base_model)")
     p.set_defaults(func=cmd_finetune)
@@ -274,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label), ingested with the same rules")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (needs a Prefect server)")
+    p.add_argument("--cron", default="0 2 * * *")
+    p.add_argument("--name", default="nightly")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", help="create local state and the DVC repo with its default remote")
     p.add_argument("--json", action="store_true")

@@ -32,9 +32,13 @@ class SourceParams(Section):
 
     name: str
     role: Literal["labeled", "unlabeled"]
-    format: Literal["sentfin", "csv", "jsonl", "parquet", "text_dir", "fomc"]
+    # csv also reads .tsv and .gz; text_lines = one document per line; hf = a Hugging Face datasets id
+    format: Literal["sentfin", "csv", "jsonl", "parquet", "text_dir", "text_lines", "fomc", "hf"]
     path: str
     text_column: str = "text"
+    # Several text fields joined as one document (e.g. a 10-K's item1, item1a, item7); overrides text_column.
+    text_columns: list[str] | None = None
+    split: str = "train"  # hf only
     label_column: str | None = "label"
     # Raw label value (as a string) → canonical label name, e.g. {"0": negative, "bearish": negative}.
     label_map: dict[str, str] = Field(default_factory=dict)
@@ -53,14 +57,13 @@ class IngestParams(Section):
     max_chars: int = Field(default=20000, ge=16)
     # Long unlabeled documents are split on paragraph/sentence boundaries into chunks of ~this size.
     chunk_chars: int = Field(default=2000, ge=64)
+    # Near-duplicate documents (MinHash Jaccard estimate over word 5-grams) within a role are counted, not kept.
+    near_duplicate_threshold: float | None = Field(default=0.9, gt=0, le=1)
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
 
     @model_validator(mode="after")
     def _roles(self) -> "IngestParams":
-        roles = {s.role for s in self.sources}
-        if "labeled" not in roles:
-            raise ValueError("ingest.sources needs at least one source with role: labeled")
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"ingest.sources names must be unique, got {names}")
@@ -107,6 +110,14 @@ class PretrainParams(Section):
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     log_every: int = Field(default=10, ge=1)
     time_budget_s: float | None = None
+    whole_word_masking: bool = False  # mask every sub-token of a chosen word (WordPiece "##" / byte-level "Ġ")
+    checkpoint_every: int = Field(default=100, ge=0)  # steps between atomic checkpoints (0 = none)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on a GPU that has it, else fp32
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    compile: bool = False  # torch.compile the model (GPU; slow to start)
+    gradient_checkpointing: bool = False
+    peak_flops: float | None = None  # per-device peak FLOP/s for MFU; known GPUs are detected
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "PretrainParams":
@@ -125,7 +136,10 @@ class LoraParams(Section):
 
 
 class FinetuneParams(Section):
-    method: Literal["lora", "full"] = "lora"
+    # full = all weights; lora / ia3 = PEFT adapters merged into the saved model; prompt / prefix =
+    # soft-prompt PEFT, saved as an adapter that references its base model
+    method: Literal["lora", "full", "ia3", "prompt", "prefix"] = "lora"
+    virtual_tokens: int = Field(default=20, ge=1)  # prompt / prefix tuning
     # None = the pretrain stage's output; else any hub id or local path.
     base_model: str | None = None
     epochs: int = Field(default=3, ge=1)
@@ -171,6 +185,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
+        if not any(s.role == "labeled" for s in self.ingest.sources):
+            raise ValueError("ingest.sources needs at least one source with role: labeled (the fine-tuning data)")
         if not self.pretrain.enabled and not self.finetune.base_model:
             raise ValueError("pretrain.enabled is false, so finetune.base_model must name the model to fine-tune")
         if self.pretrain.enabled and self.finetune.base_model:

@@ -17,6 +17,7 @@ class EvalResult:
     accuracy: float
     macro_f1: float
     weighted_f1: float
+    ece: float
     n: int
     metrics_path: str
     report_path: str
@@ -26,6 +27,9 @@ class EvalResult:
 
     def headline(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "weighted_f1": self.weighted_f1}
+
+    def extra(self) -> dict[str, float]:
+        return {"ece": self.ece, **{f"slice.{k}.macro_f1": v["macro_f1"] for k, v in (self.report.get("slices") or {}).items()}}
 
 
 def classification_report(predictions: list[int], references: list[int], labels: list[str]) -> dict[str, Any]:
@@ -37,6 +41,39 @@ def classification_report(predictions: list[int], references: list[int], labels:
     return metric.compute(predictions=predictions, references=references, labels=labels)
 
 
+def calibration(probs, refs: list[int]) -> dict[str, Any]:
+    import evaluate
+
+    from lmops.metrics import metric_path
+
+    conf = probs.max(-1).values.tolist()
+    correct = [int(p == r) for p, r in zip(probs.argmax(-1).tolist(), refs)]
+    return evaluate.load(metric_path("calibration")).compute(confidences=conf, correct=correct)
+
+
+def bootstrap_diff(refs: list[int], pred_a: list[int], pred_b: list[int], labels: list[str], n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap over test rows: (b − a) for accuracy and macro-F1 with a 95% interval."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    y, a, b = (np.asarray(v) for v in (refs, pred_a, pred_b))
+    ids = list(range(len(labels)))
+
+    def scores(idx):
+        return (float((b[idx] == y[idx]).mean() - (a[idx] == y[idx]).mean()),
+                float(f1_score(y[idx], b[idx], labels=ids, average="macro", zero_division=0) - f1_score(y[idx], a[idx], labels=ids, average="macro", zero_division=0)))
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([scores(rng.integers(0, len(y), len(y))) for _ in range(n)])
+    point = scores(np.arange(len(y)))
+    out = {}
+    for j, name in enumerate(("accuracy", "macro_f1")):
+        lo, hi = np.percentile(draws[:, j], [2.5, 97.5])
+        out[name] = {"diff": round(point[j], 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "p_b_not_better": round(float((draws[:, j] <= 0).mean()), 4)}
+    out["n_test"], out["n_bootstrap"] = len(y), n
+    return out
+
+
 def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> str:
     lines = [f"# {title}", "", f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {sum(c['support'] for c in report['per_class'].values())}", ""]
     lines += ["| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
@@ -46,6 +83,9 @@ def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> st
     for avg in ("micro", "macro", "weighted"):
         a = report["averages"][avg]
         lines.append(f"| *{avg} avg* | {a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | |")
+    lines += ["", f"Expected calibration error (10 bins): **{report.get('ece', float('nan')):.4f}**"]
+    for name, sl in (report.get("slices") or {}).items():
+        lines.append(f"- slice `{name}`: n = {sl['n']}, accuracy {sl['accuracy']:.4f}, macro-F1 {sl['macro_f1']:.4f}")
     lines += ["", "Confusion matrix (rows = true, columns = predicted): " + ", ".join(labels), ""]
     for name, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"- {name}: {row}")
@@ -70,14 +110,24 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     preds = logits.argmax(-1).tolist()
     refs = [labels.index(l) for l in data["label"]]
     report = classification_report(preds, refs, labels)
+    report["calibration"] = calibration(logits.softmax(-1), refs)
+    report["ece"] = report["calibration"]["ece"]
+    # Per-slice metrics: one report per source (e.g. each dataset a model is scored on).
+    report["slices"] = {}
+    if "source" in data and data["source"].nunique() > 1:
+        for name, idx in data.groupby("source").indices.items():
+            sub = classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)
+            report["slices"][str(name)] = {"n": len(idx), "accuracy": sub["accuracy"], "macro_f1": sub["macro_f1"]}
 
-    pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": [labels[p] for p in preds]}).to_parquet(out_dir / "predictions.parquet", index=False)
+    probs = logits.softmax(-1)
+    pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": [labels[p] for p in preds],
+                  "confidence": probs.max(-1).values.tolist()}).to_parquet(out_dir / "predictions.parquet", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(report_markdown(report, labels, title))
     plot = confusion_matrix(report["confusion_matrix"], labels, out_dir / "confusion.png", title)
     return EvalResult(
         accuracy=round(report["accuracy"], 6), macro_f1=round(report["macro_f1"], 6), weighted_f1=round(report["weighted_f1"], 6),
-        n=len(refs), metrics_path=str(out_dir / "metrics.json"), report_path=str(out_dir / "report.md"),
+        ece=round(report["ece"], 6), n=len(refs), metrics_path=str(out_dir / "metrics.json"), report_path=str(out_dir / "report.md"),
         confusion_plot=str(plot), predictions_path=str(out_dir / "predictions.parquet"), report=report,
     )
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmops.config import FinetuneParams
+from lmops.errors import UserError
 
 # LoRA targets per architecture family (attention projections; the usual choice in the PEFT docs).
 LORA_TARGETS = {
@@ -48,12 +50,28 @@ def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
     if override:
         return override
     if model_type not in LORA_TARGETS:
-        from lmops.errors import UserError
-
         raise UserError(
             f"no default LoRA target modules for model_type {model_type!r}; set finetune.lora.target_modules in params.yaml"
         )
     return LORA_TARGETS[model_type]
+
+
+MERGEABLE = {"lora", "ia3"}
+
+
+def peft_config(params: FinetuneParams, model):
+    """The PEFT config for ``params.method``; freshly initialised modules are always trained and saved."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    fresh = new_module_names(model)
+    common = {"task_type": TaskType.SEQ_CLS, "modules_to_save": fresh}
+    if params.method == "lora":
+        return LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
+                          target_modules=lora_targets(model.config.model_type, params.lora.target_modules), **common)
+    if params.method == "ia3":
+        return IA3Config(**common)  # target/feed-forward modules: PEFT's defaults for the architecture
+    cls = PromptTuningConfig if params.method == "prompt" else PrefixTuningConfig
+    return cls(num_virtual_tokens=params.virtual_tokens, **common)
 
 
 def new_module_names(model) -> list[str]:
@@ -73,6 +91,14 @@ def load_classifier(base: str, labels: list[str]):
 
     from tasks.tokenize import load_tokenizer
 
+    adapter_cfg = Path(base) / "adapter_config.json"
+    if adapter_cfg.is_file():
+        # A soft-prompt adapter folder: load its base model, then the adapter (and its trained head).
+        from peft import PeftModel
+
+        ref = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        model, tokenizer = load_classifier(ref, labels)
+        return PeftModel.from_pretrained(model, base), load_tokenizer(base)
     tokenizer = load_tokenizer(base)
     model, info = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
@@ -129,15 +155,13 @@ def finetune(
 
     model, tokenizer = load_classifier(base, labels)
     total_params = sum(p.numel() for p in model.parameters())
-    if params.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+    if params.method != "full":
+        from peft import get_peft_model
 
-        cfg = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-            target_modules=lora_targets(model.config.model_type, params.lora.target_modules),
-            modules_to_save=new_module_names(model),
-        )
-        model = get_peft_model(model, cfg)  # SEQ_CLS keeps the classifier head trainable and saved
+        try:
+            model = get_peft_model(model, peft_config(params, model))  # SEQ_CLS keeps the classifier head trainable and saved
+        except ValueError as exc:
+            raise UserError(f"finetune.method {params.method!r} does not support {model.config.model_type!r} here: {exc}") from exc
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
 
@@ -197,13 +221,19 @@ def finetune(
     model.load_state_dict(best_state)
 
     adapter_dir = None
-    if params.method == "lora":
+    model_dir = out_dir / "model"
+    if params.method != "full":
         adapter_dir = out_dir / "adapter"
         model.save_pretrained(adapter_dir)
-        model = model.merge_and_unload()
-    model_dir = out_dir / "model"
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
+        tokenizer.save_pretrained(adapter_dir)
+    if params.method in MERGEABLE or params.method == "full":
+        if params.method in MERGEABLE:
+            model = model.merge_and_unload()  # a plain model: serving needs no PEFT
+        model.save_pretrained(model_dir, safe_serialization=True)
+        tokenizer.save_pretrained(model_dir)
+    else:
+        # Soft prompts cannot be merged: the model folder is the adapter, which names its base model.
+        shutil.copytree(adapter_dir, model_dir)
     plot = loss_curve({"train": train_pts, "validation": val_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
     summary = FinetuneSummary(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,

@@ -53,7 +53,8 @@ class SourceCounts:
     rows_in: int = 0
     kept: int = 0
     quarantined: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # exact + near duplicates
+    near_duplicates: int = 0
 
 
 @dataclass
@@ -178,11 +179,13 @@ def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
             except json.JSONDecodeError as exc:
                 yield Rejected(str(path), i, f"invalid JSON: {exc.msg}", line[:200])
                 continue
-            if not isinstance(rec, dict) or not isinstance(rec.get(src.text_column), str):
-                yield Rejected(str(path), i, f"no string field {src.text_column!r}", line[:200])
+            fields = src.text_columns or [src.text_column]
+            if not isinstance(rec, dict) or not any(isinstance(rec.get(f), str) for f in fields):
+                yield Rejected(str(path), i, f"no string field among {fields}", line[:200])
                 continue
+            text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
             label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-            yield Row(rec[src.text_column], str(path), i, label=None if label is None else str(label))
+            yield Row(text, str(path), i, label=None if label is None else str(label))
 
 
 def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
@@ -206,6 +209,33 @@ def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
         yield Row(text, str(path), i, label=None if label is None else str(label))
 
 
+def _read_text_lines(src: SourceParams) -> Iterator[Row | Rejected]:
+    path = Path(src.path)
+    with _open_text(path) as fh:
+        for i, line in enumerate(fh, start=1):
+            yield Row(line.rstrip("\r\n"), str(path), i)
+
+
+def _read_hf(src: SourceParams) -> Iterator[Row | Rejected]:
+    """A Hugging Face datasets id (needs a reachable hub, or the dataset in the local HF cache)."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(src.path, split=src.split)
+    except Exception as exc:  # noqa: BLE001 - offline/hub errors come in many types
+        from lmops.errors import TransientError
+
+        raise TransientError(f"source {src.name!r}: cannot load Hugging Face dataset {src.path!r} split {src.split!r} ({exc}); "
+                             "with HF_HUB_OFFLINE=1 only cached datasets load") from exc
+    for i, rec in enumerate(ds, start=1):
+        text = rec.get(src.text_column)
+        if not isinstance(text, str):
+            yield Rejected(src.path, i, f"{src.text_column!r} is not a string")
+            continue
+        label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
+        yield Row(text, src.path, i, label=None if label is None else str(label))
+
+
 def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[Row | Rejected]:
     root = Path(src.path)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".txt", ".gz"})
@@ -223,17 +253,62 @@ def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[
 
 def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
-    if not path.exists():
+    if src.format != "hf" and not path.exists():
         raise UserError(f"source {src.name!r}: {path} does not exist; fix ingest.sources[].path in params.yaml")
     readers = {
         "sentfin": _read_sentfin,
         "csv": _read_csv,
         "jsonl": _read_jsonl,
         "parquet": _read_parquet,
+        "text_lines": _read_text_lines,
+        "hf": _read_hf,
         "text_dir": _read_text_dir,
         "fomc": lambda s: _read_text_dir(s, date_from_name=True),
     }
     yield from readers[src.format](src)
+
+
+class NearDuplicates:
+    """MinHash over word 5-grams with LSH banding: flags a document whose estimated Jaccard similarity
+    to an earlier one (same role) reaches ``threshold``. 64 hashes = 16 bands × 4 rows."""
+
+    PERMS, BANDS = 64, 16
+
+    def __init__(self, threshold: float, seed: int = 1):
+        import numpy as np
+
+        self.threshold = threshold
+        rng = np.random.default_rng(seed)
+        self._a = rng.integers(1, (1 << 61) - 1, self.PERMS, dtype=np.uint64)
+        self._b = rng.integers(0, (1 << 61) - 1, self.PERMS, dtype=np.uint64)
+        self._buckets: dict[tuple, list[int]] = {}
+        self._sigs: list = []
+
+    def signature(self, text: str):
+        import numpy as np
+
+        words = text.lower().split()
+        grams = {" ".join(words[i : i + 5]) for i in range(max(1, len(words) - 4))}
+        h = np.array([int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams], dtype=np.uint64)
+        # (a*h + b) mod 2^64 as a universal-ish hash family; the min over shingles per permutation.
+        return (np.outer(h, self._a) + self._b).min(axis=0)
+
+    def seen_before(self, role: str, text: str) -> bool:
+        import numpy as np
+
+        if len(text.split()) < 8:  # too short for shingles to mean anything; exact dedup covers these
+            return False
+        sig = self.signature(text)
+        rows = self.PERMS // self.BANDS
+        keys = [(role, b, sig[b * rows : (b + 1) * rows].tobytes()) for b in range(self.BANDS)]
+        candidates = {i for k in keys for i in self._buckets.get(k, [])}
+        if any(float(np.mean(self._sigs[i] == sig)) >= self.threshold for i in candidates):
+            return True
+        idx = len(self._sigs)
+        self._sigs.append(sig)
+        for k in keys:
+            self._buckets.setdefault(k, []).append(idx)
+        return False
 
 
 def _key(text: str) -> str:
@@ -246,6 +321,7 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary):
     corpus: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
+    near = NearDuplicates(params.near_duplicate_threshold) if params.near_duplicate_threshold else None
 
     for src in params.sources:
         counts = summary.sources.setdefault(src.name, SourceCounts())
@@ -269,6 +345,10 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary):
                 counts.duplicates += 1
                 continue
             seen.add(key)
+            if near is not None and near.seen_before(src.role, " ".join(r["text"] for r in rows)):
+                counts.duplicates += 1
+                counts.near_duplicates += 1
+                continue
             counts.kept += 1
             (labeled if src.role == "labeled" else corpus).extend(rows)
     return labeled, corpus, quarantine
@@ -293,6 +373,21 @@ def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path):
     labeled, _, quarantine = _collect(params, labels, summary)
     _write_quarantine(quarantine, params, out_dir)
     return pd.DataFrame(labeled, columns=COLUMNS), summary
+
+
+def ingest_corpus_only(params: IngestParams, out_dir: Path):
+    """Ingest unlabeled sources alone (corpus benchmarks, corpus-only refreshes); returns (frame, summary)."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = IngestSummary(out_dir=str(out_dir))
+    _, corpus, quarantine = _collect(params, [], summary)
+    for rec in corpus:
+        rec.pop("_file"), rec.pop("_row")
+    _write_quarantine(quarantine, params, out_dir)
+    frame = pd.DataFrame(corpus, columns=COLUMNS)[["id", "text", "source", "date"]]
+    frame.to_parquet(out_dir / "corpus.parquet", index=False)
+    return frame, summary
 
 
 def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) -> IngestSummary:

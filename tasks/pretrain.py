@@ -1,19 +1,28 @@
 """Pretrain: self-supervised masked-LM (BERT-style) or causal-LM (GPT-2-style) training.
 
-Starts from a config (sizes in params) or continues from any Hugging Face checkpoint (hub id or
-local path: domain-adaptive pretraining). Outputs ``model/`` (safetensors + config + tokenizer),
-``pretrain.json``, ``history.json`` and ``loss.png``.
+Starts from a config (sizes in params) or continues from any Hugging Face checkpoint (hub id, local
+path or ``pkg:NAME``: domain-adaptive pretraining). Resumable: atomic checkpoints every
+``checkpoint_every`` steps under ``out_dir/checkpoints``; re-running with the same ``out_dir`` continues
+from the last one with the same data order. Distributed: under ``torchrun`` each rank trains on its
+shard of every global batch with DDP (gloo on CPU, NCCL on GPU). Outputs ``model/`` (safetensors +
+config + tokenizer), ``pretrain.json``, ``history.json``, ``loss.png`` and ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmops.config import PretrainParams
+from lmops.errors import UserError
+
+# Dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, without sparsity).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
 @dataclass
@@ -28,6 +37,11 @@ class PretrainSummary:
     perplexity: float
     parameters: int
     resumed_from_step: int | None = None
+    world_size: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    mfu: float | None = None
+    param_digest: str | None = None  # hash of this process's final weights (DDP replicas must agree)
     loss_plot: str | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -37,10 +51,11 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
     if params.base_model:
-        auto = AutoModelForMaskedLM if params.objective == "mlm" else AutoModelForCausalLM
         from lmops.models import resolve_model_ref
 
-        model = auto.from_pretrained(resolve_model_ref(params.base_model), use_safetensors=True, trust_remote_code=False)
+        auto = AutoModelForMaskedLM if params.objective == "mlm" else AutoModelForCausalLM
+        model = auto.from_pretrained(resolve_model_ref(params.base_model), use_safetensors=True, trust_remote_code=False,
+                                     attn_implementation=params.attn_implementation)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model
@@ -50,17 +65,42 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
             num_attention_heads=params.num_heads, intermediate_size=params.intermediate_size,
             max_position_embeddings=max(512, block_size), pad_token_id=tokenizer.pad_token_id,
         )
+        cfg._attn_implementation = params.attn_implementation
         return BertForMaskedLM(cfg)
     cfg = GPT2Config(
         vocab_size=len(tokenizer), n_embd=params.hidden_size, n_layer=params.num_layers, n_head=params.num_heads,
         n_inner=params.intermediate_size, n_positions=max(1024, block_size),
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    cfg._attn_implementation = params.attn_implementation
     return GPT2LMHeadModel(cfg)
 
 
-def mask_tokens(input_ids, tokenizer, probability: float, generator):
-    """BERT masking: choose ``probability`` of non-special tokens; of those 80% [MASK], 10% random, 10% kept.
+def continuation_table(tokenizer):
+    """Bool tensor over the vocab: True where a token continues the previous word.
+
+    WordPiece marks continuations with ``##``; byte-level BPE (GPT-2/RoBERTa) and SentencePiece mark
+    word *starts* (``Ġ`` / ``▁``), so there a token without the marker continues a word.
+    """
+    import torch
+
+    vocab = tokenizer.get_vocab()
+    table = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    tokens = list(vocab)
+    if any(t.startswith("##") for t in tokens):
+        rule = lambda t: t.startswith("##")  # noqa: E731
+    else:
+        marker = "Ġ" if any(t.startswith("Ġ") for t in tokens) else "▁"
+        rule = lambda t: not t.startswith(marker)  # noqa: E731
+    specials = set(tokenizer.all_special_tokens)
+    for tok, idx in vocab.items():
+        table[idx] = rule(tok) and tok not in specials
+    return table
+
+
+def mask_tokens(input_ids, tokenizer, probability: float, generator, continuation=None):
+    """BERT masking: choose ``probability`` of non-special tokens (or of whole words when
+    ``continuation`` is given); of those 80% [MASK], 10% random, 10% kept.
 
     Returns (inputs, labels) with labels = -100 where no prediction is asked for.
     """
@@ -70,9 +110,14 @@ def mask_tokens(input_ids, tokenizer, probability: float, generator):
     special = torch.zeros_like(input_ids, dtype=torch.bool)
     for tid in set(tokenizer.all_special_ids):
         special |= input_ids == tid
-    probs = torch.full(input_ids.shape, probability)
-    probs.masked_fill_(special, 0.0)
-    chosen = torch.bernoulli(probs, generator=generator).bool()
+    draw = torch.rand(input_ids.shape, generator=generator)
+    if continuation is not None:
+        # Every token takes the draw of the first token of its word, so a word is chosen as a whole.
+        cont = continuation[input_ids.clamp(max=len(continuation) - 1)] & ~special
+        pos = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        start_pos = torch.where(cont, torch.zeros_like(pos), pos).cummax(dim=1).values
+        draw = draw.gather(1, start_pos)
+    chosen = (draw < probability) & ~special
     labels[~chosen] = -100
     inputs = input_ids.clone()
     to_mask = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool() & chosen
@@ -82,12 +127,12 @@ def mask_tokens(input_ids, tokenizer, probability: float, generator):
     return inputs, labels
 
 
-def _batch(blocks, tokenizer, objective: str, mlm_probability: float, generator):
+def _batch(blocks, tokenizer, objective: str, mlm_probability: float, generator, continuation=None):
     import torch
 
     ids = torch.as_tensor(blocks, dtype=torch.long)
     if objective == "mlm":
-        inputs, labels = mask_tokens(ids, tokenizer, mlm_probability, generator)
+        inputs, labels = mask_tokens(ids, tokenizer, mlm_probability, generator, continuation)
         return {"input_ids": inputs, "labels": labels}
     return {"input_ids": ids, "labels": ids.clone()}
 
@@ -100,8 +145,30 @@ def lr_at(step: int, params: PretrainParams) -> float:
     return params.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float, batch_size: int, seed: int) -> float:
+def flops_per_token(model, block_size: int) -> float:
+    """Training FLOPs per token: 6·N (forward+backward matmuls) + attention scores (PaLM appendix B)."""
+    cfg = model.config
+    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name and ".wte." not in name and ".wpe." not in name)
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    return 6 * n + 12 * layers * hidden * block_size
+
+
+def device_peak_flops(params: PretrainParams, device) -> float | None:
+    if params.peak_flops:
+        return params.peak_flops
+    if device.type != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float, batch_size: int, seed: int, device=None, autocast=None) -> float:
     """Mean held-out loss; MLM masks with a fixed seed so every evaluation sees the same masks."""
+    import contextlib
+
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
@@ -113,13 +180,85 @@ def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float
             n = int((batch["labels"] != -100).sum())
             if n == 0:
                 continue
-            total += float(model(**batch).loss) * n
+            if device is not None:
+                batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast() if autocast else contextlib.nullcontext():
+                total += float(model(**batch).loss) * n
             count += n
     model.train()
     return total / max(count, 1)
 
 
+# --- checkpoints ---------------------------------------------------------------------------
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.json").exists()) if ckpt_dir.exists() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int) -> Path:
+    """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one."""
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step-{step:08d}"
+    tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete checkpoint
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(p for p in ckpt_dir.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_dir.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, opt) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+# --- distributed ---------------------------------------------------------------------------
+
+def _dist_setup():
+    """(rank, world_size, device); initialises torch.distributed under torchrun."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _precision(params: PretrainParams, device) -> str:
+    import torch
+
+    if params.precision != "auto":
+        return params.precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, seed: int, out_dir: Path, progress: bool = True) -> PretrainSummary:
+    import contextlib
+
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -127,71 +266,152 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     from tasks.plots import loss_curve
     from tasks.tokenize import load_tokenizer
 
+    rank, world, device = _dist_setup()
+    if params.batch_size % world:
+        raise UserError(f"pretrain.batch_size ({params.batch_size}) must be divisible by the number of processes ({world})")
+    main = rank == 0
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     blocks = np.load(blocks_path)
+    block_size = blocks.shape[1]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(blocks))
     n_eval = max(1, int(len(blocks) * params.eval_fraction))
     eval_blocks, train_blocks = blocks[order[:n_eval]], blocks[order[n_eval:]]
-    model = build_model(params, tokenizer, blocks.shape[1])
+    if len(train_blocks) < params.batch_size:
+        raise UserError(f"only {len(train_blocks)} training blocks for pretrain.batch_size {params.batch_size}; lower it or add data")
+    model = build_model(params, tokenizer, block_size).to(device)
+    if params.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=params.lr)
     gen = torch.Generator().manual_seed(seed)
+    continuation = continuation_table(tokenizer) if params.objective == "mlm" and params.whole_word_masking else None
+    precision = _precision(params, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else None
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    # Data order lives in (rng, epoch_order, cursor) and masking in gen: all saved with each checkpoint.
+    step, tokens, cursor, elapsed_before, running = 0, 0, 0, 0.0, 0.0
+    epoch_order = rng.permutation(len(train_blocks))
     history: list[dict] = []
-    train_pts, eval_pts = [], []
-    tokens = 0
+    ckpt_dir = out_dir / "checkpoints"
+    resumed_from = None
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None:
+        st = load_checkpoint(last, model, opt)
+        step, tokens, cursor, elapsed_before, running = st["step"], st["tokens"], st["cursor"], st["elapsed"], st["running"]
+        epoch_order = np.asarray(st["epoch_order"])
+        rng.bit_generator.state = st["rng"]
+        gen.set_state(torch.tensor(st["torch_gen"], dtype=torch.uint8))
+        history = st["history"]
+        resumed_from = step
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if params.compile:
+        train_model = torch.compile(train_model)
+
     start = time.perf_counter()
-    cursor, epoch_order = 0, rng.permutation(len(train_blocks))
-    running = 0.0
-    step = 0
-    bar = tqdm(total=params.max_steps, desc=f"pretrain ({params.objective})", disable=not progress, unit="step", mininterval=2.0)
-    for step in range(params.max_steps):
+    bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
+    per_rank = params.batch_size // world
+    while step < params.max_steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, params)
         loss_sum = 0.0
-        for _ in range(params.grad_accum):
+        for micro in range(params.grad_accum):
             if cursor + params.batch_size > len(epoch_order):
                 cursor, epoch_order = 0, rng.permutation(len(train_blocks))
-            idx = epoch_order[cursor : cursor + params.batch_size]
+            idx = np.sort(epoch_order[cursor : cursor + params.batch_size])
             cursor += params.batch_size
-            batch = _batch(train_blocks[np.sort(idx)], tokenizer, params.objective, params.mlm_probability, gen)
-            loss = model(**batch).loss / params.grad_accum
-            loss.backward()
+            # Every rank builds the same global batch and masks, then trains on its own rows.
+            batch = _batch(train_blocks[idx], tokenizer, params.objective, params.mlm_probability, gen, continuation)
+            batch = {k: v[rank * per_rank : (rank + 1) * per_rank].to(device) for k, v in batch.items()}
+            sync = contextlib.nullcontext() if world == 1 or micro == params.grad_accum - 1 else train_model.no_sync()
+            with sync, (autocast() if autocast else contextlib.nullcontext()):
+                loss = train_model(**batch).loss / params.grad_accum
+            scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
-            tokens += int(batch["input_ids"].numel())
+            tokens += params.batch_size * block_size
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
+        if world > 1:
+            t = torch.tensor([loss_sum], device=device)
+            torch.distributed.all_reduce(t)
+            loss_sum = float(t) / world
         running = loss_sum if step == 0 else 0.9 * running + 0.1 * loss_sum
+        step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}")
-        if (step + 1) % params.log_every == 0 or step + 1 == params.max_steps:
-            elapsed = time.perf_counter() - start
-            rec = {"step": step + 1, "loss": round(loss_sum, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)}
-            history.append(rec)
-            train_pts.append((step + 1, loss_sum))
-        if params.time_budget_s and time.perf_counter() - start > params.time_budget_s:
+        elapsed = elapsed_before + time.perf_counter() - start
+        if step % params.log_every == 0 or step == params.max_steps:
+            history.append({"step": step, "loss": round(loss_sum, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)})
+        if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps:
+            if main:
+                save_checkpoint(ckpt_dir, step, model, opt, {
+                    "step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": running,
+                    "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(), "history": history,
+                }, params.keep_checkpoints)
+            if world > 1:
+                torch.distributed.barrier()
+        if params.time_budget_s and elapsed > params.time_budget_s:
             break
     bar.close()
-    steps_done = step + 1
-    elapsed = time.perf_counter() - start
-    eval_loss = evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, params.batch_size, seed)
-    eval_pts.append((steps_done, eval_loss))
+    elapsed = elapsed_before + time.perf_counter() - start
+    eval_loss = evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, per_rank, seed, device, autocast)
+    tokens_per_s = tokens / max(elapsed, 1e-9)
+    peak = device_peak_flops(params, device)
+    mfu = round(flops_per_token(model, block_size) * tokens_per_s / (peak * world), 4) if peak else None
 
     model_dir = out_dir / "model"
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
-    plot = loss_curve({"train": train_pts, "held-out": eval_pts}, out_dir / "loss.png", f"{params.objective.upper()} pretraining loss")
     summary = PretrainSummary(
-        model_dir=str(model_dir), objective=params.objective, steps=steps_done, tokens=tokens,
-        tokens_per_s=round(tokens / elapsed, 1), train_loss=round(running, 4), eval_loss=round(eval_loss, 4),
-        perplexity=round(math.exp(min(eval_loss, 50)), 3), parameters=sum(p.numel() for p in model.parameters()),
-        loss_plot=str(plot), history=history,
+        model_dir=str(model_dir), objective=params.objective, steps=step, tokens=tokens, tokens_per_s=round(tokens_per_s, 1),
+        train_loss=round(running, 4), eval_loss=round(eval_loss, 4), perplexity=round(math.exp(min(eval_loss, 50)), 3),
+        parameters=sum(p.numel() for p in model.parameters()), resumed_from_step=resumed_from, world_size=world,
+        device=str(device), precision=precision, mfu=mfu, history=history, param_digest=state_digest(model),
     )
-    (out_dir / "pretrain.json").write_text(json.dumps(asdict(summary), indent=2))
+    if main:
+        tmp_dir = out_dir / ".model.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        model.save_pretrained(tmp_dir, safe_serialization=True)
+        tokenizer.save_pretrained(tmp_dir)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(tmp_dir, model_dir)
+        pts = [(h["step"], h["loss"]) for h in history]
+        summary.loss_plot = str(loss_curve({"train": pts, "held-out": [(step, eval_loss)]}, out_dir / "loss.png", f"{params.objective.upper()} pretraining loss"))
+        (out_dir / "history.json").write_text(json.dumps(history))
+        (out_dir / "pretrain.json").write_text(json.dumps(asdict(summary), indent=2))
+        _model_card(model_dir, params, summary, block_size)
+    if world > 1:
+        torch.distributed.barrier()
     return summary
+
+
+def state_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _model_card(model_dir: Path, params: PretrainParams, s: PretrainSummary, block_size: int) -> None:
+    import sys
+
+    (model_dir / "README.md").write_text(
+        f"# Domain-pretrained {params.objective.upper()} model (lmops)\n\n"
+        f"- base: {params.base_model or 'from config'} · parameters {s.parameters:,} · block size {block_size}\n"
+        f"- steps {s.steps} · tokens seen {s.tokens:,} · held-out loss {s.eval_loss} · perplexity {s.perplexity}\n"
+        f"- data version: see the run's lineage (`data.dvc`) · {s.world_size} process(es) on {s.device}, {s.precision}\n"
+        f"- command: `{' '.join(['lmops', *sys.argv[1:]])}`\n"
+    )

@@ -346,6 +346,7 @@ def compare(ref_a: str, ref_b: str) -> dict[str, Any]:
 
 
 REQUIRED_FILES = ("config.json", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # soft-prompt versions: adapter + base reference
 
 
 def verify(name: str | None = None) -> list[dict[str, Any]]:
@@ -363,6 +364,7 @@ def verify(name: str | None = None) -> list[dict[str, Any]]:
                 present, error = set(), str(exc)
             else:
                 error = None
-            missing = [f for f in REQUIRED_FILES if f not in present]
+            wanted = ADAPTER_FILES if "adapter_config.json" in present else REQUIRED_FILES
+            missing = [f for f in wanted if f not in present]
             rows.append({"name": n, "version": int(mv.version), "ok": not missing and error is None, "missing": missing, "error": error, "source": mv.source})
     return rows

@@ -27,6 +27,8 @@ class TokenizeSummary:
     blocks: int
     block_size: int
     trained: bool
+    cache_key: str = ""
+    cached: bool = False
 
 
 def train_tokenizer(texts: Iterable[str], params: TokenizeParams):
@@ -111,11 +113,29 @@ def pack_blocks(tokenizer, texts: list[str], block_size: int, add_cls: bool):
     return arr, len(stream)
 
 
+def cache_key(corpus_path: Path, params: TokenizeParams, objective: str, base_model: str | None) -> str:
+    """(data, tokenizer settings, block size): unchanged inputs are never re-tokenized."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(corpus_path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(json.dumps([params.model_dump(mode="json"), objective, base_model], sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
 def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, base_model: str | None, out_dir: Path) -> TokenizeSummary:
     import numpy as np
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(corpus_path, params, objective, base_model)
+    done = out_dir / "tokenize.json"
+    if done.exists() and (out_dir / "blocks.npy").exists():
+        prev = json.loads(done.read_text())
+        if prev.get("cache_key") == key:
+            return TokenizeSummary(**{**prev, "cached": True})
     texts = pd.read_parquet(corpus_path)["text"].tolist()
     trained = not (base_model and params.reuse_base)
     if trained:
@@ -128,10 +148,11 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
     tokenizer.save_pretrained(tok_dir)
     add_cls = objective == "mlm" and tokenizer.cls_token_id is not None
     blocks, n_tokens = pack_blocks(tokenizer, texts, params.block_size, add_cls)
-    np.save(out_dir / "blocks.npy", blocks)
+    np.save(out_dir / "blocks.tmp.npy", blocks)
+    (out_dir / "blocks.tmp.npy").replace(out_dir / "blocks.npy")
     summary = TokenizeSummary(
         tokenizer_dir=str(tok_dir), blocks_path=str(out_dir / "blocks.npy"), vocab_size=len(tokenizer),
-        documents=len(texts), tokens=n_tokens, blocks=int(blocks.shape[0]), block_size=params.block_size, trained=trained,
+        documents=len(texts), tokens=n_tokens, blocks=int(blocks.shape[0]), block_size=params.block_size, trained=trained, cache_key=key,
     )
     (out_dir / "tokenize.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

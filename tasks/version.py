@@ -92,7 +92,67 @@ def snapshot(root: Path, ingest_dir: Path, default_remote: Path, data_dir: str =
         repo.close()
     dvc_file = root / f"{data_dir}.dvc"
     md5 = read_data_version(dvc_file)
+    _log_version(md5, target)
     return DataVersion(md5=md5, path=str(target), dvc_file=str(dvc_file), remote=remote, pushed=pushed)
+
+
+def _versions_log() -> Path:
+    from lmops.env import lmops_home
+
+    return lmops_home() / "data-versions.jsonl"
+
+
+def _log_version(md5: str, data: Path) -> None:
+    """Remember each snapshot (md5, when, row counts) so `lmops data versions` can list them."""
+    import json
+    import time
+
+    summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").exists() else {}
+    rec = {"md5": md5, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "splits": summary.get("splits", {}),
+           "corpus_rows": summary.get("corpus_rows"), "sources": {k: v.get("kept") for k, v in summary.get("sources", {}).items()}}
+    log = _versions_log()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def list_versions() -> list[dict]:
+    """Snapshots in first-seen order, newest last; repeated md5s collapse to their first record."""
+    import json
+
+    log = _versions_log()
+    out: dict[str, dict] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            out.setdefault(rec["md5"], rec)
+    return list(out.values())
+
+
+def checkout(root: Path, version: str, data_dir: str = "data") -> str:
+    """Restore ``data/`` to a snapshot (full md5 or a unique prefix) from the DVC cache or remote."""
+    from dvc.repo import Repo
+
+    matches = [v["md5"] for v in list_versions() if v["md5"].startswith(version)]
+    if not matches and version.endswith(".dir") and len(version) == 36:
+        matches = [version]
+    if len(matches) != 1:
+        known = ", ".join(v["md5"][:12] for v in list_versions()) or "none"
+        raise UserError(f"data version {version!r} matches {len(matches)} snapshot(s) (known: {known}); give more of the md5")
+    md5 = matches[0]
+    dvc_file = root / f"{data_dir}.dvc"
+    meta = yaml.safe_load(dvc_file.read_text()) if dvc_file.exists() else {"outs": [{"path": data_dir, "hash": "md5"}]}
+    meta["outs"][0] = {"md5": md5, "path": data_dir, "hash": "md5"}
+    dvc_file.write_text(yaml.safe_dump(meta, sort_keys=False))
+    repo = Repo(str(root))
+    try:
+        try:
+            repo.checkout(targets=[str(dvc_file)], force=True)
+        except Exception:  # noqa: BLE001 - not in the local cache: fetch from the remote
+            repo.pull(targets=[str(dvc_file)], force=True)
+    finally:
+        repo.close()
+    return md5
 
 
 def read_data_version(dvc_file: Path) -> str:

@@ -76,3 +76,58 @@ def test_evaluate_writes_report_plot_and_predictions(lora_run, tmp_path):
     md = Path(r.report_path).read_text()
     assert "| negative |" in md and "macro avg" in md
     assert Path(r.confusion_plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibration_module_ece():
+    import evaluate
+
+    from lmops.metrics import metric_path
+
+    m = evaluate.load(metric_path("calibration"))
+    # perfectly calibrated: 80% confident and 80% right → ECE 0
+    assert m.compute(confidences=[0.8] * 10, correct=[1] * 8 + [0] * 2)["ece"] == pytest.approx(0.0)
+    # always 90% confident, always wrong → ECE 0.9
+    assert m.compute(confidences=[0.9] * 4, correct=[0] * 4)["ece"] == pytest.approx(0.9)
+
+
+def test_bootstrap_diff_sees_a_real_improvement_and_not_noise():
+    import numpy as np
+
+    from tasks.evaluate import bootstrap_diff
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400).tolist()
+    weak = [t if rng.random() < 0.6 else (t + 1) % 3 for t in y]
+    strong = [t if rng.random() < 0.9 else (t + 1) % 3 for t in y]
+    better = bootstrap_diff(y, weak, strong, LABELS, n=300)
+    assert better["accuracy"]["diff"] > 0.2 and better["accuracy"]["ci95"][0] > 0
+    same = bootstrap_diff(y, weak, weak, LABELS, n=50)
+    assert same["macro_f1"]["diff"] == 0 and same["macro_f1"]["ci95"] == [0.0, 0.0]
+
+
+def test_evaluation_report_has_ece_and_slices(lora_run, tmp_path):
+    import pandas as pd
+
+    s, fp, data = lora_run
+    test = pd.read_parquet(data / "test.parquet")
+    test.loc[test.index[: len(test) // 2], "source"] = "other"
+    test.to_parquet(tmp_path / "two_sources.parquet", index=False)
+    r = evaluate_model(Path(s.model_dir), tmp_path / "two_sources.parquet", LABELS, fp.max_length, 64, tmp_path / "ev")
+    assert 0 <= r.ece <= 1 and set(r.report["slices"]) == {"sentfin", "other"}
+    assert sum(v["n"] for v in r.report["slices"].values()) == r.n
+    assert "slice `other`" in Path(r.report_path).read_text()
+
+
+@pytest.mark.parametrize("method", ["ia3", "prompt", "prefix"])
+def test_other_peft_methods_train_save_and_reload_identically(method, tiny_lm, ingested, tmp_path):
+    import pandas as pd
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": method, "epochs": 1, "lr": 1e-2, "virtual_tokens": 4})
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path, progress=False)
+    assert s.method == method and 0 < s.trainable_params < s.total_params
+    texts = pd.read_parquet(data / "test.parquet")["text"].tolist()[:40]
+    a = predict_logits(*load_classifier(s.model_dir, LABELS), texts, fp.max_length, 16)
+    b = predict_logits(*load_classifier(s.model_dir, LABELS), texts, fp.max_length, 16)
+    torch.testing.assert_close(a, b)

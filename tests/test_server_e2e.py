@@ -64,3 +64,16 @@ def test_lmops_run_cli_against_a_real_prefect_server(prefect_server, project, lm
     for key in ("name", "version", "aliases", "metrics", "data_version", "params_hash", "git_commit", "flow_run_id"):
         assert key in info and info[key] not in (None, ""), key
     assert info["flow_run_id"] == summary["flow_run_id"]
+
+
+def test_lmops_run_on_a_fresh_home_with_the_embedded_prefect_api(project, tmp_path):
+    """What `make run` does on a new machine: no server, no state folder yet."""
+    home = tmp_path / "fresh" / ".lmops"
+    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_HOME", "PREFECT_API_URL"}}
+    env["LMOPS_HOME"] = str(home)
+    r = subprocess.run([sys.executable, "-m", "lmops.cli", "run", "--json", "pretrain.max_steps=4", "finetune.epochs=1"],
+                       cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["promoted"] and Path(summary["run_dir"]).is_relative_to(home)
+    assert (home / "prefect" / "prefect.db").exists() and (home / "mlflow" / "mlflow.db").exists()
