@@ -70,19 +70,27 @@ def peft_config(params: FinetuneParams, model):
                           target_modules=lora_targets(model.config.model_type, params.lora.target_modules), **common)
     if params.method == "ia3":
         return IA3Config(**common)  # target/feed-forward modules: PEFT's defaults for the architecture
+    if params.method == "prefix":
+        import inspect
+
+        if "past_key_values" not in inspect.signature(model.forward).parameters:
+            raise UserError(
+                f"prefix tuning needs a model that accepts past key values; {model.config.model_type!r} here does not. "
+                "Use finetune.method: prompt (soft prompts), lora or ia3 for this base"
+            )
     cls = PromptTuningConfig if params.method == "prompt" else PrefixTuningConfig
     return cls(num_virtual_tokens=params.virtual_tokens, **common)
 
 
 def new_module_names(model) -> list[str]:
-    """Top-level names (e.g. ``pooler``, ``classifier``) of modules initialised fresh on load."""
+    """Leaf modules (e.g. ``pooler.dense``, ``classifier``) whose weights were initialised fresh on load."""
     prefix = getattr(model, "base_model_prefix", "")
     names = set()
     for key in getattr(model, "lmops_new_modules", []):
         parts = key.split(".")
         if parts[0] == prefix and len(parts) > 1:
             parts = parts[1:]
-        names.add(parts[0])
+        names.add(".".join(parts))
     return sorted(names)
 
 

@@ -199,14 +199,14 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int) -> Path:
     """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:08d}"
     tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings/decoder weights
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete checkpoint
     for f in tmp.iterdir():
@@ -223,9 +223,9 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: in
 
 def load_checkpoint(path: Path, model, opt) -> dict:
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    load_model(model, str(path / "model.safetensors"))
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     return json.loads((path / "state.json").read_text())
 
@@ -308,6 +308,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         epoch_order = np.asarray(st["epoch_order"])
         rng.bit_generator.state = st["rng"]
         gen.set_state(torch.tensor(st["torch_gen"], dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))  # dropout masks continue as they would have
         history = st["history"]
         resumed_from = step
 
@@ -358,7 +359,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             if main:
                 save_checkpoint(ckpt_dir, step, model, opt, {
                     "step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": running,
-                    "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(), "history": history,
+                    "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(), "history": history,
                 }, params.keep_checkpoints)
             if world > 1:
                 torch.distributed.barrier()

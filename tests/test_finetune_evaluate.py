@@ -118,7 +118,7 @@ def test_evaluation_report_has_ece_and_slices(lora_run, tmp_path):
     assert "slice `other`" in Path(r.report_path).read_text()
 
 
-@pytest.mark.parametrize("method", ["ia3", "prompt", "prefix"])
+@pytest.mark.parametrize("method", ["ia3", "prompt"])
 def test_other_peft_methods_train_save_and_reload_identically(method, tiny_lm, ingested, tmp_path):
     import pandas as pd
 
@@ -131,3 +131,13 @@ def test_other_peft_methods_train_save_and_reload_identically(method, tiny_lm, i
     a = predict_logits(*load_classifier(s.model_dir, LABELS), texts, fp.max_length, 16)
     b = predict_logits(*load_classifier(s.model_dir, LABELS), texts, fp.max_length, 16)
     torch.testing.assert_close(a, b)
+
+
+def test_prefix_tuning_on_bert_is_a_clear_user_error(tiny_lm, ingested, tmp_path):
+    from lmops.errors import UserError
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "prefix", "epochs": 1})
+    with pytest.raises(UserError, match="prefix tuning needs a model that accepts past key values.*prompt"):
+        finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path, progress=False)

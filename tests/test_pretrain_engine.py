@@ -18,7 +18,10 @@ from tasks.pretrain import continuation_table, mask_tokens
 from tasks.tokenize import train_tokenizer
 from tests.conftest import REPO
 
-TEXTS = ["The Federal Reserve raised interest rates unexpectedly.", "Shares of Infosys fell sharply on weak guidance today."] * 60
+_RNG = np.random.default_rng(0)
+_WORDS = ["".join(_RNG.choice(list("abcdefghij"), 7)) for _ in range(400)]
+# 400 distinct random words cannot all fit a 140-token vocabulary, so many split into pieces.
+TEXTS = [" ".join(_RNG.choice(_WORDS, 12)) for _ in range(300)]
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
