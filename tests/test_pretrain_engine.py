@@ -78,7 +78,6 @@ def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, 
     assert [h["loss"] for h in s["history"]] == pytest.approx([h["loss"] for h in ref_summary["history"]], abs=1e-4)
 
 
-@pytest.mark.slow
 def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
     """torchrun --nproc_per_node 2 with gloo: both ranks end identical, loss ≈ the single-process run."""
     env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
