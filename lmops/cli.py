@@ -192,8 +192,34 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     run = _new_run("finetune")
     s = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(base), params.validate_.labels, params.finetune,
                  params.project.seed, run / "finetune")
-    print(json.dumps({k: v for k, v in s.__dict__.items() if k != "history"}, default=str))
+    out = {k: v for k, v in s.__dict__.items() if k != "history"}
+    if args.compare_base:
+        out["compare"] = _compare_bases(params, data, run, s.model_dir, args.compare_base)
+    print(json.dumps(out, default=str))
     return 0
+
+
+def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: str) -> dict:
+    """Does domain pretraining pay? The same fine-tuning from the generic base, both scored on the test
+    split, and the paired-bootstrap difference (domain − generic) with its 95% interval."""
+    import pandas as pd
+
+    from lmops.models import resolve_model_ref
+    from tasks.evaluate import bootstrap_diff, evaluate_model
+    from tasks.finetune import finetune
+
+    g = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(generic), params.validate_.labels, params.finetune,
+                 params.project.seed, run / "finetune-generic")
+    labels, test = params.validate_.labels, data / "test.parquet"
+    results = {}
+    for name, model in (("domain", domain_model), ("generic", g.model_dir)):
+        r = evaluate_model(Path(model), test, labels, params.finetune.max_length, params.evaluate.batch_size, run / f"evaluate-{name}")
+        results[name] = (r, pd.read_parquet(r.predictions_path))
+    refs = [labels.index(x) for x in results["domain"][1]["label"]]
+    preds = {k: [labels.index(x) for x in v[1]["prediction"]] for k, v in results.items()}
+    diff = bootstrap_diff(refs, preds["generic"], preds["domain"], labels, n=1000, seed=params.project.seed)
+    return {"generic_base": generic, "domain": results["domain"][0].headline(), "generic": results["generic"][0].headline(),
+            "domain_minus_generic": diff}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -333,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
     p = with_params(sub.add_parser("finetune", help="fine-tune a classifier on the current snapshot"))
     p.add_argument("--base", help="base model: folder, pkg:NAME or hub id (default: finetune.base_model)")
+    p.add_argument("--compare-base", metavar="GENERIC", help="also fine-tune from this generic base and report the test-set "
+                   "difference (domain − generic) with a bootstrap 95%% interval: does domain pretraining pay?")
     p.set_defaults(func=cmd_finetune)
     p = with_params(sub.add_parser("evaluate", help="evaluate MODEL (folder or NAME@ALIAS) on the test split or --data FILE"))
     p.add_argument("model")

@@ -47,6 +47,17 @@ def test_pretrain_finetune_evaluate_chain(project, env, tmp_path):
     assert ev["n"] == 4 and 0 <= ev["macro_f1"] <= 1 and set(ev["per_class"]) == {"negative", "neutral", "positive"}
 
 
+def test_compare_bases_reports_a_bootstrap_interval(project, env, tiny_lm):
+    _, pre, _ = tiny_lm
+    out = _last_json(run_cli("finetune", "--json", "--base", pre.model_dir, "--compare-base", pre.model_dir, "finetune.epochs=1",
+                             cwd=project, env=env))
+    cmp = out["compare"]
+    # the same base twice, seeded: identical models, so the difference is exactly 0 with a [0, 0] interval
+    assert cmp["domain"] == cmp["generic"]
+    assert cmp["domain_minus_generic"]["macro_f1"]["diff"] == 0 and cmp["domain_minus_generic"]["macro_f1"]["ci95"] == [0.0, 0.0]
+    assert cmp["domain_minus_generic"]["n_test"] > 0
+
+
 def test_finetune_without_a_base_is_a_user_error(project, env):
     r = run_cli("finetune", "--json", cwd=project, env=env)
     assert r.returncode == 2 and "--base" in r.stderr
