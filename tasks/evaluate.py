@@ -7,7 +7,7 @@ classification report), ``confusion.png`` and ``predictions.parquet``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,3 @@ def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
     out = out_dir / "eval.parquet"
     frame.to_parquet(out, index=False)
     return out
-
-
-def to_dict(result: EvalResult) -> dict[str, Any]:
-    return asdict(result)

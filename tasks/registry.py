@@ -12,11 +12,11 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from lmops.errors import RegistryError, UserError
+from lmops.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -254,17 +254,6 @@ def show(ref_text: str) -> dict[str, Any]:
         known = [m["name"] for m in list_models()]
         raise UserError(f"no model version {ref_text!r} in the registry (registered models: {known or 'none'}); see `lmops models list`")
     return describe(mv)
-
-
-def as_dict(reg: Registration) -> dict[str, Any]:
-    return asdict(reg)
-
-
-def ensure_reachable() -> None:
-    try:
-        client().search_registered_models(max_results=1)
-    except Exception as exc:  # noqa: BLE001
-        raise RegistryError(f"MLflow registry unreachable: {exc}") from exc
 
 
 # --- audit trail: manual actions, rollback, comparison, verification -------------------------
