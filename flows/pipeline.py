@@ -6,8 +6,6 @@ Run: ``lmops run [--params FILE] [key.path=value ...]`` (or ``make run``).
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from prefect import flow, runtime
 
 from flows.stages import png_markdown, publish, stage
 from lmops.config import Params, params_from_dict
-from lmops.env import dvc_remote_dir, runs_dir
+from lmops.env import dvc_remote_dir, new_run_dir
 from lmops.models import resolve_model_ref
 
 
@@ -148,12 +146,6 @@ def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decisi
     reg = registry.register_version(p.register_.model_name, run_id, source, lineage, decision.promote, decision.champion_version,
                                     description="\n".join(decision.reasons))
     return reg
-
-
-def new_run_dir() -> Path:
-    run = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run.mkdir(parents=True)
-    return run
 
 
 @flow(name="pipeline", log_prints=True)

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from lmops.env import new_run_dir
 from lmops.errors import LmopsError
 
 
@@ -84,20 +85,9 @@ def _snapshot_dir(params) -> Path:
         return data
     from tasks.ingest import ingest
 
-    out = _new_run("ingest") / "ingest"
+    out = new_run_dir("ingest") / "ingest"
     ingest(params.ingest, params.validate_.labels, out, params.project.seed)
     return out
-
-
-def _new_run(kind: str) -> Path:
-    import time
-    import uuid
-
-    from lmops.env import runs_dir
-
-    run = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
-    run.mkdir(parents=True)
-    return run
 
 
 def cmd_data_ingest(args: argparse.Namespace) -> int:
@@ -106,7 +96,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
     from tasks.ingest import ingest
     from tasks.validate import validate_snapshot
 
-    run = _new_run("ingest")
+    run = new_run_dir("ingest")
     summary = ingest(params.ingest, params.validate_.labels, run / "ingest", params.project.seed)
     out = {**summary.to_dict(), "run_dir": str(run)}
     try:
@@ -189,7 +179,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not base:
         raise UserError("no base model: pass --base PATH (e.g. a pretrain run's model/) or set finetune.base_model")
     data = _snapshot_dir(params)
-    run = _new_run("finetune")
+    run = new_run_dir("finetune")
     s = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(base), params.validate_.labels, params.finetune,
                  params.project.seed, run / "finetune")
     out = {k: v for k, v in s.__dict__.items() if k != "history"}
@@ -227,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     params = _params(args)
     from tasks.evaluate import evaluate_model, load_labeled_file
 
-    run = _new_run("evaluate")
+    run = new_run_dir("evaluate")
     model_dir = _model_dir(args.model, run)
     data = load_labeled_file(Path(args.data), params, run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
     r = evaluate_model(model_dir, data, params.validate_.labels, params.finetune.max_length, params.evaluate.batch_size, run / "evaluate",

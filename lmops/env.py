@@ -71,6 +71,17 @@ def runs_dir() -> Path:
     return lmops_home() / "runs"
 
 
+def new_run_dir(kind: str = "") -> Path:
+    """A fresh, uniquely named folder under the runs directory (``<time>[-kind]-<id>``)."""
+    import time
+    import uuid
+
+    name = "-".join(x for x in (time.strftime("%Y%m%d-%H%M%S"), kind, uuid.uuid4().hex[:6]) if x)
+    run = runs_dir() / name
+    run.mkdir(parents=True)
+    return run
+
+
 def apply_defaults() -> None:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
