@@ -117,6 +117,11 @@ class PretrainParams(Section):
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     compile: bool = False  # torch.compile the model (GPU; slow to start)
     gradient_checkpointing: bool = False
+    # MLM: run the vocabulary head only on the ~15% masked positions (as MosaicBERT/llm-foundry do);
+    # HF's BertForMaskedLM scores every position. Same loss, fewer FLOPs.
+    sparse_mlm_head: bool = True
+    # round a from-config model's vocabulary up (64 suits tensor cores: GPT-2's 50257 -> 50304, as nanoGPT does)
+    pad_vocab_to_multiple: int = Field(default=1, ge=1)
     peak_flops: float | None = None  # per-device peak FLOP/s for MFU; known GPUs are detected
 
     @model_validator(mode="after")

@@ -40,7 +40,9 @@ class PretrainSummary:
     world_size: int = 1
     device: str = "cpu"
     precision: str = "fp32"
-    mfu: float | None = None
+    mfu: float | None = None  # from the steady-state rate when there is one
+    steady_tokens_per_s: float | None = None  # after the first warm-up steps
+    flops_per_token: float | None = None
     param_digest: str | None = None  # hash of this process's final weights (DDP replicas must agree)
     loss_plot: str | None = None
     history: list[dict] = field(default_factory=list)
@@ -59,16 +61,18 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model
+    m = params.pad_vocab_to_multiple
+    vocab_size = -(-len(tokenizer) // m) * m
     if params.objective == "mlm":
         cfg = BertConfig(
-            vocab_size=len(tokenizer), hidden_size=params.hidden_size, num_hidden_layers=params.num_layers,
+            vocab_size=vocab_size, hidden_size=params.hidden_size, num_hidden_layers=params.num_layers,
             num_attention_heads=params.num_heads, intermediate_size=params.intermediate_size,
             max_position_embeddings=max(512, block_size), pad_token_id=tokenizer.pad_token_id,
         )
         cfg._attn_implementation = params.attn_implementation
         return BertForMaskedLM(cfg)
     cfg = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=params.hidden_size, n_layer=params.num_layers, n_head=params.num_heads,
+        vocab_size=vocab_size, n_embd=params.hidden_size, n_layer=params.num_layers, n_head=params.num_heads,
         n_inner=params.intermediate_size, n_positions=max(1024, block_size),
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
@@ -145,10 +149,69 @@ def lr_at(step: int, params: PretrainParams) -> float:
     return params.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def flops_per_token(model, block_size: int) -> float:
-    """Training FLOPs per token: 6·N (forward+backward matmuls) + attention scores (PaLM appendix B)."""
+def _mlm_parts(model):
+    """(encoder, vocabulary head) of a Hugging Face masked LM (BERT: .bert/.cls, RoBERTa: .roberta/.lm_head), or None."""
+    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+    return (encoder, head) if encoder is not None and head is not None else None
+
+
+def sparse_mlm(model):
+    """Wrap a masked LM so the vocabulary head runs only on masked positions.
+
+    The loss is the same as the model's own (mean cross-entropy over labelled positions); the head's
+    matmul over the vocabulary (a fifth of BERT-base's FLOPs, plus a [tokens × vocab] fp32 tensor) is
+    done for ~15% of the tokens. Returns None for architectures it does not know.
+    """
+    import torch
+
+    if _mlm_parts(model) is None:
+        return None
+
+    class SparseMLM(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, labels):
+            encoder, head = _mlm_parts(self.inner)
+            hidden = encoder(input_ids=input_ids).last_hidden_state  # packed blocks: no padding, no mask needed
+            keep = labels != -100
+            logits = head(hidden[keep])
+            # sum / count instead of mean: no NaN (and no host sync) when a batch has no masked token
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / keep.sum().clamp(min=1)
+            return _Out(loss)
+
+    return SparseMLM(model)
+
+
+@dataclass
+class _Out:
+    loss: object
+
+
+def flops_per_token(model, block_size: int, head_fraction: float = 1.0) -> float:
+    """Training FLOPs per token: 6·N (forward+backward matmuls) + attention scores (PaLM appendix B).
+
+    N counts every weight that takes part in a matmul: not the position/type embeddings (lookups), but
+    the word embeddings, which are also the tied output layer. ``head_fraction`` is the share of tokens
+    the vocabulary head runs on (0.15 with the sparse MLM head), so MFU counts only work that is done.
+    """
     cfg = model.config
-    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name and ".wte." not in name and ".wpe." not in name)
+    lookup = ("position_embeddings", "token_type_embeddings", ".wpe.")
+    named = dict(model.named_parameters())
+    n = sum(p.numel() for name, p in named.items() if not any(k in name for k in lookup))
+    out = model.get_output_embeddings()
+    head_params = 0
+    parts = _mlm_parts(model)
+    if parts is not None:
+        seen = {id(p) for p in parts[1].parameters()}
+        head_params = sum(p.numel() for p in parts[1].parameters())
+        if out is not None and id(out.weight) not in seen:
+            head_params += out.weight.numel()
+    elif out is not None:
+        head_params = out.weight.numel()
+    n -= (1.0 - head_fraction) * head_params
     layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
     hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
     return 6 * n + 12 * layers * hidden * block_size
@@ -248,6 +311,18 @@ def _dist_setup():
     return rank, world, device
 
 
+def _sync(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _to_device(t, device):
+    # pinned host memory makes the copy asynchronous, so it overlaps the previous step's kernels
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 def _precision(params: PretrainParams, device) -> str:
     import torch
 
@@ -281,13 +356,17 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     eval_blocks, train_blocks = blocks[order[:n_eval]], blocks[order[n_eval:]]
     if len(train_blocks) < params.batch_size:
         raise UserError(f"only {len(train_blocks)} training blocks for pretrain.batch_size {params.batch_size}; lower it or add data")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers under autocast (loss, norms)
+        torch.backends.cudnn.allow_tf32 = True
     model = build_model(params, tokenizer, block_size).to(device)
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=params.lr)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=params.lr,
+                            fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(seed)
     continuation = continuation_table(tokenizer) if params.objective == "mlm" and params.whole_word_masking else None
     precision = _precision(params, device)
@@ -312,19 +391,23 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         history = st["history"]
         resumed_from = step
 
-    train_model = model
+    sparse = sparse_mlm(model) if params.objective == "mlm" and params.sparse_mlm_head else None
+    train_model = sparse if sparse is not None else model
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if params.compile:
         train_model = torch.compile(train_model)
 
     start = time.perf_counter()
+    # Steady-state rate: from the step after warm-up steps (compilation, allocator, cuDNN autotuning).
+    skip = min(10, max(1, (params.max_steps - step) // 5))
+    steady_from: tuple[float, int] | None = None
     bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
     per_rank = params.batch_size // world
     while step < params.max_steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, params)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for micro in range(params.grad_accum):
             if cursor + params.batch_size > len(epoch_order):
                 cursor, epoch_order = 0, rng.permutation(len(train_blocks))
@@ -332,12 +415,12 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             cursor += params.batch_size
             # Every rank builds the same global batch and masks, then trains on its own rows.
             batch = _batch(train_blocks[idx], tokenizer, params.objective, params.mlm_probability, gen, continuation)
-            batch = {k: v[rank * per_rank : (rank + 1) * per_rank].to(device) for k, v in batch.items()}
+            batch = {k: _to_device(v[rank * per_rank : (rank + 1) * per_rank], device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if world == 1 or micro == params.grad_accum - 1 else train_model.no_sync()
             with sync, (autocast() if autocast else contextlib.nullcontext()):
                 loss = train_model(**batch).loss / params.grad_accum
             scaler.scale(loss).backward()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()  # stays on the device: no host sync per step, the CPU queues ahead
             tokens += params.batch_size * block_size
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -345,20 +428,22 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         scaler.update()
         opt.zero_grad(set_to_none=True)
         if world > 1:
-            t = torch.tensor([loss_sum], device=device)
-            torch.distributed.all_reduce(t)
-            loss_sum = float(t) / world
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum = loss_sum / world
         running = loss_sum if step == 0 else 0.9 * running + 0.1 * loss_sum
         step += 1
+        if steady_from is None and step == (resumed_from or 0) + skip:
+            _sync(device)
+            steady_from = (time.perf_counter(), tokens)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}")
         elapsed = elapsed_before + time.perf_counter() - start
         if step % params.log_every == 0 or step == params.max_steps:
-            history.append({"step": step, "loss": round(loss_sum, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)})
+            bar.set_postfix(loss=f"{float(loss_sum):.3f}")
+            history.append({"step": step, "loss": round(float(loss_sum), 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)})
         if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps:
             if main:
                 save_checkpoint(ckpt_dir, step, model, opt, {
-                    "step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": running,
+                    "step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
                     "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(), "history": history,
                 }, params.keep_checkpoints)
             if world > 1:
@@ -366,18 +451,27 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         if params.time_budget_s and elapsed > params.time_budget_s:
             break
     bar.close()
+    _sync(device)
+    running = float(running)
     elapsed = elapsed_before + time.perf_counter() - start
+    end_train = time.perf_counter()
     eval_loss = evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, per_rank, seed, device, autocast)
     tokens_per_s = tokens / max(elapsed, 1e-9)
+    steady = None
+    if steady_from is not None and tokens > steady_from[1]:
+        steady = (tokens - steady_from[1]) / max(end_train - steady_from[0], 1e-9)
     peak = device_peak_flops(params, device)
-    mfu = round(flops_per_token(model, block_size) * tokens_per_s / (peak * world), 4) if peak else None
+    head_fraction = params.mlm_probability if sparse is not None else 1.0
+    fpt = flops_per_token(model, block_size, head_fraction)
+    mfu = round(fpt * (steady or tokens_per_s) / (peak * world), 4) if peak else None
 
     model_dir = out_dir / "model"
     summary = PretrainSummary(
         model_dir=str(model_dir), objective=params.objective, steps=step, tokens=tokens, tokens_per_s=round(tokens_per_s, 1),
         train_loss=round(running, 4), eval_loss=round(eval_loss, 4), perplexity=round(math.exp(min(eval_loss, 50)), 3),
         parameters=sum(p.numel() for p in model.parameters()), resumed_from_step=resumed_from, world_size=world,
-        device=str(device), precision=precision, mfu=mfu, history=history, param_digest=state_digest(model),
+        device=str(device), precision=precision, mfu=mfu, steady_tokens_per_s=round(steady, 1) if steady else None,
+        flops_per_token=fpt, history=history, param_digest=state_digest(model),
     )
     if main:
         tmp_dir = out_dir / ".model.tmp"

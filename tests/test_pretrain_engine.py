@@ -96,3 +96,42 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
     assert lines[0]["param_digest"] == lines[1]["param_digest"]  # both ranks hold identical weights
     assert lines[0]["eval_loss"] == pytest.approx(s1["eval_loss"], rel=0.02)
     assert [h["loss"] for h in lines[0]["history"]] == pytest.approx([h["loss"] for h in s1["history"]], rel=0.05)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_sparse_mlm_head_gives_the_models_own_loss_and_gradients(arch):
+    from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
+
+    from tasks.pretrain import sparse_mlm
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = (BertForMaskedLM(BertConfig(**kw)) if arch == "bert" else RobertaForMaskedLM(RobertaConfig(**kw, pad_token_id=1)))
+    ids = torch.randint(5, 120, (4, 16))
+    labels = torch.where(torch.rand(4, 16) < 0.2, ids, torch.full_like(ids, -100))
+    full = model(input_ids=ids, labels=labels).loss
+    full.backward()
+    g_full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    sparse = sparse_mlm(model)(input_ids=ids, labels=labels).loss
+    sparse.backward()
+    torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        if n in g_full:
+            torch.testing.assert_close(p.grad, g_full[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_flops_per_token_of_gpt2_small_and_bert_base_match_the_usual_counts():
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    from tasks.pretrain import flops_per_token
+
+    with torch.device("meta"):
+        gpt = GPT2LMHeadModel(GPT2Config())
+        bert = BertForMaskedLM(BertConfig())
+    # GPT-2 124M: N without position embeddings = 123.65M (nanoGPT's count); 6N + 12·L·H·T
+    assert flops_per_token(gpt, 1024) == pytest.approx(6 * 123.65e6 + 12 * 12 * 768 * 1024, rel=2e-3)
+    dense, sparse = flops_per_token(bert, 128), flops_per_token(bert, 128, head_fraction=0.15)
+    # the vocabulary head is 30522×768 (+ a 768×768 transform): 85% of it is skipped by the sparse head
+    assert dense - sparse == pytest.approx(6 * 0.85 * (30522 * 768 + 768 * 768 + 2 * 768 + 30522), rel=1e-3)
