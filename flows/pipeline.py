@@ -21,7 +21,7 @@ from lmops.models import resolve_model_ref
 def ingest(p: Params, run: Path):
     from tasks.ingest import ingest as ingest_fn
 
-    summary = ingest_fn(p.ingest, p.validate_.labels, run / "ingest", p.project.seed)
+    summary = ingest_fn(p.ingest, p.validate_.labels, run / "ingest", p.project.seed, p.finetune.task)
     rows = "\n".join(f"| {n} | {c.rows_in} | {c.kept} | {c.quarantined} | {c.duplicates} |" for n, c in summary.sources.items())
     publish("ingest-summary", "| source | rows in | kept | quarantined | duplicates |\n|---|---:|---:|---:|---:|\n" + rows
             + f"\n\nsplits: {summary.splits} · corpus rows: {summary.corpus_rows}\n", "rows in = kept + quarantined + duplicates, per source")
@@ -33,7 +33,7 @@ def validate(p: Params, run: Path):
     from tasks.validate import validate_snapshot
 
     try:
-        report = validate_snapshot(run / "ingest", p.validate_, run / "validate")
+        report = validate_snapshot(run / "ingest", p.validate_, run / "validate", p.finetune.task)
     finally:
         md = run / "validate" / "validation.md"
         if md.exists():
@@ -81,7 +81,7 @@ def evaluate(p: Params, run: Path, model_dir: str):
     from tasks.evaluate import evaluate_model
 
     r = evaluate_model(Path(model_dir), run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size,
-                       run / "evaluate", title="Candidate on the test split")
+                       run / "evaluate", title="Candidate on the test split", task=p.finetune.task)
     publish("evaluation", Path(r.report_path).read_text() + "\n" + png_markdown(r.confusion_plot, "confusion matrix"), "candidate test metrics")
     return r
 
@@ -98,7 +98,7 @@ def gate(p: Params, run: Path, candidate):
     if champ is not None:
         local = registry.download_model(champ.source, run / "gate" / "champion")
         r = evaluate_model(local, run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size,
-                           run / "gate" / "champion-eval", title=f"Champion v{champ.version} on the same test split")
+                           run / "gate" / "champion-eval", title=f"Champion v{champ.version} on the same test split", task=p.finetune.task)
         champ_metrics = r.headline()
     decision = decide(candidate.headline(), champ_metrics, p.gate, str(champ.version) if champ else None)
     (run / "gate").mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,8 @@ def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decisi
     }
     run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts)
     # Read the logged model back and make sure it predicts what we evaluated before registering it.
-    check_readback(source, Path(ev.predictions_path), run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, run / "readback")
+    check_readback(source, Path(ev.predictions_path), run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, run / "readback",
+                   task=p.finetune.task)
     reg = registry.register_version(p.register_.model_name, run_id, source, lineage, decision.promote, decision.champion_version,
                                     description="\n".join(decision.reasons))
     return reg

@@ -86,7 +86,7 @@ def _snapshot_dir(params) -> Path:
     from tasks.ingest import ingest
 
     out = new_run_dir("ingest") / "ingest"
-    ingest(params.ingest, params.validate_.labels, out, params.project.seed)
+    ingest(params.ingest, params.validate_.labels, out, params.project.seed, params.finetune.task)
     return out
 
 
@@ -97,10 +97,10 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
     from tasks.validate import validate_snapshot
 
     run = new_run_dir("ingest")
-    summary = ingest(params.ingest, params.validate_.labels, run / "ingest", params.project.seed)
+    summary = ingest(params.ingest, params.validate_.labels, run / "ingest", params.project.seed, params.finetune.task)
     out = {**summary.to_dict(), "run_dir": str(run)}
     try:
-        report = validate_snapshot(run / "ingest", params.validate_, run / "validate")
+        report = validate_snapshot(run / "ingest", params.validate_, run / "validate", params.finetune.task)
         out["validation"] = {"success": True, "expectations": len(report.outcomes)}
     finally:
         if not args.json:
@@ -194,8 +194,13 @@ def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: st
     split, and the paired-bootstrap difference (domain − generic) with its 95% interval."""
     import pandas as pd
 
+    from lmops.errors import UserError
     from lmops.models import resolve_model_ref
     from tasks.evaluate import bootstrap_diff, evaluate_model
+
+    if params.finetune.task == "token":
+        raise UserError("--compare-base supports sequence and entity tasks (its bootstrap is over labels per row); "
+                        "for NER compare two `lmops evaluate` reports")
     from tasks.finetune import finetune
 
     g = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(generic), params.validate_.labels, params.finetune,
@@ -203,7 +208,8 @@ def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: st
     labels, test = params.validate_.labels, data / "test.parquet"
     results = {}
     for name, model in (("domain", domain_model), ("generic", g.model_dir)):
-        r = evaluate_model(Path(model), test, labels, params.finetune.max_length, params.evaluate.batch_size, run / f"evaluate-{name}")
+        r = evaluate_model(Path(model), test, labels, params.finetune.max_length, params.evaluate.batch_size, run / f"evaluate-{name}",
+                           task=params.finetune.task)
         results[name] = (r, pd.read_parquet(r.predictions_path))
     refs = [labels.index(x) for x in results["domain"][1]["label"]]
     preds = {k: [labels.index(x) for x in v[1]["prediction"]] for k, v in results.items()}
@@ -221,7 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model_dir = _model_dir(args.model, run)
     data = load_labeled_file(Path(args.data), params, run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
     r = evaluate_model(model_dir, data, params.validate_.labels, params.finetune.max_length, params.evaluate.batch_size, run / "evaluate",
-                       title=f"{args.model} on {args.data or 'the test split'}")
+                       title=f"{args.model} on {args.data or 'the test split'}", task=params.finetune.task)
     if not args.json:
         print(Path(r.report_path).read_text())
     print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]}, default=str))

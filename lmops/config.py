@@ -33,7 +33,8 @@ class SourceParams(Section):
     name: str
     role: Literal["labeled", "unlabeled"]
     # csv also reads .tsv and .gz; text_lines = one document per line; hf = a Hugging Face datasets id
-    format: Literal["sentfin", "csv", "jsonl", "parquet", "text_dir", "text_lines", "fomc", "hf"]
+    # conll = token-per-line NER files (token ... tag; IO/IOB1 tags become IOB2)
+    format: Literal["sentfin", "csv", "jsonl", "parquet", "text_dir", "text_lines", "fomc", "hf", "conll"]
     path: str
     text_column: str = "text"
     # Several text fields joined as one document (e.g. a 10-K's item1, item1a, item7); overrides text_column.
@@ -43,6 +44,9 @@ class SourceParams(Section):
     # Raw label value (as a string) → canonical label name, e.g. {"0": negative, "bearish": negative}.
     label_map: dict[str, str] = Field(default_factory=dict)
     max_rows: int | None = Field(default=None, ge=1)
+    # Put every row of this labeled source in one split (e.g. a published test file); the other
+    # labeled sources are then split without that part.
+    assign_split: Literal["train", "validation", "test"] | None = None
 
     @model_validator(mode="after")
     def _labeled_needs_label(self) -> "SourceParams":
@@ -141,6 +145,9 @@ class LoraParams(Section):
 
 
 class FinetuneParams(Section):
+    # sequence = one label per text; entity = one label per (text, entity) pair (SEntFiN's entity
+    # sentiments); token = one tag per word (NER from CoNLL sources; validate.labels lists the IOB2 tags)
+    task: Literal["sequence", "entity", "token"] = "sequence"
     # full = all weights; lora / ia3 = PEFT adapters merged into the saved model; prompt / prefix =
     # soft-prompt PEFT, saved as an adapter that references its base model
     method: Literal["lora", "full", "ia3", "prompt", "prefix"] = "lora"
@@ -165,7 +172,8 @@ class EvaluateParams(Section):
 class GateParams(Section):
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
     min_macro_f1: float = Field(default=0.0, ge=0, le=1)
-    primary_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # micro_f1 is the usual NER headline (entity-level, seqeval)
+    primary_metric: Literal["macro_f1", "accuracy", "micro_f1"] = "macro_f1"
     # The candidate must beat the champion's score on the same test split by at least this much.
     margin: float = 0.0
 
@@ -199,6 +207,16 @@ class Params(Section):
                 "finetune.base_model is set, so the pretrain stage's output would go unused: set pretrain.enabled: false "
                 "(fine-tune that model directly) or finetune.base_model: null (fine-tune the domain-pretrained model)"
             )
+        labeled = [s for s in self.ingest.sources if s.role == "labeled"]
+        task = self.finetune.task
+        if task == "token" and any(s.format != "conll" for s in labeled):
+            raise ValueError("finetune.task is token (NER), so every labeled source needs format: conll")
+        if task != "token" and any(s.format == "conll" for s in labeled):
+            raise ValueError(f"a conll source carries word tags, but finetune.task is {task!r}: set finetune.task: token")
+        if task == "entity" and any(s.format != "sentfin" for s in labeled):
+            raise ValueError("finetune.task is entity, which needs entity-level labels: labeled sources must have format: sentfin")
+        if task == "token" and self.finetune.method in {"prompt", "prefix"}:
+            raise ValueError("finetune.method prompt/prefix is for sequence tasks; use full, lora or ia3 for token classification")
         if self.validate_.text_max_chars < self.validate_.text_min_chars:
             raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
         return self

@@ -1,5 +1,8 @@
 """Evaluate: score a classifier on a labeled split through the project's local `evaluate` modules.
 
+Sequence and entity tasks: a classification report (sklearn layout). Token task (NER): seqeval's
+entity-level report, token accuracy, and a tag-level confusion matrix.
+
 Outputs ``metrics.json`` (flat headline metrics + full report), ``report.md`` (a readable
 classification report), ``confusion.png`` and ``predictions.parquet``.
 """
@@ -17,6 +20,7 @@ class EvalResult:
     accuracy: float
     macro_f1: float
     weighted_f1: float
+    micro_f1: float
     ece: float
     n: int
     metrics_path: str
@@ -24,9 +28,10 @@ class EvalResult:
     confusion_plot: str
     predictions_path: str
     report: dict[str, Any]
+    task: str = "sequence"
 
     def headline(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "weighted_f1": self.weighted_f1}
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "weighted_f1": self.weighted_f1, "micro_f1": self.micro_f1}
 
     def extra(self) -> dict[str, float]:
         return {"ece": self.ece, **{f"slice.{k}.macro_f1": v["macro_f1"] for k, v in (self.report.get("slices") or {}).items()}}
@@ -75,9 +80,16 @@ def bootstrap_diff(refs: list[int], pred_a: list[int], pred_b: list[int], labels
 
 
 def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> str:
-    lines = [f"# {title}", "", f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {sum(c['support'] for c in report['per_class'].values())}", ""]
-    lines += ["| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
-    for name in labels:
+    ner = report.get("task") == "token"
+    n = report.get("n", sum(c["support"] for c in report["per_class"].values()))
+    if ner:
+        head = (f"entity-level (seqeval, exact spans): micro-F1 **{report['micro_f1']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · "
+                f"token accuracy {report['accuracy']:.4f} · sentences = {n}")
+    else:
+        head = f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {n}"
+    lines = [f"# {title}", "", head, ""]
+    lines += [f"| {'entity type' if ner else 'class'} | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+    for name in report["per_class"]:
         c = report["per_class"][name]
         lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
     for avg in ("micro", "macro", "weighted"):
@@ -86,49 +98,70 @@ def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> st
     lines += ["", f"Expected calibration error (10 bins): **{report.get('ece', float('nan')):.4f}**"]
     for name, sl in (report.get("slices") or {}).items():
         lines.append(f"- slice `{name}`: n = {sl['n']}, accuracy {sl['accuracy']:.4f}, macro-F1 {sl['macro_f1']:.4f}")
-    lines += ["", "Confusion matrix (rows = true, columns = predicted): " + ", ".join(labels), ""]
+    lines += ["", ("Tag-level c" if ner else "C") + "onfusion matrix (rows = true, columns = predicted): " + ", ".join(labels), ""]
     for name, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"- {name}: {row}")
     return "\n".join(lines) + "\n"
 
 
-def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_length: int, batch_size: int, out_dir: Path, title: str = "Evaluation") -> EvalResult:
+def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_length: int, batch_size: int, out_dir: Path,
+                   title: str = "Evaluation", task: str = "sequence") -> EvalResult:
     import pandas as pd
+    import torch
 
-    from tasks.finetune import load_classifier, predict_logits
+    from tasks.finetune import load_classifier, outside_index, predict_logits, seqeval_scores, task_inputs, task_targets
     from tasks.plots import confusion_matrix
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = pd.read_parquet(data_path)
-    unknown = sorted(set(data["label"]) - set(labels))
+    seen = set(data["label"].str.split().explode()) if task == "token" else set(data["label"])
+    unknown = sorted(seen - set(labels))
     if unknown:
         from lmops.errors import DataError
 
         raise DataError(f"{data_path}: labels {unknown} are not in the model's label set {labels}")
-    model, tokenizer = load_classifier(str(model_dir), labels)
-    logits = predict_logits(model, tokenizer, data["text"].tolist(), max_length, batch_size)
-    preds = logits.argmax(-1).tolist()
-    refs = [labels.index(l) for l in data["label"]]
-    report = classification_report(preds, refs, labels)
-    report["calibration"] = calibration(logits.softmax(-1), refs)
+    model, tokenizer = load_classifier(str(model_dir), labels, task)
+    logits = predict_logits(model, tokenizer, task_inputs(data, task), max_length, batch_size, task, outside_index(labels))
+    refs = task_targets(data, labels, task)
+    if task == "token":
+        preds = [l.argmax(-1).tolist() for l in logits]
+        report = seqeval_scores(refs, preds, labels)
+        flat_probs = torch.cat(logits).softmax(-1) if logits else torch.zeros((0, len(labels)))
+        flat_refs = [t for r in refs for t in r]
+        from sklearn.metrics import confusion_matrix as sk_confusion
+
+        report["confusion_matrix"] = sk_confusion(flat_refs, flat_probs.argmax(-1).tolist(), labels=list(range(len(labels)))).tolist()
+        report["calibration"] = calibration(flat_probs, flat_refs)  # per word
+        score = lambda idx: seqeval_scores([refs[i] for i in idx], [preds[i] for i in idx], labels)  # noqa: E731
+        pred_text = [" ".join(labels[j] for j in p) for p in preds]
+        confidence = [float(l.softmax(-1).max(-1).values.mean()) if len(l) else 1.0 for l in logits]
+    else:
+        probs = logits.softmax(-1)
+        preds = probs.argmax(-1).tolist()
+        report = classification_report(preds, refs, labels)
+        report["calibration"] = calibration(probs, refs)
+        score = lambda idx: classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)  # noqa: E731
+        pred_text = [labels[p] for p in preds]
+        confidence = probs.max(-1).values.tolist()
+    report["task"], report["n"] = task, len(refs)
     report["ece"] = report["calibration"]["ece"]
     # Per-slice metrics: one report per source (e.g. each dataset a model is scored on).
     report["slices"] = {}
     if "source" in data and data["source"].nunique() > 1:
         for name, idx in data.groupby("source").indices.items():
-            sub = classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)
-            report["slices"][str(name)] = {"n": len(idx), "accuracy": sub["accuracy"], "macro_f1": sub["macro_f1"]}
+            sub = score(list(idx))
+            report["slices"][str(name)] = {"n": len(idx), "accuracy": sub["accuracy"], "macro_f1": sub["macro_f1"], "micro_f1": sub["micro_f1"]}
 
-    probs = logits.softmax(-1)
-    pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": [labels[p] for p in preds],
-                  "confidence": probs.max(-1).values.tolist()}).to_parquet(out_dir / "predictions.parquet", index=False)
+    pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": pred_text,
+                  "confidence": confidence}).to_parquet(out_dir / "predictions.parquet", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(report_markdown(report, labels, title))
     plot = confusion_matrix(report["confusion_matrix"], labels, out_dir / "confusion.png", title)
     return EvalResult(
         accuracy=round(report["accuracy"], 6), macro_f1=round(report["macro_f1"], 6), weighted_f1=round(report["weighted_f1"], 6),
-        ece=round(report["ece"], 6), n=len(refs), metrics_path=str(out_dir / "metrics.json"), report_path=str(out_dir / "report.md"),
-        confusion_plot=str(plot), predictions_path=str(out_dir / "predictions.parquet"), report=report,
+        micro_f1=round(report["micro_f1"], 6), ece=round(report["ece"], 6), n=len(refs), metrics_path=str(out_dir / "metrics.json"),
+        report_path=str(out_dir / "report.md"), confusion_plot=str(plot), predictions_path=str(out_dir / "predictions.parquet"),
+        report=report, task=task,
     )
 
 
@@ -145,10 +178,15 @@ def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
 
         raise UserError(f"--data {path} does not exist")
     suffixes = "".join(path.suffixes).lower()
+    task = params.finetune.task
     fmt = "jsonl" if ".jsonl" in suffixes or ".json" in suffixes else "parquet" if ".parquet" in suffixes else "csv"
+    if task == "token":
+        fmt = "conll"  # NER files are CoNLL columns whatever their suffix
+    elif task == "entity":
+        fmt = "sentfin"  # entity labels come as SEntFiN's Title + Decisions columns
     src = SourceParams(name=path.stem, role="labeled", format=fmt, path=str(path))
     frame, summary = ingest_labeled_only(IngestParams(sources=[src], min_chars=params.ingest.min_chars, max_chars=params.ingest.max_chars),
-                                         params.validate_.labels, out_dir)
+                                         params.validate_.labels, out_dir, task)
     if frame.empty:
         raise DataError(f"{path}: no usable labeled rows; see {out_dir / 'quarantine.parquet'}")
     out = out_dir / "eval.parquet"

@@ -1,7 +1,9 @@
-"""Fine-tune: sentence classification (finance sentiment) from a pretrained base.
+"""Fine-tune: sentence classification (finance sentiment), entity-targeted sentiment (entity, text)
+pairs, or token classification (NER, labels aligned to the first sub-token of each word).
 
-Methods: ``full`` (all weights) or ``lora`` (PEFT adapters + a trained head). Early stopping on
-validation macro-F1; class-weighted loss for imbalance. Outputs ``model/`` (a plain Hugging Face
+Methods: ``full`` (all weights) or PEFT (``lora``/``ia3``/``prompt``/``prefix``: adapters + a trained
+head). Early stopping on validation macro-F1 (NER: entity-level micro F1); class-weighted loss for
+imbalance (sequence tasks). Outputs ``model/`` (a plain Hugging Face
 model — LoRA merged in — with tokenizer, safetensors only), ``adapter/`` for LoRA runs,
 ``finetune.json`` and ``loss.png``.
 """
@@ -42,6 +44,8 @@ class FinetuneSummary:
     val_macro_f1: float
     epochs_run: int
     seconds: float
+    task: str = "sequence"
+    val_entity_f1: float | None = None  # NER: seqeval micro F1 over entities, the early-stopping metric
     loss_plot: str | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -64,7 +68,8 @@ def peft_config(params: FinetuneParams, model):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
     fresh = new_module_names(model)
-    common = {"task_type": TaskType.SEQ_CLS, "modules_to_save": fresh}
+    kind = TaskType.TOKEN_CLS if params.task == "token" else TaskType.SEQ_CLS
+    common = {"task_type": kind, "modules_to_save": fresh}
     if params.method == "lora":
         return LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
                           target_modules=lora_targets(model.config.model_type, params.lora.target_modules), **common)
@@ -94,8 +99,8 @@ def new_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def load_classifier(base: str, labels: list[str]):
-    from transformers import AutoModelForSequenceClassification
+def load_classifier(base: str, labels: list[str], task: str = "sequence"):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from tasks.tokenize import load_tokenizer
 
@@ -105,10 +110,11 @@ def load_classifier(base: str, labels: list[str]):
         from peft import PeftModel
 
         ref = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        model, tokenizer = load_classifier(ref, labels)
+        model, tokenizer = load_classifier(ref, labels, task)
         return PeftModel.from_pretrained(model, base), load_tokenizer(base)
     tokenizer = load_tokenizer(base)
-    model, info = AutoModelForSequenceClassification.from_pretrained(
+    auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+    model, info = auto.from_pretrained(
         base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
         use_safetensors=True, trust_remote_code=False, output_loading_info=True,
     )
@@ -120,20 +126,106 @@ def load_classifier(base: str, labels: list[str]):
     return model, tokenizer
 
 
-def encode(tokenizer, texts: list[str], max_length: int):
-    return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+def task_inputs(frame, task: str = "sequence") -> list:
+    """Model inputs of a labeled frame: texts; (entity, text) pairs; or word lists (NER)."""
+    if task == "entity":
+        return [(next(iter(json.loads(e))), t) for e, t in zip(frame["entities"], frame["text"])]
+    if task == "token":
+        return [t.split(" ") for t in frame["text"]]
+    return frame["text"].tolist()
 
 
-def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int):
+def task_targets(frame, labels: list[str], task: str = "sequence") -> list:
+    """Label ids per row (NER: a list of tag ids per sentence)."""
+    index = {l: i for i, l in enumerate(labels)}
+    if task == "token":
+        return [[index[t] for t in tags.split(" ")] for tags in frame["label"]]
+    return [index[l] for l in frame["label"]]
+
+
+def encode(tokenizer, inputs: list, max_length: int, task: str = "sequence"):
+    kw = dict(max_length=max_length, padding=True, return_tensors="pt")
+    if task == "entity":
+        # [CLS] entity [SEP] headline [SEP]: the headline is cut, never the entity
+        return tokenizer([e for e, _ in inputs], [t for _, t in inputs], truncation="only_second", **kw)
+    if task == "token":
+        return tokenizer(inputs, is_split_into_words=True, truncation=True, **kw)
+    return tokenizer(inputs, truncation=True, **kw)
+
+
+def align_tags(enc, tag_ids: list[list[int]]):
+    """Sub-token labels: a word's tag on its first sub-token, -100 (ignored) on the rest and on specials."""
+    import torch
+
+    out = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
+    for i, tags in enumerate(tag_ids):
+        prev = None
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and w != prev:
+                out[i, pos] = tags[w]
+            prev = w
+    return out
+
+
+def _per_word(enc, logits, n_words: list[int], fill: int):
+    """Per-word logits from the first sub-token of each word; words cut by max_length get ``fill``."""
+    import torch
+
+    rows = []
+    for i, n in enumerate(n_words):
+        word = torch.zeros((n, logits.shape[-1]))
+        word[:, fill] = 1.0
+        prev = None
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and w != prev:
+                word[w] = logits[i, pos]
+            prev = w
+        rows.append(word)
+    return rows
+
+
+def predict_logits(model, tokenizer, inputs: list, max_length: int, batch_size: int, task: str = "sequence", fill: int = 0):
+    """Logits [n, labels]; for NER a list of [words, labels] tensors (``fill`` = tag id for truncated words)."""
     import torch
 
     model.eval()
     out = []
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = encode(tokenizer, texts[i : i + batch_size], max_length)
-            out.append(model(**enc).logits.float())
+        for i in range(0, len(inputs), batch_size):
+            batch = inputs[i : i + batch_size]
+            enc = encode(tokenizer, batch, max_length, task)
+            logits = model(**enc).logits.float()
+            if task == "token":
+                out.extend(_per_word(enc, logits, [len(w) for w in batch], fill))
+            else:
+                out.append(logits)
+    if task == "token":
+        return out
     return torch.cat(out) if out else torch.zeros((0, model.config.num_labels))
+
+
+def outside_index(labels: list[str]) -> int:
+    return labels.index("O") if "O" in labels else 0
+
+
+def predict_labels(model, tokenizer, frame, labels: list[str], task: str, max_length: int, batch_size: int) -> tuple[list[str], list[float]]:
+    """Predicted label per row (NER: space-separated tags) and its confidence (NER: mean over words)."""
+    logits = predict_logits(model, tokenizer, task_inputs(frame, task), max_length, batch_size, task, outside_index(labels))
+    if task == "token":
+        probs = [l.softmax(-1) for l in logits]
+        return ([" ".join(labels[j] for j in p.argmax(-1).tolist()) for p in probs],
+                [float(p.max(-1).values.mean()) if len(p) else 1.0 for p in probs])
+    probs = logits.softmax(-1)
+    return [labels[j] for j in probs.argmax(-1).tolist()], probs.max(-1).values.tolist()
+
+
+def seqeval_scores(refs: list[list[int]], preds: list[list[int]], labels: list[str]) -> dict:
+    import evaluate
+
+    from lmops.metrics import metric_path
+
+    return evaluate.load(metric_path("seqeval_report")).compute(
+        predictions=[[labels[j] for j in p] for p in preds], references=[[labels[j] for j in r] for r in refs])
 
 
 def macro_f1(y_true: list[int], y_pred: list[int], n_labels: int) -> float:
@@ -156,12 +248,15 @@ def finetune(
     out_dir.mkdir(parents=True, exist_ok=True)
     train = pd.read_parquet(train_path)
     val = pd.read_parquet(val_path)
-    label_id = {l: i for i, l in enumerate(labels)}
-    y_train = np.array([label_id[l] for l in train["label"]])
-    y_val = [label_id[l] for l in val["label"]]
-    texts = train["text"].tolist()
+    task = params.task
+    y_train = task_targets(train, labels, task)
+    y_val = task_targets(val, labels, task)
+    texts = task_inputs(train, task)
+    val_inputs = task_inputs(val, task)
+    if task != "token":
+        y_train = np.array(y_train)
 
-    model, tokenizer = load_classifier(base, labels)
+    model, tokenizer = load_classifier(base, labels, task)
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -174,10 +269,10 @@ def finetune(
     n_trainable = sum(p.numel() for p in trainable)
 
     weight = None
-    if params.class_weighting:
+    if params.class_weighting and task != "token":  # NER: "O" dominates; weighting it down costs precision
         counts = np.bincount(y_train, minlength=len(labels)).astype(float)
         weight = torch.tensor(len(y_train) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100)
     opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(texts) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
@@ -188,7 +283,7 @@ def finetune(
 
     rng = np.random.default_rng(seed)
     history, train_pts, val_pts = [], [], []
-    best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
+    best_f1, best_epoch, best_state, stale, best_macro, best_entity = -1.0, 0, None, 0, 0.0, None
     start = time.perf_counter()
     step = 0
     bar = tqdm(total=total_steps, desc=f"finetune ({params.method})", disable=not progress, unit="step", mininterval=2.0)
@@ -199,9 +294,12 @@ def finetune(
         epoch_loss = 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
-            enc = encode(tokenizer, [texts[j] for j in idx], params.max_length)
+            enc = encode(tokenizer, [texts[j] for j in idx], params.max_length, task)
             logits = model(**enc).logits
-            loss = loss_fn(logits, torch.as_tensor(y_train[idx], dtype=torch.long))
+            if task == "token":
+                loss = loss_fn(logits.flatten(0, 1), align_tags(enc, [y_train[j] for j in idx]).flatten())
+            else:
+                loss = loss_fn(logits, torch.as_tensor(y_train[idx], dtype=torch.long))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
@@ -211,15 +309,25 @@ def finetune(
             step += 1
             bar.update(1)
         epoch_loss /= len(texts)
-        val_logits = predict_logits(model, tokenizer, val["text"].tolist(), params.max_length, 128)
-        val_loss = float(loss_fn(val_logits, torch.as_tensor(y_val, dtype=torch.long))) if len(y_val) else float("nan")
-        f1 = macro_f1(y_val, val_logits.argmax(-1).tolist(), len(labels))
-        history.append({"epoch": epoch, "train_loss": round(epoch_loss, 4), "val_loss": round(val_loss, 4), "val_macro_f1": round(f1, 4)})
+        val_logits = predict_logits(model, tokenizer, val_inputs, params.max_length, 128, task, outside_index(labels))
+        entity_f1 = None
+        if task == "token":
+            flat = torch.cat(val_logits) if val_logits else torch.zeros((0, len(labels)))
+            gold = [t for tags in y_val for t in tags]
+            val_loss = float(loss_fn(flat, torch.as_tensor(gold, dtype=torch.long))) if gold else float("nan")
+            scores = seqeval_scores(y_val, [l.argmax(-1).tolist() for l in val_logits], labels)
+            entity_f1, macro = scores["micro_f1"], scores["macro_f1"]
+            f1 = entity_f1  # entity-level micro F1 is the usual NER selection metric; rare types make macro noisy
+        else:
+            val_loss = float(loss_fn(val_logits, torch.as_tensor(y_val, dtype=torch.long))) if len(y_val) else float("nan")
+            f1 = macro = macro_f1(y_val, val_logits.argmax(-1).tolist(), len(labels))
+        history.append({"epoch": epoch, "train_loss": round(epoch_loss, 4), "val_loss": round(val_loss, 4), "val_macro_f1": round(macro, 4),
+                        **({"val_entity_f1": round(entity_f1, 4)} if entity_f1 is not None else {})})
         train_pts.append((epoch, epoch_loss))
         val_pts.append((epoch, val_loss))
         bar.set_postfix(val_f1=f"{f1:.3f}")
         if f1 > best_f1:
-            best_f1, best_epoch, stale = f1, epoch, 0
+            best_f1, best_epoch, stale, best_macro, best_entity = f1, epoch, 0, macro, entity_f1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -245,8 +353,8 @@ def finetune(
     plot = loss_curve({"train": train_pts, "validation": val_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
     summary = FinetuneSummary(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,
-        trainable_params=n_trainable, total_params=total_params, best_epoch=best_epoch, val_macro_f1=round(best_f1, 4),
-        epochs_run=epoch, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
+        trainable_params=n_trainable, total_params=total_params, best_epoch=best_epoch, val_macro_f1=round(best_macro, 4),
+        epochs_run=epoch, task=task, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -38,6 +38,8 @@ class Row:
     label: str | None = None
     date: str | None = None
     entities: dict[str, str] | None = None
+    tags: list[str] | None = None  # conll: one tag per word; text is then the words joined by spaces
+    words: list[str] | None = None
 
 
 @dataclass
@@ -251,6 +253,60 @@ def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[
         yield Row(text, str(path), i, date=date)
 
 
+def to_iob2(tags: list[str]) -> list[str]:
+    """IO or IOB1 tags → IOB2: an I-X that does not continue an X entity starts one (B-X)."""
+    out = []
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-") and (i == 0 or out[-1][2:] != tag[2:] or out[-1] == "O"):
+            tag = "B-" + tag[2:]
+        out.append(tag)
+    return out
+
+
+def _read_conll(src: SourceParams) -> Iterator[Row | Rejected]:
+    """CoNLL: one ``token [columns…] tag`` line per word, a blank line between sentences; ``-DOCSTART-`` skipped.
+
+    Row numbers count sentences (1-based); a sentence with a bad line is quarantined whole, naming the line.
+    """
+    path = Path(src.path)
+    words: list[str] = []
+    tags: list[str] = []
+    bad: str | None = None
+    sentence = 0
+
+    def flush():
+        nonlocal words, tags, bad, sentence
+        if words or bad:
+            sentence += 1
+            if bad:
+                item: Row | Rejected = Rejected(str(path), sentence, bad, " ".join(words)[:200])
+            else:
+                item = Row(" ".join(words), str(path), sentence, label=" ".join(tags), tags=to_iob2(tags), words=words)
+            words, tags, bad = [], [], None
+            return item
+        return None
+
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            cols = line.split()
+            if not cols or cols[0] == "-DOCSTART-":
+                item = flush()
+                if item is not None:
+                    yield item
+                continue
+            if len(cols) < 2:
+                bad = bad or f"line {lineno}: expected 'token ... tag' columns, got {line.strip()[:40]!r}"
+                continue
+            tag = cols[-1]
+            if not (tag == "O" or re.fullmatch(r"[BI]-\S+", tag)):
+                bad = bad or f"line {lineno}: tag {tag!r} is not O, B-TYPE or I-TYPE"
+            words.append(cols[0])
+            tags.append(tag)
+    item = flush()
+    if item is not None:
+        yield item
+
+
 def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
     if src.format != "hf" and not path.exists():
@@ -264,6 +320,7 @@ def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
         "hf": _read_hf,
         "text_dir": _read_text_dir,
         "fomc": lambda s: _read_text_dir(s, date_from_name=True),
+        "conll": _read_conll,
     }
     yield from readers[src.format](src)
 
@@ -315,7 +372,7 @@ def _key(text: str) -> str:
     return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
 
 
-def _collect(params: IngestParams, labels: list[str], summary: IngestSummary):
+def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, task: str = "sequence"):
     """Read and clean every source; returns (labeled rows, corpus rows, quarantine rows)."""
     labeled: list[dict[str, Any]] = []
     corpus: list[dict[str, Any]] = []
@@ -334,7 +391,7 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary):
                 counts.quarantined += 1
                 quarantine.append({"source": src.name, **asdict(item)})
                 continue
-            reason, rows = _clean(item, src, params, labels)
+            reason, rows = _clean(item, src, params, labels, task)
             if reason:
                 counts.quarantined += 1
                 quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
@@ -364,13 +421,13 @@ def _write_quarantine(quarantine: list[dict[str, Any]], params: IngestParams, ou
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
 
 
-def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path):
+def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, task: str = "sequence"):
     """Ingest labeled sources without splitting (evaluation files); returns (frame, summary)."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    labeled, _, quarantine = _collect(params, labels, summary)
+    labeled, _, quarantine = _collect(params, labels, summary, task)
     _write_quarantine(quarantine, params, out_dir)
     return pd.DataFrame(labeled, columns=COLUMNS), summary
 
@@ -390,18 +447,35 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
     return frame, summary
 
 
-def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) -> IngestSummary:
-    """Read all sources, write the normalized, split snapshot to ``out_dir``."""
+def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, task: str = "sequence") -> IngestSummary:
+    """Read all sources, write the normalized, split snapshot to ``out_dir``.
+
+    ``task`` (finetune.task) shapes the labeled rows: ``entity`` gives one row per (headline, entity),
+    ``token`` one row per CoNLL sentence with its IOB2 tags as the label (space-separated, one per word).
+    """
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    labeled, corpus, quarantine = _collect(params, labels, summary)
+    labeled, corpus, quarantine = _collect(params, labels, summary, task)
 
     if not labeled:
         raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
+    pinned = {src.name: src.assign_split for src in params.sources if src.assign_split}
     frame = pd.DataFrame(labeled, columns=COLUMNS)
-    splits = _split(frame, params.validation_fraction, params.test_fraction, seed)
+    fixed = frame[frame["source"].isin(pinned)]
+    free = frame[~frame["source"].isin(pinned)]
+    # Rows of one headline (entity task) share a group, so no headline is in two splits.
+    groups = free["id"].str.rsplit(":", n=1).str[0] if task == "entity" else None
+    splits = _split(free, 0.0 if "validation" in pinned.values() else params.validation_fraction,
+                    0.0 if "test" in pinned.values() else params.test_fraction, seed, groups)
+    for name in splits:
+        extra = fixed[fixed["source"].map(pinned) == name]
+        if len(extra):
+            splits[name] = pd.concat([splits[name], extra], ignore_index=True).sort_values("id").reset_index(drop=True)
+    for name, part in splits.items():
+        if part.empty:
+            raise DataError(f"the {name} split is empty: add labeled rows, or assign a source to it (ingest.sources[].assign_split)")
 
     # Leakage guard: no evaluation text may appear in what the model pretrains on.
     eval_keys = {_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
@@ -427,7 +501,8 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int) ->
     corpus_frame.to_parquet(out_dir / "corpus.parquet", index=False)
     _write_quarantine(quarantine, params, out_dir)
     summary.corpus_rows = len(corpus_frame)
-    summary.label_counts = {k: int(v) for k, v in frame["label"].value_counts().sort_index().items()}
+    tags = frame["label"].str.split() if task == "token" else frame["label"]
+    summary.label_counts = {k: int(v) for k, v in tags.explode().value_counts().sort_index().items()}
     # The snapshot's bytes must depend only on the data (its DVC md5 is the data version): no run paths.
     (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.to_dict().items() if k != "out_dir"}, indent=2))
     return summary
@@ -442,10 +517,12 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
+def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str], task: str = "sequence") -> tuple[str | None, list[dict[str, Any]]]:
     """Return (reason to quarantine, None) or (None, normalized rows)."""
     if "\ufffd" in item.text:
         return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", []
+    if item.tags is not None:
+        return _clean_tagged(item, src, labels)
     text = normalize_text(item.text)
     if len(text) < params.min_chars:
         return f"text shorter than ingest.min_chars={params.min_chars} ({len(text)} chars)", []
@@ -458,6 +535,8 @@ def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]
         ]
     if len(text) > params.max_chars:
         return f"labeled text longer than ingest.max_chars={params.max_chars} ({len(text)} chars)", []
+    if task == "entity":
+        return _entity_rows(item, src, text, labels, base)
     if item.label is None:
         if item.entities:
             return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
@@ -470,14 +549,59 @@ def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]
     return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
 
 
-def _split(frame, val_frac: float, test_frac: float, seed: int) -> dict[str, Any]:
-    """Seeded, stratified train/validation/test split (falls back to unstratified for tiny classes)."""
+def _clean_tagged(item: Row, src: SourceParams, labels: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
+    """A CoNLL sentence: normalize word by word (the tags must stay aligned), check every tag."""
+    words = [normalize_text(w) for w in item.words or []]
+    empty = [i + 1 for i, w in enumerate(words) if not w or " " in w]
+    if empty:
+        return f"word {empty[0]} is empty or contains whitespace after normalization", []
+    tags = [src.label_map.get(t, t) for t in item.tags or []]
+    unknown = sorted(set(tags) - set(labels))
+    if unknown:
+        return f"unknown tag(s) {unknown}: add them to validate.labels {labels} or map them in ingest.sources[{src.name}].label_map", []
+    return None, [{"source": src.name, "date": item.date, "id": f"{src.name}:{item.row:06d}", "text": " ".join(words),
+                   "label": " ".join(tags), "entities": None}]
+
+
+def _entity_rows(item: Row, src: SourceParams, text: str, labels: list[str], base: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Entity task: one row per (headline, entity); the pair is kept in ``entities`` as {entity: label}."""
+    if not item.entities:
+        return "no entity labels: the entity task needs (text, entity, label) triples", []
+    rows = []
+    for k, (entity, raw) in enumerate(sorted(item.entities.items())):
+        label = src.label_map.get(raw, raw)
+        if label not in labels:
+            return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
+        if not normalize_text(entity):
+            return f"empty entity name (labelled {raw!r})", []
+        rows.append({**base, "id": f"{src.name}:{item.row}:{k}", "text": text, "label": label,
+                     "entities": json.dumps({normalize_text(entity): label})})
+    return None, rows
+
+
+def _split(frame, val_frac: float, test_frac: float, seed: int, groups=None) -> dict[str, Any]:
+    """Seeded, stratified train/validation/test split (falls back to unstratified for tiny classes).
+
+    With ``groups`` (a Series aligned with ``frame``), whole groups go to one split, stratified by
+    each group's first label. A fraction of 0 leaves that split empty (it is filled from a pinned source).
+    """
+    import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    def strat(part):
-        counts = part["label"].value_counts()
-        return part["label"] if len(counts) > 1 and counts.min() >= 2 else None
+    def strat(labels):
+        counts = labels.value_counts()
+        return labels if len(counts) > 1 and counts.min() >= 2 else None
 
-    rest, test = train_test_split(frame, test_size=test_frac, random_state=seed, stratify=strat(frame))
-    train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed, stratify=strat(rest))
-    return {name: part.sort_values("id").reset_index(drop=True) for name, part in (("train", train), ("validation", val), ("test", test))}
+    def cut(part, frac):
+        if frac <= 0 or len(part) < 2:
+            return part, part.iloc[0:0]
+        return train_test_split(part, test_size=frac, random_state=seed, stratify=strat(part["label"]))
+
+    units = frame if groups is None else frame.assign(_g=groups.values).groupby("_g", sort=True).first().reset_index()
+    rest, test = cut(units, test_frac)
+    train, val = cut(rest, val_frac / (1 - test_frac) if val_frac else 0.0)
+    parts = {"train": train, "validation": val, "test": test}
+    if groups is not None:
+        member = {name: set(part["_g"]) for name, part in parts.items()}
+        parts = {name: frame[groups.isin(member[name]).values] for name in parts}
+    return {name: pd.DataFrame(part, columns=frame.columns).sort_values("id").reset_index(drop=True) for name, part in parts.items()}

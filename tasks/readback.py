@@ -7,17 +7,18 @@ from pathlib import Path
 from lmops.errors import RegistryError
 
 
-def check_readback(source: str, predictions_path: Path, data_path: Path, labels: list[str], max_length: int, work: Path, sample: int = 64) -> int:
+def check_readback(source: str, predictions_path: Path, data_path: Path, labels: list[str], max_length: int, work: Path, sample: int = 64,
+                   task: str = "sequence") -> int:
     import pandas as pd
 
-    from tasks.finetune import load_classifier, predict_logits
+    from tasks.finetune import load_classifier, predict_labels
     from tasks.registry import download_model
 
     local = download_model(source, work)
     data = pd.read_parquet(data_path).head(sample)
     expected = pd.read_parquet(predictions_path).head(sample)["prediction"].tolist()
-    model, tokenizer = load_classifier(str(local), labels)
-    got = [labels[i] for i in predict_logits(model, tokenizer, data["text"].tolist(), max_length, 64).argmax(-1).tolist()]
+    model, tokenizer = load_classifier(str(local), labels, task)
+    got, _ = predict_labels(model, tokenizer, data, labels, task, max_length, 64)
     mismatches = sum(a != b for a, b in zip(got, expected))
     if mismatches:
         raise RegistryError(f"logged model at {source} disagrees with the evaluated candidate on {mismatches}/{len(got)} test rows; not registering it")

@@ -44,17 +44,31 @@ class ValidationReport:
         return {"success": self.success, "outcomes": [asdict(o) for o in self.outcomes]}
 
 
-def _labeled_suite(gx, p: ValidateParams):
+def _labeled_suite(gx, p: ValidateParams, task: str = "sequence"):
+    import re
+
     E = gx.expectations
-    return [
+    suite = [
         E.ExpectTableRowCountToBeBetween(min_value=p.min_labeled_rows, max_value=p.max_labeled_rows),
         E.ExpectColumnValuesToNotBeNull(column="text", mostly=p.mostly),
         E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=p.text_min_chars, max_value=p.text_max_chars, mostly=p.mostly),
         E.ExpectColumnValuesToNotBeNull(column="label"),
-        E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
         E.ExpectColumnValuesToBeUnique(column="id"),
-        E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly),
     ]
+    if task == "token":
+        # one tag per word, each from the label set
+        tag = "(?:" + "|".join(re.escape(t) for t in sorted(p.labels, key=len, reverse=True)) + ")"
+        suite += [E.ExpectColumnValuesToMatchRegex(column="label", regex=f"^{tag}(?: {tag})*$"),
+                  E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)]
+    elif task == "entity":
+        # a headline appears once per entity: the (text, entity) pair is what must be unique
+        suite += [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
+                  E.ExpectColumnValuesToNotBeNull(column="entities"),
+                  E.ExpectCompoundColumnsToBeUnique(column_list=["text", "entities"], mostly=p.mostly)]
+    else:
+        suite += [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
+                  E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)]
+    return suite
 
 
 def _corpus_suite(gx, p: ValidateParams):
@@ -75,7 +89,7 @@ def _observed(res: dict[str, Any]) -> Any:
     return res.get("partial_unexpected_list", "")
 
 
-def validate_frames(frames: dict[str, Any], p: ValidateParams) -> ValidationReport:
+def validate_frames(frames: dict[str, Any], p: ValidateParams, task: str = "sequence") -> ValidationReport:
     """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -87,7 +101,7 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams) -> ValidationRepo
         pass
     source = ctx.data_sources.add_pandas("lmops")
     report = ValidationReport(success=True)
-    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite}
+    builders = {"labeled": lambda gx_, p_: _labeled_suite(gx_, p_, task), "corpus": _corpus_suite}
     for name, frame in frames.items():
         asset = source.add_dataframe_asset(name=name)
         batch = asset.add_batch_definition_whole_dataframe(f"{name}_all").get_batch(batch_parameters={"dataframe": frame})
@@ -116,13 +130,13 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
-def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path) -> ValidationReport:
+def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, task: str = "sequence") -> ValidationReport:
     """Validate an ingested snapshot; writes validation.json/.md to ``out_dir``; raises on failure."""
     import pandas as pd
 
     labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
     corpus = pd.read_parquet(data_dir / "corpus.parquet")
-    report = validate_frames({"labeled": labeled, "corpus": corpus}, p)
+    report = validate_frames({"labeled": labeled, "corpus": corpus}, p, task)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out_dir / "validation.md").write_text(report.to_markdown())

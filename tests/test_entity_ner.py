@@ -1,0 +1,205 @@
+"""Entity-targeted sentiment and NER: CoNLL ingest (IO → IOB2), pinned splits, sub-token label
+alignment, seqeval through the local evaluate module, PEFT token classification reload."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lmops.config import params_from_dict
+from lmops.errors import ConfigError
+from tasks.ingest import ingest, to_iob2
+from tests.conftest import FIXTURES, tiny_params_dict
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def ner_params(**finetune):
+    return params_from_dict(tiny_params_dict(
+        ingest={"sources": [
+            {"name": "fin5", "role": "labeled", "format": "conll", "path": str(FIXTURES / "ner_sec" / "FIN5_sample.txt")},
+            {"name": "fin3", "role": "labeled", "format": "conll", "path": str(FIXTURES / "ner_sec" / "FIN3_sample.txt"), "assign_split": "test"},
+            {"name": "fomc", "role": "unlabeled", "format": "fomc", "path": str(FIXTURES / "fomc")},
+        ]},
+        validate={"labels": NER_LABELS, "min_labeled_rows": 20, "min_corpus_rows": 5, "text_max_chars": 5000},
+        finetune={"task": "token", "max_length": 96, "epochs": 3, "lr": 3e-3, **finetune},
+    ))
+
+
+@pytest.mark.parametrize("tags,expected", [
+    (["O", "I-ORG", "I-ORG", "O", "I-PER"], ["O", "B-ORG", "I-ORG", "O", "B-PER"]),  # IO
+    (["I-ORG", "I-LOC", "I-LOC"], ["B-ORG", "B-LOC", "I-LOC"]),  # type change starts an entity
+    (["B-ORG", "I-ORG", "B-ORG"], ["B-ORG", "I-ORG", "B-ORG"]),  # IOB2 stays as is
+])
+def test_io_tags_become_iob2(tags, expected):
+    assert to_iob2(tags) == expected
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory):
+    p = ner_params()
+    out = tmp_path_factory.mktemp("ner")
+    return out, ingest(p.ingest, p.validate_.labels, out, p.project.seed, "token"), p
+
+
+def test_conll_ingest_pins_the_test_file_and_keeps_tags_aligned(ner_data):
+    out, summary, _ = ner_data
+    for name, c in summary.sources.items():
+        assert c.rows_in == c.kept + c.quarantined + c.duplicates, name
+    assert summary.sources["fin5"].rows_in == 160 and summary.sources["fin3"].rows_in == 60
+    test = pd.read_parquet(out / "test.parquet")
+    assert set(test["source"]) == {"fin3"} and len(test) == summary.sources["fin3"].kept
+    train = pd.read_parquet(out / "train.parquet")
+    assert set(train["source"]) == {"fin5"}
+    for part in (train, test):
+        assert (part["text"].str.split(" ").str.len() == part["label"].str.split(" ").str.len()).all()
+    first = train[train["text"].str.startswith("This LOAN AND SECURITY AGREEMENT")].iloc[0]
+    words, tags = first["text"].split(" "), first["label"].split(" ")
+    assert tags[words.index("SILICON"):words.index("SILICON") + 3] == ["B-ORG", "I-ORG", "I-ORG"]
+    assert summary.label_counts["B-PER"] > 0 and "I-PER" in summary.label_counts
+
+
+def test_bad_conll_lines_are_quarantined_with_the_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Apple NNP - I-ORG\nrose VBD - O\n\nlonely\nline - O\n\nAcme NNP - I-COMPANY\n\nGood NNP - O\nsentence NN - O\n")
+    p = ner_params()
+    p.ingest.sources[0].path = str(bad)
+    out = tmp_path / "out"
+    summary = ingest(p.ingest, p.validate_.labels, out, 0, "token")
+    c = summary.sources["fin5"]
+    assert (c.rows_in, c.kept, c.quarantined) == (4, 2, 2)
+    q = pd.read_parquet(out / "quarantine.parquet")
+    reasons = q[q["source"] == "fin5"].set_index("row")["reason"].to_dict()
+    assert "line 4" in reasons[2] and "token ... tag" in reasons[2]
+    assert "unknown tag(s) ['B-COMPANY']" in reasons[3]
+
+
+def test_ner_suite_rejects_tags_outside_the_label_set(ner_data, tmp_path):
+    from tasks.validate import validate_frames
+
+    out, _, p = ner_data
+    labeled = pd.read_parquet(out / "train.parquet")
+    ok = validate_frames({"labeled": labeled}, p.validate_, "token")
+    assert ok.success
+    broken = labeled.copy()
+    broken.loc[0, "label"] = broken.loc[0, "label"].replace("O", "B-XYZ", 1)
+    bad = validate_frames({"labeled": broken}, p.validate_, "token")
+    assert not bad.success and any(f.expectation == "expect_column_values_to_match_regex" for f in bad.failures)
+
+
+@pytest.fixture(scope="module")
+def ner_runs(tiny_lm, ner_data, tmp_path_factory):
+    from tasks.finetune import finetune
+
+    _, pre, _ = tiny_lm
+    out, _, p = ner_data
+    runs = {}
+    for method in ("full", "lora"):
+        fp = p.finetune.model_copy(update={"method": method, "lr": 3e-3 if method == "full" else 1e-2})
+        runs[method] = finetune(out / "train.parquet", out / "validation.parquet", pre.model_dir, NER_LABELS, fp, 0,
+                                tmp_path_factory.mktemp(f"ner-{method}"), progress=False), fp
+    return runs, out
+
+
+def test_ner_finetune_learns_and_reports_entity_f1(ner_runs, tmp_path):
+    from tasks.evaluate import evaluate_model
+
+    (s, fp), data = ner_runs[0]["full"], ner_runs[1]
+    assert s.task == "token" and s.val_entity_f1 is not None
+    assert s.history[-1]["train_loss"] < s.history[0]["train_loss"]
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", NER_LABELS, fp.max_length, 16, tmp_path, task="token")
+    assert set(r.report["per_class"]) <= {"PER", "ORG", "LOC", "MISC"} and "PER" in r.report["per_class"]
+    assert 0.5 < r.accuracy <= 1.0 and 0.0 <= r.micro_f1 <= 1.0
+    preds = pd.read_parquet(r.predictions_path)
+    test = pd.read_parquet(data / "test.parquet")
+    assert (preds["prediction"].str.split(" ").str.len() == test["text"].str.split(" ").str.len()).all()
+    assert "entity-level (seqeval" in Path(r.report_path).read_text()
+    assert len(r.report["confusion_matrix"]) == len(NER_LABELS)
+
+
+def test_ner_lora_reload_and_adapter_reproduce_the_merged_model(ner_runs):
+    from peft import PeftModel
+
+    from tasks.finetune import load_classifier, predict_logits, task_inputs
+
+    (s, fp), data = ner_runs[0]["lora"], ner_runs[1]
+    words = task_inputs(pd.read_parquet(data / "test.parquet").head(20), "token")
+    merged = predict_logits(*load_classifier(s.model_dir, NER_LABELS, "token"), words, fp.max_length, 8, "token")
+    again = predict_logits(*load_classifier(s.model_dir, NER_LABELS, "token"), words, fp.max_length, 8, "token")
+    base, tok = load_classifier(s.base_model, NER_LABELS, "token")
+    adapter = predict_logits(PeftModel.from_pretrained(base, s.adapter_dir), tok, words, fp.max_length, 8, "token")
+    for a, b, c in zip(merged, again, adapter):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+
+
+def test_first_subtoken_alignment_and_seqeval_module():
+    from seqeval.metrics import f1_score
+    from transformers import BertTokenizerFast
+
+    from tasks.finetune import align_tags, encode, seqeval_scores
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "apple", "rose", "sil", "##icon", "valley"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "vocab.txt").write_text("\n".join(vocab))
+        tok = BertTokenizerFast(str(Path(d) / "vocab.txt"))
+    enc = encode(tok, [["silicon", "valley", "rose"]], 16, "token")
+    assert tok.convert_ids_to_tokens(enc["input_ids"][0])[:5] == ["[CLS]", "sil", "##icon", "valley", "rose"]
+    assert align_tags(enc, [[3, 4, 0]])[0, :6].tolist() == [-100, 3, -100, 4, 0, -100]
+    refs = [[0, 3, 4, 0], [1, 2, 0, 0]]
+    preds = [[0, 3, 4, 0], [1, 0, 0, 0]]
+    out = seqeval_scores(refs, preds, NER_LABELS)
+    names = lambda seqs: [[NER_LABELS[i] for i in s] for s in seqs]  # noqa: E731
+    assert out["micro_f1"] == pytest.approx(f1_score(names(refs), names(preds)))
+    assert out["per_class"]["PER"]["recall"] == 0.0 and out["per_class"]["ORG"]["f1"] == 1.0
+
+
+def test_entity_task_gives_one_row_per_entity_and_keeps_headlines_in_one_split(tmp_path):
+    p = params_from_dict(tiny_params_dict(finetune={"task": "entity"}))
+    summary = ingest(p.ingest, p.validate_.labels, tmp_path, p.project.seed, "entity")
+    parts = {n: pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("train", "validation", "test")}
+    heads = {n: set(part["id"].str.rsplit(":", n=1).str[0]) for n, part in parts.items()}
+    assert not (heads["train"] & heads["test"]) and not (heads["train"] & heads["validation"]) and not (heads["validation"] & heads["test"])
+    rows = pd.concat(parts.values())
+    assert len(rows) > summary.sources["sentfin"].kept  # several entities per headline
+    # headlines with mixed entity sentiment (quarantined for the headline task) are kept here
+    mixed = rows.groupby(rows["id"].str.rsplit(":", n=1).str[0])["label"].nunique()
+    assert (mixed > 1).sum() > 0
+    assert all(len(json.loads(e)) == 1 for e in rows["entities"])
+    c = summary.sources["sentfin"]
+    assert c.rows_in == c.kept + c.quarantined + c.duplicates
+
+
+def test_entity_finetune_pairs_entity_with_headline(tiny_lm, tmp_path):
+    from tasks.evaluate import evaluate_model
+    from tasks.finetune import encode, finetune, load_classifier, task_inputs
+
+    _, pre, _ = tiny_lm
+    p = params_from_dict(tiny_params_dict(finetune={"task": "entity", "epochs": 2}))
+    data = tmp_path / "data"
+    ingest(p.ingest, p.validate_.labels, data, p.project.seed, "entity")
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, p.validate_.labels, p.finetune, 0, tmp_path / "ft", progress=False)
+    assert s.task == "entity" and s.history[-1]["train_loss"] < s.history[0]["train_loss"]
+    test = pd.read_parquet(data / "test.parquet")
+    model, tok = load_classifier(s.model_dir, p.validate_.labels, "entity")
+    pair = task_inputs(test.head(1), "entity")[0]
+    ids = encode(tok, [pair], 64, "entity")["input_ids"][0].tolist()
+    assert ids.count(tok.sep_token_id) == 2  # [CLS] entity [SEP] headline [SEP]
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", p.validate_.labels, 64, 32, tmp_path / "ev", task="entity")
+    assert r.n == len(test) and 0 <= r.macro_f1 <= 1
+
+
+@pytest.mark.parametrize("finetune,source_format,message", [
+    ({"task": "token"}, "sentfin", "needs format: conll"),
+    ({"task": "sequence"}, "conll", "set finetune.task: token"),
+    ({"task": "entity"}, "conll", "set finetune.task: token"),
+])
+def test_task_and_source_formats_must_agree(finetune, source_format, message):
+    d = tiny_params_dict(finetune=finetune)
+    d["ingest"]["sources"][0]["format"] = source_format
+    with pytest.raises(ConfigError, match=message):
+        params_from_dict(d)
