@@ -93,6 +93,12 @@ class TokenizeParams(Section):
     block_size: int = Field(default=64, ge=8)
     # Reuse the base model's tokenizer when pretrain.base_model is set.
     reuse_base: bool = True
+    # true = concatenate documents and cut equal blocks (no padding); false = line by line: one
+    # document per block, truncated and padded (for comparison; attention masks the padding)
+    packing: bool = True
+    # rows per datasets.map batch: tokenization streams through Arrow files on disk in batches of this size,
+    # so a corpus larger than RAM is tokenized without loading it
+    map_batch_size: int = Field(default=1000, ge=1)
 
 
 class PretrainParams(Section):

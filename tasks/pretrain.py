@@ -131,14 +131,22 @@ def mask_tokens(input_ids, tokenizer, probability: float, generator, continuatio
     return inputs, labels
 
 
-def _batch(blocks, tokenizer, objective: str, mlm_probability: float, generator, continuation=None):
+def _batch(blocks, tokenizer, objective: str, mlm_probability: float, generator, continuation=None, padded: bool = False):
+    """Model inputs for a batch of blocks; ``padded`` (line-by-line blocks) adds an attention mask."""
+    import numpy as np
     import torch
 
-    ids = torch.as_tensor(blocks, dtype=torch.long)
+    ids = torch.as_tensor(np.asarray(blocks), dtype=torch.long)
     if objective == "mlm":
         inputs, labels = mask_tokens(ids, tokenizer, mlm_probability, generator, continuation)
-        return {"input_ids": inputs, "labels": labels}
-    return {"input_ids": ids, "labels": ids.clone()}
+        batch = {"input_ids": inputs, "labels": labels}
+    else:
+        batch = {"input_ids": ids, "labels": ids.clone()}
+    if padded:
+        pad = ids == tokenizer.pad_token_id
+        batch["attention_mask"] = (~pad).long()
+        batch["labels"][pad] = -100
+    return batch
 
 
 def lr_at(step: int, params: PretrainParams) -> float:
@@ -173,9 +181,10 @@ def sparse_mlm(model):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, labels):
+        def forward(self, input_ids, labels, attention_mask=None):
             encoder, head = _mlm_parts(self.inner)
-            hidden = encoder(input_ids=input_ids).last_hidden_state  # packed blocks: no padding, no mask needed
+            # packed blocks have no padding, so no mask (and SDPA keeps its fastest kernels)
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             keep = labels != -100
             logits = head(hidden[keep])
             # sum / count instead of mean: no NaN (and no host sync) when a batch has no masked token
@@ -228,7 +237,8 @@ def device_peak_flops(params: PretrainParams, device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float, batch_size: int, seed: int, device=None, autocast=None) -> float:
+def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float, batch_size: int, seed: int, device=None, autocast=None,
+                padded: bool = False) -> float:
     """Mean held-out loss; MLM masks with a fixed seed so every evaluation sees the same masks."""
     import contextlib
 
@@ -239,7 +249,7 @@ def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(blocks), batch_size):
-            batch = _batch(blocks[i : i + batch_size], tokenizer, objective, mlm_probability, gen)
+            batch = _batch(blocks[i : i + batch_size], tokenizer, objective, mlm_probability, gen, padded=padded)
             n = int((batch["labels"] != -100).sum())
             if n == 0:
                 continue
@@ -348,14 +358,17 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    blocks = np.load(blocks_path)
+    # memory-mapped: batches are read from disk, so the corpus need not fit in RAM
+    blocks = np.load(blocks_path, mmap_mode="r")
     block_size = blocks.shape[1]
+    meta = Path(blocks_path).parent / "tokenize.json"
+    padded = meta.exists() and json.loads(meta.read_text()).get("packing") is False
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(blocks))
     n_eval = max(1, int(len(blocks) * params.eval_fraction))
-    eval_blocks, train_blocks = blocks[order[:n_eval]], blocks[order[n_eval:]]
-    if len(train_blocks) < params.batch_size:
-        raise UserError(f"only {len(train_blocks)} training blocks for pretrain.batch_size {params.batch_size}; lower it or add data")
+    eval_blocks, train_index = np.asarray(blocks[order[:n_eval]]), order[n_eval:]
+    if len(train_index) < params.batch_size:
+        raise UserError(f"only {len(train_index)} training blocks for pretrain.batch_size {params.batch_size}; lower it or add data")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers under autocast (loss, norms)
         torch.backends.cudnn.allow_tf32 = True
@@ -376,7 +389,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
 
     # Data order lives in (rng, epoch_order, cursor) and masking in gen: all saved with each checkpoint.
     step, tokens, cursor, elapsed_before, running = 0, 0, 0, 0.0, 0.0
-    epoch_order = rng.permutation(len(train_blocks))
+    epoch_order = rng.permutation(len(train_index))
     history: list[dict] = []
     ckpt_dir = out_dir / "checkpoints"
     resumed_from = None
@@ -410,11 +423,11 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         loss_sum = torch.zeros((), device=device)
         for micro in range(params.grad_accum):
             if cursor + params.batch_size > len(epoch_order):
-                cursor, epoch_order = 0, rng.permutation(len(train_blocks))
+                cursor, epoch_order = 0, rng.permutation(len(train_index))
             idx = np.sort(epoch_order[cursor : cursor + params.batch_size])
             cursor += params.batch_size
             # Every rank builds the same global batch and masks, then trains on its own rows.
-            batch = _batch(train_blocks[idx], tokenizer, params.objective, params.mlm_probability, gen, continuation)
+            batch = _batch(blocks[train_index[idx]], tokenizer, params.objective, params.mlm_probability, gen, continuation, padded)
             batch = {k: _to_device(v[rank * per_rank : (rank + 1) * per_rank], device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if world == 1 or micro == params.grad_accum - 1 else train_model.no_sync()
             with sync, (autocast() if autocast else contextlib.nullcontext()):
@@ -455,7 +468,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     running = float(running)
     elapsed = elapsed_before + time.perf_counter() - start
     end_train = time.perf_counter()
-    eval_loss = evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, per_rank, seed, device, autocast)
+    eval_loss = evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, per_rank, seed, device, autocast, padded)
     tokens_per_s = tokens / max(elapsed, 1e-9)
     steady = None
     if steady_from is not None and tokens > steady_from[1]:

@@ -95,3 +95,45 @@ def test_tokenizer_training_is_deterministic_across_processes(kind, ingested):
     )
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1] for _ in range(3)}
     assert len(digests) == 1
+
+
+def test_datasets_map_tokenization_streams_caches_and_matches_in_memory_packing(ingested, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from tasks.tokenize import load_tokenizer, pack_blocks, tokenize_corpus
+
+    data, _, p = ingested
+    corpus = data / "corpus.parquet"
+    cache = tmp_path / "cache"
+    small = p.tokenize.model_copy(update={"map_batch_size": 7})  # many small batches: blocks cross batch edges
+    a = tokenize_corpus(corpus, small, "mlm", None, tmp_path / "a", cache_root=cache)
+    assert not a.cached and not a.ids_cached and a.packing and a.padding_fraction == 0
+    tok = load_tokenizer(a.tokenizer_dir)
+    expected, n_tokens = pack_blocks(tok, pd.read_parquet(corpus)["text"].tolist(), p.tokenize.block_size, True)
+    np.testing.assert_array_equal(np.load(a.blocks_path), expected)
+    assert a.tokens == n_tokens
+    # same inputs, another run folder: served from the cache, nothing re-tokenized
+    b = tokenize_corpus(corpus, p.tokenize, "mlm", None, tmp_path / "b", cache_root=cache)
+    assert b.cached and b.cache_key == a.cache_key and b.blocks_path.startswith(str(tmp_path / "b"))
+    np.testing.assert_array_equal(np.load(b.blocks_path), expected)
+    # a new block size re-packs from the cached token ids
+    c = tokenize_corpus(corpus, p.tokenize.model_copy(update={"block_size": 48}), "mlm", None, tmp_path / "c", cache_root=cache)
+    assert not c.cached and c.ids_cached and np.load(c.blocks_path).shape[1] == 48
+
+
+def test_line_by_line_mode_pads_and_pretraining_masks_the_padding(ingested, tmp_path):
+    import numpy as np
+
+    from tasks.pretrain import pretrain
+    from tasks.tokenize import load_tokenizer, tokenize_corpus
+
+    data, _, p = ingested
+    tp = p.tokenize.model_copy(update={"packing": False})
+    t = tokenize_corpus(data / "corpus.parquet", tp, "mlm", None, tmp_path / "tok", cache_root=tmp_path / "cache")
+    blocks = np.load(t.blocks_path)
+    tok = load_tokenizer(t.tokenizer_dir)
+    assert not t.packing and t.blocks == t.documents and 0 < t.padding_fraction < 1
+    assert (blocks[:, 0] == tok.cls_token_id).all() and (blocks == tok.pad_token_id).any()
+    s = pretrain(Path(t.blocks_path), Path(t.tokenizer_dir), p.pretrain.model_copy(update={"max_steps": 4}), 0, tmp_path / "pre", progress=False)
+    assert s.steps == 4 and np.isfinite(s.eval_loss)
