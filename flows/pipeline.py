@@ -29,11 +29,12 @@ def ingest(p: Params, run: Path):
 
 
 @stage
-def validate(p: Params, run: Path):
+def validate(p: Params, run: Path, root: Path):
     from tasks.validate import validate_snapshot
 
     try:
-        report = validate_snapshot(run / "ingest", p.validate_, run / "validate", p.finetune.task)
+        # the previous data version is the snapshot data.dvc points at now, before this run replaces it
+        report = validate_snapshot(run / "ingest", p.validate_, run / "validate", p.finetune.task, previous_dir=root / "data")
     finally:
         md = run / "validate" / "validation.md"
         if md.exists():
@@ -155,7 +156,7 @@ def pipeline(params: dict[str, Any], project_root: str) -> dict[str, Any]:
     p, root, run = params_from_dict(params), Path(project_root), new_run_dir()
     try:
         data_summary = ingest(p, run)
-        report = validate(p, run)
+        report = validate(p, run, root)
         data = version(run, root)
         pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
         ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)

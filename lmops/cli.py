@@ -93,6 +93,7 @@ def _snapshot_dir(params) -> Path:
 def cmd_data_ingest(args: argparse.Namespace) -> int:
     """Ingest + validate only (no versioning, no training)."""
     params = _params(args)
+    from lmops.env import project_root
     from tasks.ingest import ingest
     from tasks.validate import validate_snapshot
 
@@ -100,8 +101,8 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
     summary = ingest(params.ingest, params.validate_.labels, run / "ingest", params.project.seed, params.finetune.task)
     out = {**summary.to_dict(), "run_dir": str(run)}
     try:
-        report = validate_snapshot(run / "ingest", params.validate_, run / "validate", params.finetune.task)
-        out["validation"] = {"success": True, "expectations": len(report.outcomes)}
+        report = validate_snapshot(run / "ingest", params.validate_, run / "validate", params.finetune.task, previous_dir=project_root() / "data")
+        out["validation"] = {"success": True, "expectations": len(report.outcomes), "data_docs": report.data_docs, "notes": report.notes}
     finally:
         if not args.json:
             for name, c in summary.sources.items():
@@ -219,12 +220,25 @@ def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: st
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a model folder or a registry reference on the test split or a labeled file."""
+    """Evaluate a model folder or a registry reference on the test split or a labeled file.
+
+    A classifier gets the classification (or NER) report; a pretrained language model gets its held-out
+    perplexity on the texts (the test split's, or --data FILE: any CSV/JSONL/Parquet with a text column).
+    """
     params = _params(args)
-    from tasks.evaluate import evaluate_model, load_labeled_file
+    from tasks.evaluate import evaluate_language_model, evaluate_model, language_model_objective, load_labeled_file
 
     run = new_run_dir("evaluate")
     model_dir = _model_dir(args.model, run)
+    if language_model_objective(model_dir):
+        data = _text_file(Path(args.data), run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
+        r = evaluate_language_model(model_dir, data, args.block_size or params.tokenize.block_size, params.evaluate.batch_size, run / "evaluate",
+                                    seed=params.project.seed, mlm_probability=params.pretrain.mlm_probability,
+                                    title=f"{args.model} on {args.data or 'the test split'}")
+        if not args.json:
+            print((run / "evaluate" / "report.md").read_text())
+        print(json.dumps(r))
+        return 0
     data = load_labeled_file(Path(args.data), params, run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
     r = evaluate_model(model_dir, data, params.validate_.labels, params.finetune.max_length, params.evaluate.batch_size, run / "evaluate",
                        title=f"{args.model} on {args.data or 'the test split'}", task=params.finetune.task)
@@ -232,6 +246,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(Path(r.report_path).read_text())
     print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]}, default=str))
     return 0
+
+
+def _text_file(path: Path, out_dir: Path) -> Path:
+    """Any text file through the corpus ingest rules (normalization, quarantine) for LM evaluation."""
+    from lmops.config import IngestParams, SourceParams
+    from lmops.errors import DataError, UserError
+    from tasks.ingest import ingest_corpus_only
+
+    if not path.exists():
+        raise UserError(f"--data {path} does not exist")
+    suffixes = "".join(path.suffixes).lower()
+    fmt = ("jsonl" if ".json" in suffixes else "parquet" if ".parquet" in suffixes else "csv" if (".csv" in suffixes or ".tsv" in suffixes)
+           else "text_dir" if path.is_dir() else "text_lines")
+    frame, _ = ingest_corpus_only(IngestParams(sources=[SourceParams(name=path.stem, role="unlabeled", format=fmt, path=str(path))]), out_dir)
+    if frame.empty:
+        raise DataError(f"{path}: no usable text; see {out_dir / 'quarantine.parquet'}")
+    return out_dir / "corpus.parquet"
 
 
 def _model_dir(ref: str, run: Path) -> Path:
@@ -358,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", metavar="GENERIC", help="also fine-tune from this generic base and report the test-set "
                    "difference (domain − generic) with a bootstrap 95%% interval: does domain pretraining pay?")
     p.set_defaults(func=cmd_finetune)
-    p = with_params(sub.add_parser("evaluate", help="evaluate MODEL (folder or NAME@ALIAS) on the test split or --data FILE"))
+    p = with_params(sub.add_parser("evaluate", help="evaluate MODEL (folder or NAME@ALIAS) on the test split or --data FILE "
+                                                    "(classifiers: report; language models: perplexity)"))
+    p.add_argument("--block-size", type=int, default=None, help="language models: tokens per block (default tokenize.block_size)")
     p.add_argument("model")
     p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label), ingested with the same rules")
     p.set_defaults(func=cmd_evaluate)

@@ -84,6 +84,15 @@ class ValidateParams(Section):
     text_max_chars: int = 20000
     # Share of rows that must satisfy a per-row expectation (GX ``mostly``).
     mostly: float = Field(default=1.0, gt=0, le=1)
+    # Label distribution vs the previous data version (data/summary.json): KL divergence bound; null = off.
+    max_label_drift_kl: float | None = Field(default=0.1, gt=0)
+    # Share of texts that may contain HTML/XML markup (tags, entities) or match a boilerplate pattern.
+    max_markup_share: float = Field(default=0.02, ge=0, le=1)
+    max_boilerplate_share: float = Field(default=0.05, ge=0, le=1)
+    boilerplate_patterns: list[str] = Field(default_factory=lambda: [
+        r"(?i)table of contents", r"(?i)\bpage \d+ of \d+\b", r"(?i)all rights reserved", r"(?i)click here",
+        r"(?i)this page intentionally left blank", r"(?i)subscribe to our newsletter", r"(?i)cookie (?:policy|settings)",
+    ])
 
 
 class TokenizeParams(Section):

@@ -192,3 +192,67 @@ def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
     out = out_dir / "eval.parquet"
     frame.to_parquet(out, index=False)
     return out
+
+
+def language_model_objective(model_dir: Path) -> str | None:
+    """"mlm" / "clm" for a masked / causal language model folder, None for anything else (e.g. a classifier)."""
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return None
+    arch = " ".join(json.loads(cfg.read_text()).get("architectures") or [])
+    if "MaskedLM" in arch:
+        return "mlm"
+    if "CausalLM" in arch or "LMHeadModel" in arch:
+        return "clm"
+    return None
+
+
+def evaluate_language_model(model_dir: Path, data_path: Path, block_size: int, batch_size: int, out_dir: Path, seed: int = 0,
+                            mlm_probability: float = 0.15, title: str = "Language model evaluation") -> dict[str, Any]:
+    """Held-out perplexity of a pretrained LM on the texts of ``data_path`` (packed blocks, like pretraining).
+
+    Causal LMs: perplexity of every next token. Masked LMs: pseudo-perplexity over a seeded 15% masking
+    (the same masks every time, so two models are compared on the same positions).
+    """
+    import evaluate
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from lmops.errors import DataError
+    from lmops.metrics import metric_path
+    from tasks.pretrain import _batch
+    from tasks.tokenize import load_tokenizer, pack_blocks
+
+    objective = language_model_objective(model_dir)
+    if objective is None:
+        raise DataError(f"{model_dir} is not a masked or causal language model (config.json architectures)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(str(model_dir))
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    model = auto.from_pretrained(str(model_dir), use_safetensors=True).eval()
+    texts = pd.read_parquet(data_path)["text"].tolist()
+    try:
+        blocks, _ = pack_blocks(tokenizer, texts, block_size, objective == "mlm" and tokenizer.cls_token_id is not None)
+    except ValueError as exc:
+        raise DataError(f"{data_path}: {exc}; lower --block-size or add text") from exc
+    gen = torch.Generator().manual_seed(seed + 1)
+    sums, counts = [], []
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch_size):
+            batch = _batch(blocks[i : i + batch_size], tokenizer, objective, mlm_probability, gen)
+            # HF shifts causal labels inside the model: each row predicts block_size - 1 tokens
+            n = int((batch["labels"][:, 1:] != -100).sum()) if objective == "clm" else int((batch["labels"] != -100).sum())
+            if n:
+                sums.append(float(model(**batch).loss) * n)
+                counts.append(n)
+    result = evaluate.load(metric_path("perplexity")).compute(predictions=sums, references=counts)
+    report = {"objective": objective, "perplexity": round(result["perplexity"], 4), "eval_loss": round(result["mean_loss"], 6),
+              "predicted_tokens": result["tokens"], "blocks": int(len(blocks)), "block_size": block_size, "texts": len(texts),
+              "pseudo": objective == "mlm", "data": str(data_path)}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    kind = "pseudo-perplexity (seeded 15% masking)" if objective == "mlm" else "perplexity"
+    (out_dir / "report.md").write_text(
+        f"# {title}\n\n{objective.upper()} {kind} **{report['perplexity']:.3f}** (mean loss {report['eval_loss']:.4f} nats) over "
+        f"{report['predicted_tokens']:,} predicted tokens in {report['blocks']} blocks of {block_size} from {len(texts)} texts.\n")
+    return report

@@ -1,7 +1,8 @@
 """Validate: Great Expectations suites on the labeled splits and the pretraining corpus.
 
 A failed expectation raises DataError naming each expectation, its column and the observed value,
-so the flow stops before any training.
+so the flow stops before any training. With ``docs_dir`` the suites run as GX checkpoints whose
+UpdateDataDocsAction renders the HTML Data Docs into the run folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from lmops.config import ValidateParams
 from lmops.errors import DataError
+
+# HTML/XML tags or character entities left in text (scraped pages, filings)
+MARKUP = r"<[A-Za-z/!][^>]{0,200}>|&(?:[a-z]{2,8}|#\d{2,5});"
 
 
 @dataclass
@@ -28,6 +32,8 @@ class ExpectationOutcome:
 class ValidationReport:
     success: bool
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
+    data_docs: str | None = None  # index.html of the rendered Data Docs
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -38,17 +44,37 @@ class ValidationReport:
         for o in self.outcomes:
             lines.append(f"| {o.suite} | {o.expectation} | {o.column or ''} | {'✅' if o.success else '❌'} | {o.observed} |")
         head = "**All expectations passed.**" if self.success else f"**{len(self.failures)} expectation(s) failed.**"
-        return head + "\n\n" + "\n".join(lines)
+        tail = [f"- {n}" for n in self.notes] + ([f"- Data Docs (HTML): `{self.data_docs}`"] if self.data_docs else [])
+        return head + "\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(tail) if tail else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"success": self.success, "outcomes": [asdict(o) for o in self.outcomes]}
+        return {"success": self.success, "outcomes": [asdict(o) for o in self.outcomes], "data_docs": self.data_docs, "notes": self.notes}
 
 
-def _labeled_suite(gx, p: ValidateParams, task: str = "sequence"):
+def _text_quality(E, p: ValidateParams) -> list:
+    # markup and boilerplate are counted per row; up to the configured share is tolerated
+    return [
+        E.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, mostly=round(1 - p.max_markup_share, 6)),
+        E.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(p.boilerplate_patterns),
+                                                mostly=round(1 - p.max_boilerplate_share, 6)),
+    ] if p.boilerplate_patterns else [E.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, mostly=round(1 - p.max_markup_share, 6))]
+
+
+def _drift(E, p: ValidateParams, previous: dict[str, int] | None) -> list:
+    """KL(current labels ‖ previous version's labels) below ``validate.max_label_drift_kl``."""
+    if not previous or p.max_label_drift_kl is None:
+        return []
+    total = sum(previous.values())
+    values = sorted(previous)
+    return [E.ExpectColumnKLDivergenceToBeLessThan(
+        column="label", partition_object={"values": values, "weights": [previous[v] / total for v in values]}, threshold=p.max_label_drift_kl)]
+
+
+def _labeled_suite(gx, p: ValidateParams, task: str = "sequence", previous: dict[str, int] | None = None):
     import re
 
     E = gx.expectations
-    suite = [
+    suite = _text_quality(E, p) + [
         E.ExpectTableRowCountToBeBetween(min_value=p.min_labeled_rows, max_value=p.max_labeled_rows),
         E.ExpectColumnValuesToNotBeNull(column="text", mostly=p.mostly),
         E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=p.text_min_chars, max_value=p.text_max_chars, mostly=p.mostly),
@@ -64,16 +90,16 @@ def _labeled_suite(gx, p: ValidateParams, task: str = "sequence"):
         # a headline appears once per entity: the (text, entity) pair is what must be unique
         suite += [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
                   E.ExpectColumnValuesToNotBeNull(column="entities"),
-                  E.ExpectCompoundColumnsToBeUnique(column_list=["text", "entities"], mostly=p.mostly)]
+                  E.ExpectCompoundColumnsToBeUnique(column_list=["text", "entities"], mostly=p.mostly)] + _drift(E, p, previous)
     else:
         suite += [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
-                  E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)]
+                  E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)] + _drift(E, p, previous)
     return suite
 
 
-def _corpus_suite(gx, p: ValidateParams):
+def _corpus_suite(gx, p: ValidateParams, task: str = "sequence", previous=None):
     E = gx.expectations
-    return [
+    return _text_quality(E, p) + [
         E.ExpectTableRowCountToBeBetween(min_value=p.min_corpus_rows, max_value=p.max_corpus_rows),
         E.ExpectColumnValuesToNotBeNull(column="text", mostly=p.mostly),
         E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=p.text_min_chars, max_value=p.text_max_chars, mostly=p.mostly),
@@ -89,8 +115,13 @@ def _observed(res: dict[str, Any]) -> Any:
     return res.get("partial_unexpected_list", "")
 
 
-def validate_frames(frames: dict[str, Any], p: ValidateParams, task: str = "sequence") -> ValidationReport:
-    """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``."""
+def validate_frames(frames: dict[str, Any], p: ValidateParams, task: str = "sequence", previous_labels: dict[str, int] | None = None,
+                    docs_dir: Path | None = None) -> ValidationReport:
+    """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``.
+
+    ``previous_labels``: label counts of the previous data version (drift check); ``docs_dir``: render
+    the HTML Data Docs there.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -99,14 +130,26 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, task: str = "sequ
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     except Exception:  # noqa: BLE001 - cosmetic only; older GX lacks the setting
         pass
+    if docs_dir is not None:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        ctx.add_data_docs_site(site_name="lmops", site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
     source = ctx.data_sources.add_pandas("lmops")
     report = ValidationReport(success=True)
-    builders = {"labeled": lambda gx_, p_: _labeled_suite(gx_, p_, task), "corpus": _corpus_suite}
+    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite}
     for name, frame in frames.items():
         asset = source.add_dataframe_asset(name=name)
-        batch = asset.add_batch_definition_whole_dataframe(f"{name}_all").get_batch(batch_parameters={"dataframe": frame})
-        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=builders[name](gx, p)))
-        result = batch.validate(suite)
+        definition = asset.add_batch_definition_whole_dataframe(f"{name}_all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=builders[name](gx, p, task, previous_labels)))
+        if docs_dir is None:
+            result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+        else:
+            vd = ctx.validation_definitions.add(gx.ValidationDefinition(data=definition, suite=suite, name=f"{name}_validation"))
+            checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+                name=f"{name}_checkpoint", validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["lmops"])]))
+            result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
         for r in result.results:
             cfg = r.expectation_config
             report.outcomes.append(
@@ -130,13 +173,31 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
-def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, task: str = "sequence") -> ValidationReport:
-    """Validate an ingested snapshot; writes validation.json/.md to ``out_dir``; raises on failure."""
+def previous_label_counts(previous_dir: Path | None, labels: list[str], task: str) -> tuple[dict[str, int] | None, str | None]:
+    """Label counts of the previous data version (its summary.json), when comparable; else (None, why not)."""
+    if task == "token":
+        return None, "label drift is not checked for token tasks (labels are tag sequences)"
+    summary = previous_dir / "summary.json" if previous_dir else None
+    if summary is None or not summary.exists():
+        return None, "no previous data version: label drift not checked"
+    counts = json.loads(summary.read_text()).get("label_counts") or {}
+    if not counts or not set(counts) <= set(labels):
+        return None, f"previous data version has other labels {sorted(counts)}: label drift not checked"
+    return {k: int(v) for k, v in counts.items()}, None
+
+
+def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, task: str = "sequence", previous_dir: Path | None = None) -> ValidationReport:
+    """Validate an ingested snapshot; writes validation.json/.md and the HTML Data Docs (``data_docs/``) to
+    ``out_dir``; raises on failure. ``previous_dir``: the previous data version (for label drift)."""
     import pandas as pd
 
     labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
     corpus = pd.read_parquet(data_dir / "corpus.parquet")
-    report = validate_frames({"labeled": labeled, "corpus": corpus}, p, task)
+    previous, note = previous_label_counts(previous_dir, p.labels, task)
+    report = validate_frames({"labeled": labeled, "corpus": corpus}, p, task, previous, docs_dir=out_dir / "data_docs")
+    index = out_dir / "data_docs" / "index.html"
+    report.data_docs = str(index) if index.exists() else None
+    report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out_dir / "validation.md").write_text(report.to_markdown())

@@ -141,3 +141,32 @@ def test_prefix_tuning_on_bert_is_a_clear_user_error(tiny_lm, ingested, tmp_path
     fp = p.finetune.model_copy(update={"method": "prefix", "epochs": 1})
     with pytest.raises(UserError, match="prefix tuning needs a model that accepts past key values.*prompt"):
         finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path, progress=False)
+
+
+def test_language_model_perplexity_local_metric_and_cli(tiny_lm, ingested, project, tmp_path):
+    import math
+
+    from transformers import AutoModelForMaskedLM
+
+    from tasks.evaluate import evaluate_language_model, language_model_objective
+    from tests.conftest import FIXTURES, run_cli
+
+    _, pre, p = tiny_lm
+    data = ingested[0] / "test.parquet"
+    a = evaluate_language_model(Path(pre.model_dir), data, 32, 16, tmp_path / "a", seed=1)
+    b = evaluate_language_model(Path(pre.model_dir), data, 32, 16, tmp_path / "b", seed=1)
+    assert a == {**b, "data": a["data"]} and a["objective"] == "mlm" and a["pseudo"]
+    assert math.isclose(a["perplexity"], math.exp(a["eval_loss"]), rel_tol=1e-3) and a["predicted_tokens"] > 100
+    # an untrained copy of the same architecture is more perplexed (the session model saw only 12 steps)
+    fresh = AutoModelForMaskedLM.from_config(AutoModelForMaskedLM.from_pretrained(pre.model_dir).config)
+    fresh.save_pretrained(tmp_path / "fresh")
+    from tasks.tokenize import load_tokenizer
+
+    load_tokenizer(pre.model_dir).save_pretrained(tmp_path / "fresh")
+    c = evaluate_language_model(tmp_path / "fresh", data, 32, 16, tmp_path / "c", seed=1)
+    assert c["perplexity"] > 1.05 * a["perplexity"]
+    assert language_model_objective(tmp_path / "fresh") == "mlm"
+    out = run_cli("evaluate", pre.model_dir, "--data", str(FIXTURES / "twitter_sample.csv"), "--json", cwd=project)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["objective"] == "mlm" and res["texts"] == 150 and res["perplexity"] > 1

@@ -9,8 +9,12 @@ from tasks.validate import validate_frames, validate_snapshot
 def test_ingested_snapshot_passes(ingested, tmp_path):
     out, _, p = ingested
     report = validate_snapshot(out, p.validate_, tmp_path)
-    assert report.success and len(report.outcomes) == 11
+    assert report.success and len(report.outcomes) == 15  # 9 labeled (2 text-quality) + 6 corpus (2 text-quality); no drift: no previous version
     assert (tmp_path / "validation.md").read_text().startswith("**All expectations passed.**")
+    # the HTML Data Docs are rendered into the run folder: an index and one validation page per suite
+    assert report.data_docs == str(tmp_path / "data_docs" / "index.html") and "<html" in (tmp_path / "data_docs" / "index.html").read_text().lower()
+    assert {p.parent.parent.parent.name for p in (tmp_path / "data_docs" / "validations").rglob("*.html")} == {"labeled_suite", "corpus_suite"}
+    assert "no previous data version" in " ".join(report.notes)
 
 
 def test_bad_frames_fail_naming_expectations(tmp_path):
@@ -31,3 +35,37 @@ def test_failed_snapshot_raises_data_error(ingested, tmp_path):
     with pytest.raises(DataError, match=r"expect_table_row_count_to_be_between\(\) observed \d+"):
         validate_snapshot(out, strict, tmp_path)
     assert "❌" in (tmp_path / "validation.md").read_text()
+
+
+def test_label_drift_against_the_previous_version(ingested, tmp_path):
+    import json
+
+    out, summary, p = ingested
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "summary.json").write_text(json.dumps({"label_counts": summary.label_counts}))
+    ok = validate_snapshot(out, p.validate_, tmp_path / "v1", previous_dir=same)
+    drift = [o for o in ok.outcomes if o.expectation == "expect_column_kl_divergence_to_be_less_than"]
+    assert ok.success and len(drift) == 1 and drift[0].observed < 0.01
+    skewed = tmp_path / "skewed"
+    skewed.mkdir()
+    (skewed / "summary.json").write_text(json.dumps({"label_counts": {"negative": 900, "neutral": 50, "positive": 50}}))
+    with pytest.raises(DataError, match=r"expect_column_kl_divergence_to_be_less_than\(label\) observed 0\.\d+"):
+        validate_snapshot(out, p.validate_, tmp_path / "v2", previous_dir=skewed)
+    # a previous version with other labels (say, an NER snapshot) is not comparable: noted, not failed
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"label_counts": {"B-ORG": 3, "O": 90}}))
+    report = validate_snapshot(out, p.validate_, tmp_path / "v3", previous_dir=other)
+    assert report.success and "other labels" in " ".join(report.notes)
+
+
+def test_markup_and_boilerplate_share_are_bounded():
+    rows = ["Shares rose after the results"] * 90 + ["<div class='x'>Shares fell</div>"] * 5 + ["Page 3 of 12 -- all rights reserved"] * 5
+    corpus = pd.DataFrame({"id": [f"c{i}" for i in range(100)], "text": rows})
+    strict = validate_frames({"corpus": corpus}, ValidateParams(min_corpus_rows=1, max_markup_share=0.02, max_boilerplate_share=0.02))
+    failed = {f.expectation: f.observed for f in strict.failures}
+    assert failed == {"expect_column_values_to_not_match_regex": "5.00% unexpected",
+                      "expect_column_values_to_not_match_regex_list": "5.00% unexpected"}
+    lenient = validate_frames({"corpus": corpus}, ValidateParams(min_corpus_rows=1, max_markup_share=0.1, max_boilerplate_share=0.1))
+    assert lenient.success
