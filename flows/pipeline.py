@@ -58,9 +58,14 @@ def tokenize(p: Params, run: Path):
 
 @stage
 def pretrain(p: Params, run: Path, tok):
-    from tasks.pretrain import pretrain as pretrain_fn
+    import shutil
 
-    s = pretrain_fn(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, run / "pretrain")
+    from tasks.pretrain import pretrain as pretrain_fn, resume_dir
+
+    # Checkpoints outside the run folder, keyed by data + params: re-running a killed flow resumes here.
+    ckpt = resume_dir(tok.cache_key, p.pretrain, p.project.seed)
+    s = pretrain_fn(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, run / "pretrain", checkpoint_dir=ckpt)
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     publish("pretrain-loss", f"# Pretraining ({s.objective})\n\nsteps {s.steps} · tokens {s.tokens} · {s.tokens_per_s} tokens/s · "
             f"held-out loss {s.eval_loss} · perplexity {s.perplexity}\n\n" + png_markdown(s.loss_plot, "loss"), "pretraining loss curve")
     return s

@@ -136,6 +136,9 @@ class PretrainParams(Section):
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     compile: bool = False  # torch.compile the model (GPU; slow to start)
     gradient_checkpointing: bool = False
+    # Under torchrun: ddp = replicate the model; fsdp = shard parameters, gradients and optimizer state
+    # over the processes (FSDP2 ``fully_shard`` per transformer block), for models that do not fit one GPU
+    distributed: Literal["ddp", "fsdp"] = "ddp"
     # MLM: run the vocabulary head only on the ~15% masked positions (as MosaicBERT/llm-foundry do);
     # HF's BertForMaskedLM scores every position. Same loss, fewer FLOPs.
     sparse_mlm_head: bool = True

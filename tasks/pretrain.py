@@ -264,13 +264,27 @@ def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float
 
 # --- checkpoints ---------------------------------------------------------------------------
 
+def resume_dir(blocks_cache_key: str, params: PretrainParams, seed: int) -> Path:
+    """Where the pipeline keeps pretraining checkpoints: keyed by the tokenized data and the params, so
+    re-running a killed flow with the same inputs resumes instead of starting over."""
+    import hashlib
+
+    from lmops.env import lmops_home
+
+    key = hashlib.sha256(json.dumps([blocks_cache_key, params.model_dump(mode="json"), seed], sort_keys=True).encode()).hexdigest()[:16]
+    return lmops_home() / "checkpoints" / f"pretrain-{key}"
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.json").exists()) if ckpt_dir.exists() else []
     return done[-1] if done else None
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int) -> Path:
-    """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one."""
+def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int, full_state: tuple[dict, dict] | None = None) -> Path:
+    """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one.
+
+    ``full_state``: (model, optimizer) state dicts gathered from FSDP shards, saved instead of ``model``/``opt``.
+    """
     import torch
     from safetensors.torch import save_model
 
@@ -279,8 +293,12 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: in
     tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings/decoder weights
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    if full_state is not None:
+        torch.save(full_state[0], tmp / "model.pt")
+        torch.save(full_state[1], tmp / "optimizer.pt")
+    else:
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings/decoder weights
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete checkpoint
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -294,13 +312,56 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: in
     return final
 
 
-def load_checkpoint(path: Path, model, opt) -> dict:
+def load_checkpoint(path: Path, model, opt, sharded: bool = False) -> dict:
     import torch
     from safetensors.torch import load_model
 
-    load_model(model, str(path / "model.safetensors"))
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if sharded:
+        # every rank reads the full state and keeps its own shards
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+        if not (path / "model.pt").exists():
+            raise UserError(f"{path} was written without FSDP; resume it with pretrain.distributed: ddp")
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, torch.load(path / "model.pt", weights_only=True), options=opts)
+        set_optimizer_state_dict(model, opt, torch.load(path / "optimizer.pt", weights_only=True), options=opts)
+    else:
+        if not (path / "model.safetensors").exists():
+            raise UserError(f"{path} was written by an FSDP run; resume it with pretrain.distributed: fsdp")
+        load_model(model, str(path / "model.safetensors"))
+        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     return json.loads((path / "state.json").read_text())
+
+
+def transformer_blocks(model) -> list:
+    """The repeated blocks FSDP shards one by one (BERT/RoBERTa encoder layers, GPT-2 ``h``, Llama ``layers``)."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in {"layer", "h", "layers", "blocks"}:
+            return list(module)
+    raise UserError(f"pretrain.distributed fsdp: no block list (layer/h/layers) found in {type(model).__name__}; use ddp")
+
+
+def shard_model(model, device, world: int) -> None:
+    """FSDP2: shard each transformer block, then the rest (embeddings, tied head) at the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state(model, opt=None) -> tuple[dict, dict | None]:
+    """Gather FSDP shards into full (model, optimizer) state dicts on every rank (collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True)
+    msd = {k: v.detach() for k, v in get_model_state_dict(model, options=opts).items()}
+    osd = get_optimizer_state_dict(model, opt, options=opts) if opt is not None else None
+    return msd, osd
 
 
 # --- distributed ---------------------------------------------------------------------------
@@ -341,7 +402,10 @@ def _precision(params: PretrainParams, device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, seed: int, out_dir: Path, progress: bool = True) -> PretrainSummary:
+def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, seed: int, out_dir: Path, progress: bool = True,
+             checkpoint_dir: Path | None = None) -> PretrainSummary:
+    """Train; checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``), and the newest one there
+    is resumed from, so pointing a re-run at the same folder continues a killed run."""
     import contextlib
 
     import numpy as np
@@ -375,6 +439,9 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     model = build_model(params, tokenizer, block_size).to(device)
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    fsdp = world > 1 and params.distributed == "fsdp"
+    if fsdp:
+        shard_model(model, device, world)  # before the optimizer: it must see the sharded parameters
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -391,11 +458,11 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     step, tokens, cursor, elapsed_before, running = 0, 0, 0, 0.0, 0.0
     epoch_order = rng.permutation(len(train_index))
     history: list[dict] = []
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = checkpoint_dir or out_dir / "checkpoints"
     resumed_from = None
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
-        st = load_checkpoint(last, model, opt)
+        st = load_checkpoint(last, model, opt, sharded=fsdp)
         step, tokens, cursor, elapsed_before, running = st["step"], st["tokens"], st["cursor"], st["elapsed"], st["running"]
         epoch_order = np.asarray(st["epoch_order"])
         rng.bit_generator.state = st["rng"]
@@ -404,9 +471,10 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         history = st["history"]
         resumed_from = step
 
-    sparse = sparse_mlm(model) if params.objective == "mlm" and params.sparse_mlm_head else None
+    # FSDP gathers root parameters (embeddings, tied head) in the model's own forward: no sparse head there
+    sparse = sparse_mlm(model) if params.objective == "mlm" and params.sparse_mlm_head and not fsdp else None
     train_model = sparse if sparse is not None else model
-    if world > 1:
+    if world > 1 and not fsdp:
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if params.compile:
         train_model = torch.compile(train_model)
@@ -429,7 +497,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             # Every rank builds the same global batch and masks, then trains on its own rows.
             batch = _batch(blocks[train_index[idx]], tokenizer, params.objective, params.mlm_probability, gen, continuation, padded)
             batch = {k: _to_device(v[rank * per_rank : (rank + 1) * per_rank], device) for k, v in batch.items()}
-            sync = contextlib.nullcontext() if world == 1 or micro == params.grad_accum - 1 else train_model.no_sync()
+            sync = contextlib.nullcontext() if world == 1 or fsdp or micro == params.grad_accum - 1 else train_model.no_sync()
             with sync, (autocast() if autocast else contextlib.nullcontext()):
                 loss = train_model(**batch).loss / params.grad_accum
             scaler.scale(loss).backward()
@@ -454,11 +522,12 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             bar.set_postfix(loss=f"{float(loss_sum):.3f}")
             history.append({"step": step, "loss": round(float(loss_sum), 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)})
         if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps:
+            gathered = full_state(model, opt) if fsdp else None  # collective: every rank takes part
             if main:
                 save_checkpoint(ckpt_dir, step, model, opt, {
                     "step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
                     "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(), "history": history,
-                }, params.keep_checkpoints)
+                }, params.keep_checkpoints, gathered)
             if world > 1:
                 torch.distributed.barrier()
         if params.time_budget_s and elapsed > params.time_budget_s:
@@ -479,17 +548,22 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     mfu = round(fpt * (steady or tokens_per_s) / (peak * world), 4) if peak else None
 
     model_dir = out_dir / "model"
+    gathered = full_state(model)[0] if fsdp else None  # collective
     summary = PretrainSummary(
         model_dir=str(model_dir), objective=params.objective, steps=step, tokens=tokens, tokens_per_s=round(tokens_per_s, 1),
         train_loss=round(running, 4), eval_loss=round(eval_loss, 4), perplexity=round(math.exp(min(eval_loss, 50)), 3),
         parameters=sum(p.numel() for p in model.parameters()), resumed_from_step=resumed_from, world_size=world,
         device=str(device), precision=precision, mfu=mfu, steady_tokens_per_s=round(steady, 1) if steady else None,
-        flops_per_token=fpt, history=history, param_digest=state_digest(model),
+        flops_per_token=fpt, history=history, param_digest=state_digest(model, gathered),
     )
     if main:
         tmp_dir = out_dir / ".model.tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        model.save_pretrained(tmp_dir, safe_serialization=True)
+        plain = model
+        if fsdp:  # an unsharded copy holding the gathered weights, saved like any HF model
+            plain = build_model(params, tokenizer, block_size)
+            plain.load_state_dict({k: v.cpu() for k, v in gathered.items()})
+        plain.save_pretrained(tmp_dir, safe_serialization=True)
         tokenizer.save_pretrained(tmp_dir)
         shutil.rmtree(model_dir, ignore_errors=True)
         os.replace(tmp_dir, model_dir)
@@ -503,11 +577,11 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     return summary
 
 
-def state_digest(model) -> str:
+def state_digest(model, state: dict | None = None) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in sorted((state if state is not None else model.state_dict()).items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]

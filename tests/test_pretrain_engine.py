@@ -135,3 +135,33 @@ def test_flops_per_token_of_gpt2_small_and_bert_base_match_the_usual_counts():
     dense, sparse = flops_per_token(bert, 128), flops_per_token(bert, 128, head_fraction=0.15)
     # the vocabulary head is 30522×768 (+ a 768×768 transform): 85% of it is skipped by the sparse head
     assert dense - sparse == pytest.approx(6 * 0.85 * (30522 * 768 + 768 * 768 + 2 * 768 + 30522), rel=1e-3)
+
+
+def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lmops_home):
+    """FSDP2 (fully_shard per block) over 2 gloo processes: same loss as one process, identical gathered
+    weights on both ranks, a plain HF model saved, and a sharded checkpoint that resumes."""
+    env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "proj"
+    root.mkdir()
+    _write_project(root, max_steps=8, checkpoint_every=4, batch_size=8, distributed="fsdp")
+    single = subprocess.run(_pretrain_cmd("--out", "single"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "fsdp"]
+    run = subprocess.run(torchrun, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    s1 = json.loads(single.stdout.splitlines()[-1])
+    lines = [json.loads(l) for l in run.stdout.splitlines() if l.startswith("{")]
+    assert {l["world_size"] for l in lines} == {2} and lines[0]["param_digest"] == lines[1]["param_digest"]
+    assert [h["loss"] for h in lines[0]["history"]] == pytest.approx([h["loss"] for h in s1["history"]], rel=0.05)
+    assert lines[0]["eval_loss"] == pytest.approx(s1["eval_loss"], rel=0.02)
+    from transformers import AutoModelForMaskedLM
+
+    AutoModelForMaskedLM.from_pretrained(root / "fsdp" / "pretrain" / "model")  # a plain, loadable HF folder
+    ckpt = root / "fsdp" / "pretrain" / "checkpoints" / "step-00000004"
+    assert (ckpt / "model.pt").exists() and (ckpt / "state.json").exists()
+    # the same command with more steps resumes from the sharded checkpoint
+    _write_project(root, max_steps=10, checkpoint_every=4, batch_size=8, distributed="fsdp")
+    again = subprocess.run(torchrun, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [json.loads(l) for l in again.stdout.splitlines() if l.startswith("{")]
+    assert {l["resumed_from_step"] for l in resumed} == {4} and resumed[0]["steps"] == 10

@@ -137,3 +137,20 @@ def test_line_by_line_mode_pads_and_pretraining_masks_the_padding(ingested, tmp_
     assert (blocks[:, 0] == tok.cls_token_id).all() and (blocks == tok.pad_token_id).any()
     s = pretrain(Path(t.blocks_path), Path(t.tokenizer_dir), p.pretrain.model_copy(update={"max_steps": 4}), 0, tmp_path / "pre", progress=False)
     assert s.steps == 4 and np.isfinite(s.eval_loss)
+
+
+def test_pipeline_checkpoints_are_keyed_so_a_rerun_resumes(tiny_lm, tmp_path, lmops_home):
+    """The flow keeps checkpoints under $LMOPS_HOME/checkpoints/<data+params key>: a re-run after a kill
+    (here: checkpoints left by an unfinished run) continues from the newest one."""
+    from tasks.pretrain import pretrain, resume_dir
+
+    tok, _, p = tiny_lm
+    params = p.pretrain.model_copy(update={"max_steps": 8, "checkpoint_every": 3})
+    ckpt = resume_dir("data-key", params, 0)
+    assert ckpt == resume_dir("data-key", params, 0) != resume_dir("other-data", params, 0)
+    assert resume_dir("data-key", params.model_copy(update={"lr": 1e-4}), 0) != ckpt
+    first = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params, 0, tmp_path / "run1", progress=False, checkpoint_dir=ckpt)
+    assert first.resumed_from_step is None and sorted(x.name for x in ckpt.glob("step-*")) == ["step-00000003", "step-00000006"]
+    again = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params, 0, tmp_path / "run2", progress=False, checkpoint_dir=ckpt)
+    assert again.resumed_from_step == 6 and again.steps == 8
+    assert again.param_digest == first.param_digest  # resuming is exact: same weights as the uninterrupted run
