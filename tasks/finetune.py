@@ -228,6 +228,20 @@ def seqeval_scores(refs: list[list[int]], preds: list[list[int]], labels: list[s
         predictions=[[labels[j] for j in p] for p in preds], references=[[labels[j] for j in r] for r in refs])
 
 
+def length_grouped(order, lengths, batch_size: int, rng, window: int = 50):
+    """A shuffled order whose batches hold texts of similar length: sort within windows of
+    ``window`` batches, then shuffle the batches (as HF Trainer's group_by_length does)."""
+    import numpy as np
+
+    span = batch_size * window
+    batches = []
+    for i in range(0, len(order), span):
+        chunk = order[i : i + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return np.concatenate([batches[k] for k in rng.permutation(len(batches))]) if batches else order
+
+
 def macro_f1(y_true: list[int], y_pred: list[int], n_labels: int) -> float:
     from sklearn.metrics import f1_score
 
@@ -282,6 +296,7 @@ def finetune(
     )
 
     rng = np.random.default_rng(seed)
+    lengths = np.array([len(x) if isinstance(x, list) else len(str(x)) for x in texts])
     history, train_pts, val_pts = [], [], []
     best_f1, best_epoch, best_state, stale, best_macro, best_entity = -1.0, 0, None, 0, 0.0, None
     start = time.perf_counter()
@@ -291,6 +306,8 @@ def finetune(
     for epoch in range(1, params.epochs + 1):
         model.train()
         order = rng.permutation(len(texts))
+        if params.group_by_length:
+            order = length_grouped(order, lengths, params.batch_size, rng)
         epoch_loss = 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]

@@ -203,3 +203,20 @@ def test_task_and_source_formats_must_agree(finetune, source_format, message):
     d["ingest"]["sources"][0]["format"] = source_format
     with pytest.raises(ConfigError, match=message):
         params_from_dict(d)
+
+
+def test_length_grouped_batches_cut_padding_and_keep_every_row():
+    import numpy as np
+
+    from tasks.finetune import length_grouped
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, 1000)
+    order = rng.permutation(1000)
+    grouped = length_grouped(order, lengths, 16, np.random.default_rng(1))
+    assert sorted(grouped.tolist()) == list(range(1000))
+
+    def padded(o):
+        return sum(16 * lengths[o[i : i + 16]].max() for i in range(0, len(o), 16))
+
+    assert padded(grouped) < 0.7 * padded(order)
