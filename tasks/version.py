@@ -109,7 +109,8 @@ def _log_version(md5: str, data: Path) -> None:
 
     summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").exists() else {}
     rec = {"md5": md5, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "splits": summary.get("splits", {}),
-           "corpus_rows": summary.get("corpus_rows"), "sources": {k: v.get("kept") for k, v in summary.get("sources", {}).items()}}
+           "corpus_rows": summary.get("corpus_rows"), "sources": {k: v.get("kept") for k, v in summary.get("sources", {}).items()},
+           "label_counts": summary.get("label_counts", {})}
     log = _versions_log()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
