@@ -417,12 +417,14 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, ta
                 quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
                 continue
             # Exact duplicates (case/whitespace-insensitive) within a role are counted, not kept.
-            key = (src.role, _key(" ".join(r["text"] for r in rows)))
+            # (entity rows repeat their headline: the document is the distinct texts, in order)
+            doc = " ".join(dict.fromkeys(r["text"] for r in rows))
+            key = (src.role, _key(doc))
             if key in seen:
                 counts.duplicates += 1
                 continue
             seen.add(key)
-            if near is not None and near.seen_before(src.role, " ".join(r["text"] for r in rows)):
+            if near is not None and near.seen_before(src.role, doc):
                 counts.duplicates += 1
                 counts.near_duplicates += 1
                 continue

@@ -220,3 +220,20 @@ def test_length_grouped_batches_cut_padding_and_keep_every_row():
         return sum(16 * lengths[o[i : i + 16]].max() for i in range(0, len(o), 16))
 
     assert padded(grouped) < 0.7 * padded(order)
+
+
+def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
+    src = tmp_path / "s.csv"
+    src.write_text('Title,Decisions\n'
+                   '"Huge activity in Nifty December series surprises market","{\'Nifty\': \'positive\', \'Sensex\': \'neutral\'}"\n'
+                   '"Huge activity in Nifty December series surprises market","{\'Nifty\': \'positive\'}"\n'
+                   '"Steel stocks slide as prices fall in China","{\'Steel\': \'negative\'}"\n')
+    p = params_from_dict(tiny_params_dict(finetune={"task": "entity"}))
+    p.ingest.sources[0].path = str(src)
+    from tasks.ingest import IngestSummary, _collect
+
+    summary = IngestSummary(out_dir=str(tmp_path))
+    labeled, _, _ = _collect(p.ingest.model_copy(update={"sources": [p.ingest.sources[0]]}), p.validate_.labels, summary, "entity")
+    c = summary.sources["sentfin"]
+    assert (c.rows_in, c.kept, c.duplicates) == (3, 2, 1)
+    assert sorted(json.loads(r["entities"]).popitem()[0] for r in labeled) == ["Nifty", "Sensex", "Steel"]
