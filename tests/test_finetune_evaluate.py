@@ -169,4 +169,5 @@ def test_language_model_perplexity_local_metric_and_cli(tiny_lm, ingested, proje
     out = run_cli("evaluate", pre.model_dir, "--data", str(FIXTURES / "twitter_sample.csv"), "--json", cwd=project)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["objective"] == "mlm" and res["texts"] == 150 and res["perplexity"] > 1
+    # 150 tweets, one a near-duplicate of another (the same tweet with a t.co link appended)
+    assert res["objective"] == "mlm" and res["texts"] == 149 and res["perplexity"] > 1
