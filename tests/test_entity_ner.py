@@ -237,3 +237,16 @@ def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
     c = summary.sources["sentfin"]
     assert (c.rows_in, c.kept, c.duplicates) == (3, 2, 1)
     assert sorted(json.loads(r["entities"]).popitem()[0] for r in labeled) == ["Nifty", "Sensex", "Steel"]
+
+
+def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):
+    """`lmops evaluate MODEL --data FILE` under finetune.task token ingests FILE as CoNLL, same rules."""
+    from tasks.evaluate import evaluate_model, load_labeled_file
+
+    (s, fp), _ = ner_runs[0]["full"], ner_runs[1]
+    p = ner_params()
+    data = load_labeled_file(FIXTURES / "ner_sec" / "FIN3_sample.txt", p, tmp_path / "data")
+    frame = pd.read_parquet(data)
+    assert len(frame) > 50 and (frame["text"].str.split(" ").str.len() == frame["label"].str.split(" ").str.len()).all()
+    r = evaluate_model(Path(s.model_dir), data, NER_LABELS, fp.max_length, 16, tmp_path / "ev", task="token")
+    assert r.n == len(frame) and "PER" in r.report["per_class"]
