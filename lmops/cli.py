@@ -226,12 +226,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     perplexity on the texts (the test split's, or --data FILE: any CSV/JSONL/Parquet with a text column).
     """
     params = _params(args)
-    from tasks.evaluate import evaluate_language_model, evaluate_model, language_model_objective, load_labeled_file
+    from tasks.evaluate import evaluate_language_model, evaluate_model, language_model_objective, load_labeled_file, load_text_file
 
     run = new_run_dir("evaluate")
     model_dir = _model_dir(args.model, run)
     if language_model_objective(model_dir):
-        data = _text_file(Path(args.data), run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
+        data = load_text_file(Path(args.data), run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
         r = evaluate_language_model(model_dir, data, args.block_size or params.tokenize.block_size, params.evaluate.batch_size, run / "evaluate",
                                     seed=params.project.seed, mlm_probability=params.pretrain.mlm_probability,
                                     title=f"{args.model} on {args.data or 'the test split'}")
@@ -246,23 +246,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(Path(r.report_path).read_text())
     print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]}, default=str))
     return 0
-
-
-def _text_file(path: Path, out_dir: Path) -> Path:
-    """Any text file through the corpus ingest rules (normalization, quarantine) for LM evaluation."""
-    from lmops.config import IngestParams, SourceParams
-    from lmops.errors import DataError, UserError
-    from tasks.ingest import ingest_corpus_only
-
-    if not path.exists():
-        raise UserError(f"--data {path} does not exist")
-    suffixes = "".join(path.suffixes).lower()
-    fmt = ("jsonl" if ".json" in suffixes else "parquet" if ".parquet" in suffixes else "csv" if (".csv" in suffixes or ".tsv" in suffixes)
-           else "text_dir" if path.is_dir() else "text_lines")
-    frame, _ = ingest_corpus_only(IngestParams(sources=[SourceParams(name=path.stem, role="unlabeled", format=fmt, path=str(path))]), out_dir)
-    if frame.empty:
-        raise DataError(f"{path}: no usable text; see {out_dir / 'quarantine.parquet'}")
-    return out_dir / "corpus.parquet"
 
 
 def _model_dir(ref: str, run: Path) -> Path:
@@ -384,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("pretrain", help="tokenize + pretrain on the current snapshot (resumable; torchrun-ready)"))
     p.add_argument("--out", help="output folder (default: one per data+params, so re-running resumes)")
     p.set_defaults(func=cmd_pretrain)
-    p = with_params(sub.add_parser("finetune", help="fine-tune a classifier on the current snapshot"))
+    p = with_params(sub.add_parser("finetune", help="fine-tune a classifier or tagger (finetune.task) on the current snapshot"))
     p.add_argument("--base", help="base model: folder, pkg:NAME or hub id (default: finetune.base_model)")
     p.add_argument("--compare-base", metavar="GENERIC", help="also fine-tune from this generic base and report the test-set "
                    "difference (domain − generic) with a bootstrap 95%% interval: does domain pretraining pay?")
@@ -393,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(classifiers: report; language models: perplexity)"))
     p.add_argument("--block-size", type=int, default=None, help="language models: tokens per block (default tokenize.block_size)")
     p.add_argument("model")
-    p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label), ingested with the same rules")
+    p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label; CoNLL for NER; SEntFiN columns for entity "
+                   "sentiment), or any text for a language model, ingested with the same rules")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (needs a Prefect server)")

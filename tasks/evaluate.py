@@ -46,6 +46,16 @@ def classification_report(predictions: list[int], references: list[int], labels:
     return metric.compute(predictions=predictions, references=references, labels=labels)
 
 
+def seqeval_scores(refs: list[list[int]], preds: list[list[int]], labels: list[str]) -> dict[str, Any]:
+    """Entity-level NER report from tag ids (``labels`` maps ids to IOB2 tags)."""
+    import evaluate
+
+    from lmops.metrics import metric_path
+
+    return evaluate.load(metric_path("seqeval_report")).compute(
+        predictions=[[labels[j] for j in p] for p in preds], references=[[labels[j] for j in r] for r in refs])
+
+
 def calibration(probs, refs: list[int]) -> dict[str, Any]:
     import evaluate
 
@@ -109,7 +119,7 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     import pandas as pd
     import torch
 
-    from tasks.finetune import load_classifier, outside_index, predict_logits, seqeval_scores, task_inputs, task_targets
+    from tasks.finetune import load_classifier, outside_index, predict_logits, task_inputs, task_targets
     from tasks.plots import confusion_matrix
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +175,22 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     )
 
 
+def _format_of(path: Path, default: str) -> str:
+    """The ingest format a user's ``--data`` file is read with, from its suffixes (``.csv.gz`` too)."""
+    if not path.exists():
+        from lmops.errors import UserError
+
+        raise UserError(f"--data {path} does not exist")
+    suffixes = "".join(path.suffixes).lower()
+    if ".json" in suffixes:
+        return "jsonl"
+    if ".parquet" in suffixes:
+        return "parquet"
+    if ".csv" in suffixes or ".tsv" in suffixes:
+        return "csv"
+    return "text_dir" if path.is_dir() else default
+
+
 def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
     """Bring a user's labeled file through the same ingest rules (normalization, quarantine, label map)."""
     import pandas as pd
@@ -173,13 +199,8 @@ def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
     from lmops.errors import DataError
     from tasks.ingest import ingest_labeled_only
 
-    if not path.exists():
-        from lmops.errors import UserError
-
-        raise UserError(f"--data {path} does not exist")
-    suffixes = "".join(path.suffixes).lower()
     task = params.finetune.task
-    fmt = "jsonl" if ".jsonl" in suffixes or ".json" in suffixes else "parquet" if ".parquet" in suffixes else "csv"
+    fmt = _format_of(path, default="csv")
     if task == "token":
         fmt = "conll"  # NER files are CoNLL columns whatever their suffix
     elif task == "entity":
@@ -192,6 +213,19 @@ def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
     out = out_dir / "eval.parquet"
     frame.to_parquet(out, index=False)
     return out
+
+
+def load_text_file(path: Path, out_dir: Path) -> Path:
+    """Any text file or folder through the corpus ingest rules (normalization, quarantine), for LM evaluation."""
+    from lmops.config import IngestParams, SourceParams
+    from lmops.errors import DataError
+    from tasks.ingest import ingest_corpus_only
+
+    src = SourceParams(name=path.stem, role="unlabeled", format=_format_of(path, default="text_lines"), path=str(path))
+    frame, _ = ingest_corpus_only(IngestParams(sources=[src]), out_dir)
+    if frame.empty:
+        raise DataError(f"{path}: no usable text; see {out_dir / 'quarantine.parquet'}")
+    return out_dir / "corpus.parquet"
 
 
 def language_model_objective(model_dir: Path) -> str | None:

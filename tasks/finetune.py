@@ -219,15 +219,6 @@ def predict_labels(model, tokenizer, frame, labels: list[str], task: str, max_le
     return [labels[j] for j in probs.argmax(-1).tolist()], probs.max(-1).values.tolist()
 
 
-def seqeval_scores(refs: list[list[int]], preds: list[list[int]], labels: list[str]) -> dict:
-    import evaluate
-
-    from lmops.metrics import metric_path
-
-    return evaluate.load(metric_path("seqeval_report")).compute(
-        predictions=[[labels[j] for j in p] for p in preds], references=[[labels[j] for j in r] for r in refs])
-
-
 def length_grouped(order, lengths, batch_size: int, rng, window: int = 50):
     """A shuffled order whose batches hold texts of similar length: sort within windows of
     ``window`` batches, then shuffle the batches (as HF Trainer's group_by_length does)."""
@@ -332,6 +323,8 @@ def finetune(
             flat = torch.cat(val_logits) if val_logits else torch.zeros((0, len(labels)))
             gold = [t for tags in y_val for t in tags]
             val_loss = float(loss_fn(flat, torch.as_tensor(gold, dtype=torch.long))) if gold else float("nan")
+            from tasks.evaluate import seqeval_scores
+
             scores = seqeval_scores(y_val, [l.argmax(-1).tolist() for l in val_logits], labels)
             entity_f1, macro = scores["micro_f1"], scores["macro_f1"]
             f1 = entity_f1  # entity-level micro F1 is the usual NER selection metric; rare types make macro noisy

@@ -139,7 +139,8 @@ def test_first_subtoken_alignment_and_seqeval_module():
     from seqeval.metrics import f1_score
     from transformers import BertTokenizerFast
 
-    from tasks.finetune import align_tags, encode, seqeval_scores
+    from tasks.evaluate import seqeval_scores
+    from tasks.finetune import align_tags, encode
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "apple", "rose", "sil", "##icon", "valley"]
     import tempfile
