@@ -135,6 +135,13 @@ class PretrainParams(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on a GPU that has it, else fp32
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     compile: bool = False  # torch.compile the model (GPU; slow to start)
+    # torch.compile mode; max-autotune* benchmarks matmul/kernel configs at start-up (minutes) for a faster step
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # SDPA kernel: auto = PyTorch's choice; flash / cudnn (fast on Hopper) / efficient / math force one
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    # Override every dropout rate of the model (None = the architecture's own, 0.1 for BERT and GPT-2).
+    # Modern pretraining recipes (nanoGPT, MPT) use 0: more signal per step and no RNG work on the GPU.
+    dropout: float | None = Field(default=None, ge=0, lt=1)
     gradient_checkpointing: bool = False
     # Under torchrun: ddp = replicate the model; fsdp = shard parameters, gradients and optimizer state
     # over the processes (FSDP2 ``fully_shard`` per transformer block), for models that do not fit one GPU
@@ -145,6 +152,9 @@ class PretrainParams(Section):
     # round a from-config model's vocabulary up (64 suits tensor cores: GPT-2's 50257 -> 50304, as nanoGPT does)
     pad_vocab_to_multiple: int = Field(default=1, ge=1)
     peak_flops: float | None = None  # per-device peak FLOP/s for MFU; known GPUs are detected
+    # > 0: profile that many steps after warm-up (torch.profiler); writes profile.txt (top kernels by
+    # device time) and a Chrome/Perfetto trace.json next to the model
+    profile_steps: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "PretrainParams":
@@ -152,6 +162,10 @@ class PretrainParams(Section):
             raise ValueError(
                 f"pretrain.hidden_size ({self.hidden_size}) must be divisible by pretrain.num_heads ({self.num_heads})"
             )
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"pretrain.compile_mode ({self.compile_mode}) needs pretrain.compile: true")
+        if self.sdpa_backend != "auto" and self.attn_implementation != "sdpa":
+            raise ValueError(f"pretrain.sdpa_backend ({self.sdpa_backend}) needs pretrain.attn_implementation: sdpa")
         return self
 
 

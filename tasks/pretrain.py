@@ -48,19 +48,31 @@ class PretrainSummary:
     history: list[dict] = field(default_factory=list)
 
 
+def set_dropout(config, rate: float | None):
+    """Set every dropout rate of a Hugging Face config (BERT ``*_dropout_prob``, GPT-2 ``*_pdrop``, …)."""
+    if rate is None:
+        return config
+    for key, value in config.to_dict().items():
+        if isinstance(value, float) and (key.endswith("dropout") or key.endswith("dropout_prob") or key.endswith("pdrop")):
+            setattr(config, key, rate)
+    return config
+
+
 def build_model(params: PretrainParams, tokenizer, block_size: int):
     """A fresh model from the sizes in params, or a checkpoint to continue from."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
     if params.base_model:
         from lmops.models import resolve_model_ref
 
+        ref = resolve_model_ref(params.base_model)
         auto = AutoModelForMaskedLM if params.objective == "mlm" else AutoModelForCausalLM
-        model = auto.from_pretrained(resolve_model_ref(params.base_model), use_safetensors=True, trust_remote_code=False,
+        cfg = set_dropout(AutoConfig.from_pretrained(ref, trust_remote_code=False), params.dropout)
+        model = auto.from_pretrained(ref, config=cfg, use_safetensors=True, trust_remote_code=False,
                                      attn_implementation=params.attn_implementation)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
-        return model
+        return _named_loss(model, params.objective)
     m = params.pad_vocab_to_multiple
     vocab_size = -(-len(tokenizer) // m) * m
     if params.objective == "mlm":
@@ -69,6 +81,7 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
             num_attention_heads=params.num_heads, intermediate_size=params.intermediate_size,
             max_position_embeddings=max(512, block_size), pad_token_id=tokenizer.pad_token_id,
         )
+        set_dropout(cfg, params.dropout)
         cfg._attn_implementation = params.attn_implementation
         return BertForMaskedLM(cfg)
     cfg = GPT2Config(
@@ -76,8 +89,17 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
         n_inner=params.intermediate_size, n_positions=max(1024, block_size),
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    set_dropout(cfg, params.dropout)
     cfg._attn_implementation = params.attn_implementation
-    return GPT2LMHeadModel(cfg)
+    return _named_loss(GPT2LMHeadModel(cfg), params.objective)
+
+
+def _named_loss(model, objective: str):
+    # Without a loss_type, HF logs "loss_type=None ... unrecognized" on every forward, which also breaks
+    # the torch.compile graph in two before the loss.
+    if objective == "clm" and getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def continuation_table(tokenizer):
@@ -164,12 +186,29 @@ def _mlm_parts(model):
     return (encoder, head) if encoder is not None and head is not None else None
 
 
+def sparse_targets(labels, multiple: int = 64):
+    """On the host: (flat positions of the labelled tokens, their labels), padded to a multiple of ``multiple``
+    with position 0 / label -100. Computed where the masks are drawn, so the device never has to tell the
+    host how many tokens are masked (a boolean index would: a sync and a torch.compile graph break per step)."""
+    import torch
+
+    flat = labels.reshape(-1)
+    pos = (flat != -100).nonzero().squeeze(1)
+    n = -(-max(len(pos), 1) // multiple) * multiple
+    positions = torch.zeros(n, dtype=torch.long)
+    targets = torch.full((n,), -100, dtype=torch.long)
+    positions[: len(pos)] = pos
+    targets[: len(pos)] = flat[pos]
+    return positions, targets
+
+
 def sparse_mlm(model):
     """Wrap a masked LM so the vocabulary head runs only on masked positions.
 
     The loss is the same as the model's own (mean cross-entropy over labelled positions); the head's
     matmul over the vocabulary (a fifth of BERT-base's FLOPs, plus a [tokens × vocab] fp32 tensor) is
-    done for ~15% of the tokens. Returns None for architectures it does not know.
+    done for ~15% of the tokens. Inputs: ``input_ids`` and :func:`sparse_targets` of the labels.
+    Returns None for architectures it does not know.
     """
     import torch
 
@@ -181,15 +220,14 @@ def sparse_mlm(model):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, labels, attention_mask=None):
+        def forward(self, input_ids, mlm_positions, mlm_targets, attention_mask=None):
             encoder, head = _mlm_parts(self.inner)
             # packed blocks have no padding, so no mask (and SDPA keeps its fastest kernels)
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            keep = labels != -100
-            logits = head(hidden[keep])
-            # sum / count instead of mean: no NaN (and no host sync) when a batch has no masked token
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / keep.sum().clamp(min=1)
-            return _Out(loss)
+            logits = head(hidden.flatten(0, 1).index_select(0, mlm_positions))
+            # sum / count: padding rows (label -100) add nothing, and a batch without masks gives 0, not NaN
+            loss = torch.nn.functional.cross_entropy(logits.float(), mlm_targets, ignore_index=-100, reduction="sum")
+            return _Out(loss / (mlm_targets != -100).sum().clamp(min=1))
 
     return SparseMLM(model)
 
@@ -402,6 +440,19 @@ def _precision(params: PretrainParams, device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
+def sdpa_context(backend: str):
+    """A context that forces one SDPA kernel (``pretrain.sdpa_backend``); ``auto`` leaves PyTorch's choice."""
+    import contextlib
+
+    if backend == "auto":
+        return contextlib.nullcontext
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]
+    return lambda: sdpa_kernel([chosen])
+
+
 def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, seed: int, out_dir: Path, progress: bool = True,
              checkpoint_dir: Path | None = None) -> PretrainSummary:
     """Train; checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``), and the newest one there
@@ -477,12 +528,15 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     if world > 1 and not fsdp:
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if params.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=None if params.compile_mode == "default" else params.compile_mode)
+    attention = sdpa_context(params.sdpa_backend)
 
     start = time.perf_counter()
     # Steady-state rate: from the step after warm-up steps (compilation, allocator, cuDNN autotuning).
     skip = min(10, max(1, (params.max_steps - step) // 5))
     steady_from: tuple[float, int] | None = None
+    # profiled steps come right after the warm-up ones and are left out of the steady-state rate
+    profiler = _profiler(params.profile_steps, skip, device) if main else None
     bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
     per_rank = params.batch_size // world
     while step < params.max_steps:
@@ -496,10 +550,23 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             cursor += params.batch_size
             # Every rank builds the same global batch and masks, then trains on its own rows.
             batch = _batch(blocks[train_index[idx]], tokenizer, params.objective, params.mlm_probability, gen, continuation, padded)
-            batch = {k: _to_device(v[rank * per_rank : (rank + 1) * per_rank], device) for k, v in batch.items()}
+            batch = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
+            if sparse is not None:
+                batch["mlm_positions"], batch["mlm_targets"] = sparse_targets(batch.pop("labels"))
+            batch = {k: _to_device(v, device) for k, v in batch.items()}
+            if sparse is not None and params.compile:
+                # the masked count changes every step: one dynamic-shape graph instead of a recompile per count
+                torch._dynamo.maybe_mark_dynamic(batch["mlm_positions"], 0)
+                torch._dynamo.maybe_mark_dynamic(batch["mlm_targets"], 0)
             sync = contextlib.nullcontext() if world == 1 or fsdp or micro == params.grad_accum - 1 else train_model.no_sync()
-            with sync, (autocast() if autocast else contextlib.nullcontext()):
-                loss = train_model(**batch).loss / params.grad_accum
+            with sync, attention(), (autocast() if autocast else contextlib.nullcontext()):
+                try:
+                    loss = train_model(**batch).loss / params.grad_accum
+                except RuntimeError as e:
+                    if "No available kernel" in str(e) or "No viable backend" in str(e):
+                        raise UserError(f"pretrain.sdpa_backend {params.sdpa_backend} has no kernel on {device} for this model "
+                                        f"(dtype, head size or mask); use sdpa_backend: auto") from e
+                    raise
             scaler.scale(loss).backward()
             loss_sum += loss.detach()  # stays on the device: no host sync per step, the CPU queues ahead
             tokens += params.batch_size * block_size
@@ -513,10 +580,12 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             loss_sum = loss_sum / world
         running = loss_sum if step == 0 else 0.9 * running + 0.1 * loss_sum
         step += 1
-        if steady_from is None and step == (resumed_from or 0) + skip:
+        if steady_from is None and step == (resumed_from or 0) + skip + (params.profile_steps + 1 if profiler is not None else 0):
             _sync(device)
             steady_from = (time.perf_counter(), tokens)
         bar.update(1)
+        if profiler is not None:
+            profiler.step()
         elapsed = elapsed_before + time.perf_counter() - start
         if step % params.log_every == 0 or step == params.max_steps:
             bar.set_postfix(loss=f"{float(loss_sum):.3f}")
@@ -534,6 +603,8 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             break
     bar.close()
     _sync(device)
+    if profiler is not None:
+        _write_profile(profiler, out_dir, device)
     running = float(running)
     elapsed = elapsed_before + time.perf_counter() - start
     end_train = time.perf_counter()
@@ -575,6 +646,28 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     if world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _profiler(steps: int, skip: int, device):
+    """torch.profiler over ``steps`` steps after the first ``skip`` (compilation, allocator warm-up)."""
+    if not steps:
+        return None
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof = profile(activities=activities, schedule=schedule(wait=max(0, skip - 1), warmup=1, active=steps, repeat=1))
+    prof.start()
+    return prof
+
+
+def _write_profile(prof, out_dir: Path, device) -> None:
+    prof.stop()
+    events = prof.key_averages()
+    if not len(events):  # the run ended before the profiled steps
+        return
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    (out_dir / "profile.txt").write_text(events.table(sort_by=sort, row_limit=40))
+    prof.export_chrome_trace(str(out_dir / "trace.json"))
 
 
 def state_digest(model, state: dict | None = None) -> str:

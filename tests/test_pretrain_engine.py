@@ -102,7 +102,7 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
 def test_sparse_mlm_head_gives_the_models_own_loss_and_gradients(arch):
     from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
-    from tasks.pretrain import sparse_mlm
+    from tasks.pretrain import sparse_mlm, sparse_targets
 
     torch.manual_seed(0)
     kw = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -114,12 +114,76 @@ def test_sparse_mlm_head_gives_the_models_own_loss_and_gradients(arch):
     full.backward()
     g_full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    sparse = sparse_mlm(model)(input_ids=ids, labels=labels).loss
+    positions, targets = sparse_targets(labels, multiple=16)
+    assert len(positions) % 16 == 0 and (targets != -100).sum() == (labels != -100).sum()
+    sparse = sparse_mlm(model)(input_ids=ids, mlm_positions=positions, mlm_targets=targets).loss
     sparse.backward()
     torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-6)
     for n, p in model.named_parameters():
         if n in g_full:
             torch.testing.assert_close(p.grad, g_full[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_fast_training_graphs_compile_without_graph_breaks():
+    """The sparse MLM head takes host-computed positions: no data-dependent shape, so torch.compile captures
+    encoder + head + loss as one graph (a boolean index broke it in three, with a device sync per step)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from tasks.pretrain import sparse_mlm, sparse_targets
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    model.config._attn_implementation = "sdpa"
+    ids = torch.randint(5, 120, (4, 16))
+    positions, targets = sparse_targets(torch.where(torch.rand(4, 16) < 0.2, ids, torch.full_like(ids, -100)))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(sparse_mlm(model))(input_ids=ids, mlm_positions=positions, mlm_targets=targets)
+    assert explained.graph_break_count == 0, [str(b.reason)[:300] for b in explained.break_reasons]
+    assert explained.graph_count == 1
+    # GPT-2 as the engine builds it: one graph through the loss (HF's unnamed-loss warning used to split it)
+    from lmops.config import PretrainParams
+    from tasks.pretrain import build_model
+
+    tok = type("Tok", (), {"__len__": lambda self: 120, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})()
+    gpt = build_model(PretrainParams(objective="clm", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, 16)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(gpt)(input_ids=ids, labels=ids)
+    assert explained.graph_break_count == 0, [str(b.reason)[:300] for b in explained.break_reasons]
+
+
+def test_dropout_override_and_forced_attention_kernel(tiny_lm, tmp_path):
+    from transformers import AutoConfig
+
+    from lmops.config import PretrainParams
+    from tasks.pretrain import build_model, set_dropout
+
+    bert = set_dropout(AutoConfig.for_model("bert"), 0.0)
+    assert bert.hidden_dropout_prob == 0.0 and bert.attention_probs_dropout_prob == 0.0
+    gpt = set_dropout(AutoConfig.for_model("gpt2"), 0.05)
+    assert (gpt.resid_pdrop, gpt.embd_pdrop, gpt.attn_pdrop) == (0.05, 0.05, 0.05)
+    tok, pre, p = tiny_lm
+    from tasks.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(tok.tokenizer_dir)
+    assert build_model(PretrainParams(dropout=0.0), tokenizer, 32).config.hidden_dropout_prob == 0.0
+    # continuing from a checkpoint takes the override too
+    cont = build_model(PretrainParams(base_model=pre.model_dir, dropout=0.2), tokenizer, 32)
+    assert cont.config.attention_probs_dropout_prob == 0.2
+    # a forced SDPA kernel (math runs everywhere) trains the same model as PyTorch's own choice, dropout off
+    from tasks.pretrain import pretrain
+
+    runs = [pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir),
+                     p.pretrain.model_copy(update={"max_steps": 5, "dropout": 0.0, "sdpa_backend": b, "profile_steps": 2}), 0, tmp_path / b,
+                     progress=False) for b in ("auto", "math")]
+    assert runs[0].eval_loss == pytest.approx(runs[1].eval_loss, abs=1e-3)
+    # profile_steps: a kernel table and a trace of the profiled steps; the math kernel shows up where it was forced
+    table = (tmp_path / "math" / "profile.txt").read_text()
+    assert "aten::" in table and "ProfilerStep" in table
+    assert "_scaled_dot_product_attention_math" in table or "aten::bmm" in table
+    assert (tmp_path / "auto" / "trace.json").stat().st_size > 1000
+    with pytest.raises(Exception, match="sdpa_backend"):
+        pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain.model_copy(update={"max_steps": 2, "sdpa_backend": "cudnn"}),
+                 0, tmp_path / "cudnn", progress=False)
 
 
 def test_flops_per_token_of_gpt2_small_and_bert_base_match_the_usual_counts():
@@ -165,3 +229,17 @@ def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lm
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = [json.loads(l) for l in again.stdout.splitlines() if l.startswith("{")]
     assert {l["resumed_from_step"] for l in resumed} == {4} and resumed[0]["steps"] == 10
+
+
+def test_gpu_mfu_script_runs_its_variants_on_cpu(tmp_path):
+    """The prepared GPU benchmark only meets a GPU now and then: keep it runnable (tiny sizes, no compile)."""
+    out = tmp_path / "mfu.json"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_mfu.py", "--tiny", "--steps", "3", "--variants", "base,lean", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    runs = [x for x in rows if "variant" in x]
+    assert [(x["name"], x["variant"]) for x in runs] == [("bert-tiny-mlm", "base"), ("bert-tiny-mlm", "lean"), ("gpt-tiny-clm", "base"), ("gpt-tiny-clm", "lean")]
+    assert all("error" not in x and x["steps"] == 3 for x in runs), runs
+    assert all(x["over_base"] > 0 for x in runs if x["variant"] == "lean")
+    assert runs[1]["params"]["dropout"] == 0.0 and runs[1]["flops_per_token"] < runs[0]["flops_per_token"]  # sparse head
