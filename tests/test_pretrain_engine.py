@@ -79,7 +79,8 @@ def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, 
 
 
 def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
-    """torchrun --nproc_per_node 2 with gloo: both ranks end identical, loss ≈ the single-process run."""
+    """torchrun --nproc_per_node 2 with gloo: both ranks end identical, loss ≈ the single-process run;
+    accelerate launch gives the same weights."""
     env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
     root = tmp_path / "proj"
     root.mkdir()
@@ -96,6 +97,15 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
     assert lines[0]["param_digest"] == lines[1]["param_digest"]  # both ranks hold identical weights
     assert lines[0]["eval_loss"] == pytest.approx(s1["eval_loss"], rel=0.02)
     assert [h["loss"] for h in lines[0]["history"]] == pytest.approx([h["loss"] for h in s1["history"]], rel=0.05)
+    # The same command under `accelerate launch` (its multi-process launcher is torchrun's, with the same
+    # RANK/WORLD_SIZE/LOCAL_RANK; on a CPU host the engine picks gloo): the very same weights.
+    acc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                          "-m", "lmops.cli", "pretrain", "--json", "--out", "acc"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert acc.returncode == 0, acc.stderr[-3000:]
+    acc_lines = [json.loads(l) for l in acc.stdout.splitlines() if l.startswith("{")]
+    assert [l["world_size"] for l in acc_lines] == [2, 2]
+    assert {l["param_digest"] for l in acc_lines} == {lines[0]["param_digest"]}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
