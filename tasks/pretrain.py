@@ -318,29 +318,13 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int, full_state: tuple[dict, dict] | None = None) -> Path:
-    """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one.
-
-    ``full_state``: (model, optimizer) state dicts gathered from FSDP shards, saved instead of ``model``/``opt``.
-    """
-    import torch
-    from safetensors.torch import save_model
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step-{step:08d}"
-    tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    if full_state is not None:
-        torch.save(full_state[0], tmp / "model.pt")
-        torch.save(full_state[1], tmp / "optimizer.pt")
-    else:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings/decoder weights
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+def _publish(tmp: Path, final: Path, ckpt_dir: Path, state: dict, keep: int) -> Path:
+    """Mark ``tmp`` complete (state.json last, everything fsynced), rename it into place, prune old ones."""
     (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete checkpoint
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(p for p in ckpt_dir.glob("step-*"))[:-keep]:
@@ -350,19 +334,58 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: in
     return final
 
 
+def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int) -> Path:
+    """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one."""
+    import torch
+    from safetensors.torch import save_model
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings/decoder weights
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    return _publish(tmp, ckpt_dir / f"step-{step:08d}", ckpt_dir, state, keep)
+
+
+def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int, rank: int) -> Path:
+    """FSDP: every rank writes its own shards (torch.distributed.checkpoint), so no process ever holds the
+    whole model or optimizer state; rank 0 then publishes the folder atomically. Collective: all ranks call it.
+    ``ckpt_dir`` must be one folder all ranks see (a shared file system across nodes)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = ckpt_dir / f".tmp-step-{step:08d}-sharded"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    torch.distributed.barrier()
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "shards"))
+    torch.distributed.barrier()  # every rank's files are written
+    final = ckpt_dir / f"step-{step:08d}"
+    if rank == 0:
+        _publish(tmp, final, ckpt_dir, state, keep)
+    torch.distributed.barrier()
+    return final
+
+
 def load_checkpoint(path: Path, model, opt, sharded: bool = False) -> dict:
     import torch
     from safetensors.torch import load_model
 
     if sharded:
-        # every rank reads the full state and keeps its own shards
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        if not (path / "model.pt").exists():
+        if not (path / "shards").exists():
             raise UserError(f"{path} was written without FSDP; resume it with pretrain.distributed: ddp")
-        opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(model, torch.load(path / "model.pt", weights_only=True), options=opts)
-        set_optimizer_state_dict(model, opt, torch.load(path / "optimizer.pt", weights_only=True), options=opts)
+        # each rank reads only its own shards into the sharded state dicts
+        model_state, optim_state = get_state_dict(model, opt)
+        both = {"model": model_state, "optim": optim_state}
+        dcp.load(both, checkpoint_id=str(path / "shards"))
+        set_state_dict(model, opt, model_state_dict=both["model"], optim_state_dict=both["optim"])
     else:
         if not (path / "model.safetensors").exists():
             raise UserError(f"{path} was written by an FSDP run; resume it with pretrain.distributed: fsdp")
@@ -392,14 +415,12 @@ def shard_model(model, device, world: int) -> None:
     fully_shard(model, mesh=mesh)
 
 
-def full_state(model, opt=None) -> tuple[dict, dict | None]:
-    """Gather FSDP shards into full (model, optimizer) state dicts on every rank (collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+def full_model_state(model) -> dict:
+    """Gather the FSDP-sharded weights into one full state dict in rank 0's CPU memory, a tensor at a time
+    (other ranks get ``{}``): the final model is saved without any GPU holding all of it. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    opts = StateDictOptions(full_state_dict=True)
-    msd = {k: v.detach() for k, v in get_model_state_dict(model, options=opts).items()}
-    osd = get_optimizer_state_dict(model, opt, options=opts) if opt is not None else None
-    return msd, osd
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 # --- distributed ---------------------------------------------------------------------------
@@ -591,12 +612,13 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             bar.set_postfix(loss=f"{float(loss_sum):.3f}")
             history.append({"step": step, "loss": round(float(loss_sum), 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)})
         if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps:
-            gathered = full_state(model, opt) if fsdp else None  # collective: every rank takes part
-            if main:
-                save_checkpoint(ckpt_dir, step, model, opt, {
-                    "step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
-                    "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(), "history": history,
-                }, params.keep_checkpoints, gathered)
+            state = {"step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
+                     "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(),
+                     "torch_rng": torch.get_rng_state().tolist(), "history": history}
+            if fsdp:
+                save_sharded_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints, rank)  # collective
+            elif main:
+                save_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints)
             if world > 1:
                 torch.distributed.barrier()
         if params.time_budget_s and elapsed > params.time_budget_s:
@@ -619,13 +641,18 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     mfu = round(fpt * (steady or tokens_per_s) / (peak * world), 4) if peak else None
 
     model_dir = out_dir / "model"
-    gathered = full_state(model)[0] if fsdp else None  # collective
+    gathered = full_model_state(model) if fsdp else None  # collective; full only on rank 0
+    digest = state_digest(model, gathered) if main or not fsdp else None
+    if fsdp:  # the one full copy is rank 0's: every rank reports its digest
+        box = [digest]
+        torch.distributed.broadcast_object_list(box, src=0)
+        digest = box[0]
     summary = PretrainSummary(
         model_dir=str(model_dir), objective=params.objective, steps=step, tokens=tokens, tokens_per_s=round(tokens_per_s, 1),
         train_loss=round(running, 4), eval_loss=round(eval_loss, 4), perplexity=round(math.exp(min(eval_loss, 50)), 3),
         parameters=sum(p.numel() for p in model.parameters()), resumed_from_step=resumed_from, world_size=world,
         device=str(device), precision=precision, mfu=mfu, steady_tokens_per_s=round(steady, 1) if steady else None,
-        flops_per_token=fpt, history=history, param_digest=state_digest(model, gathered),
+        flops_per_token=fpt, history=history, param_digest=digest,
     )
     if main:
         tmp_dir = out_dir / ".model.tmp"

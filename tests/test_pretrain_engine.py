@@ -212,12 +212,12 @@ def test_flops_per_token_of_gpt2_small_and_bert_base_match_the_usual_counts():
 
 
 def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lmops_home):
-    """FSDP2 (fully_shard per block) over 2 gloo processes: same loss as one process, identical gathered
-    weights on both ranks, a plain HF model saved, and a sharded checkpoint that resumes."""
+    """FSDP2 (fully_shard per block) over 2 gloo processes: same loss as one process, a plain HF model saved,
+    and sharded checkpoints (each rank writes its own shards) that resume to the very same weights."""
     env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
     root = tmp_path / "proj"
     root.mkdir()
-    _write_project(root, max_steps=8, checkpoint_every=4, batch_size=8, distributed="fsdp")
+    _write_project(root, max_steps=8, checkpoint_every=4, batch_size=8, distributed="fsdp", keep_checkpoints=1)
     single = subprocess.run(_pretrain_cmd("--out", "single"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "fsdp"]
@@ -231,14 +231,20 @@ def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lm
     from transformers import AutoModelForMaskedLM
 
     AutoModelForMaskedLM.from_pretrained(root / "fsdp" / "pretrain" / "model")  # a plain, loadable HF folder
-    ckpt = root / "fsdp" / "pretrain" / "checkpoints" / "step-00000004"
-    assert (ckpt / "model.pt").exists() and (ckpt / "state.json").exists()
-    # the same command with more steps resumes from the sharded checkpoint
-    _write_project(root, max_steps=10, checkpoint_every=4, batch_size=8, distributed="fsdp")
+    ckpts = root / "fsdp" / "pretrain" / "checkpoints"
+    ckpt = ckpts / "step-00000004"
+    assert (ckpt / "state.json").exists() and (ckpt / "shards" / ".metadata").exists()
+    assert len(list((ckpt / "shards").glob("*.distcp"))) == 2  # one file of shards per rank, no full copy
+    assert not list(ckpts.glob(".tmp-*"))
+    # the same command again resumes from the sharded step-4 checkpoint and ends with the same weights
     again = subprocess.run(torchrun, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = [json.loads(l) for l in again.stdout.splitlines() if l.startswith("{")]
-    assert {l["resumed_from_step"] for l in resumed} == {4} and resumed[0]["steps"] == 10
+    assert {l["resumed_from_step"] for l in resumed} == {4} and resumed[0]["steps"] == 8
+    assert resumed[0]["param_digest"] == lines[0]["param_digest"]
+    # a DDP run refuses the sharded checkpoint and says which setting wrote it
+    ddp = subprocess.run([*torchrun, "pretrain.distributed=ddp"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode != 0 and "pretrain.distributed: fsdp" in ddp.stderr
 
 
 def test_gpu_mfu_script_runs_its_variants_on_cpu(tmp_path):
