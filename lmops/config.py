@@ -108,6 +108,10 @@ class TokenizeParams(Section):
     # rows per datasets.map batch: tokenization streams through Arrow files on disk in batches of this size,
     # so a corpus larger than RAM is tokenized without loading it
     map_batch_size: int = Field(default=1000, ge=1)
+    # Size bound of the tokenization caches ($LMOPS_HOME/cache/tokenize): after each run the least recently
+    # used entries (results, token ids, Arrow copies of corpora) are removed down to this; null = unbounded.
+    # The current run's entries are always kept.
+    cache_max_gb: float | None = Field(default=20.0, ge=0)
 
 
 class PretrainParams(Section):

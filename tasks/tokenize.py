@@ -8,7 +8,8 @@ The corpus is read as a memory-mapped Arrow dataset and tokenized with ``dataset
 blocks are written to disk as they fill, so memory stays bounded by one batch, not by the corpus.
 Two caches under ``$LMOPS_HOME/cache/tokenize``: token ids per (corpus bytes, tokenizer settings,
 base), and finished results per (that + block size + packing), so unchanged inputs are never
-re-tokenized, and a new block size re-packs without re-tokenizing.
+re-tokenized, and a new block size re-packs without re-tokenizing. The caches are bounded by
+``tokenize.cache_max_gb``: least recently used entries go first, the current run's never.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def cache_key(corpus_path: Path, params: TokenizeParams, objective: str, base_mo
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     settings = params.model_dump(mode="json")
-    settings.pop("map_batch_size")  # how it is computed, not what
+    settings.pop("map_batch_size"), settings.pop("cache_max_gb")  # how it is computed and kept, not what
     if ids_only:
         settings.pop("block_size"), settings.pop("packing")
     h.update(json.dumps([settings, None if ids_only else objective, base_model], sort_keys=True).encode())
@@ -259,6 +260,7 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
             return TokenizeSummary(**{**prev, "cached": True})
     hit = cache_root / key
     if (hit / "tokenize.json").exists():
+        prune_cache(cache_root, params.cache_max_gb, keep=[hit])
         for name in ("tokenizer", "blocks.npy", "tokenize.json"):
             target = out_dir / name
             if target.is_dir():
@@ -309,4 +311,58 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
     )
     (out_dir / "tokenize.json").write_text(json.dumps(asdict(summary), indent=2))
     _publish(out_dir, hit)
+    corpus_copy = [Path(f["filename"]) for f in ds.cache_files]
+    prune_cache(cache_root, params.cache_max_gb, keep=[hit, ids_file, *corpus_copy])
     return summary
+
+
+def _cache_entries(root: Path) -> list[Path]:
+    """The units the cache is pruned by: result folders, token-id files, Arrow copies of corpora."""
+    entries = [p for p in root.iterdir() if p.is_dir() and p.name != "hf" and ".tmp" not in p.name]
+    entries += list(root.glob("ids-*.arrow"))
+    entries += [p for p in (root / "hf" / "parquet").glob("*") if p.is_dir()] if (root / "hf" / "parquet").exists() else []
+    return entries
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def prune_cache(root: Path, max_gb: float | None, keep: list[Path] = ()) -> list[Path]:
+    """Remove least recently used cache entries until the cache is within ``max_gb``; returns what went.
+
+    ``keep`` (this run's entries, or files inside them) is marked used now and never removed."""
+    import os
+    import shutil
+    import time
+
+    now = time.time()
+    kept: set[Path] = set()
+    entries = _cache_entries(root)
+    for k in keep:
+        for e in entries:
+            if k == e or e in k.parents:
+                kept.add(e)
+                os.utime(e, (now, now))  # mtime is the "last used" clock
+    if max_gb is None:
+        return []
+    sizes = {e: _size(e) for e in entries}
+    total, budget = sum(sizes.values()), max_gb * 1e9
+    removed = []
+    for e in sorted(entries, key=lambda e: e.stat().st_mtime):
+        if total <= budget:
+            break
+        if e in kept:
+            continue
+        if e.is_dir():
+            shutil.rmtree(e, ignore_errors=True)
+        else:
+            e.unlink(missing_ok=True)
+        if e.parent.name == "parquet":  # datasets' lock file for that Arrow copy
+            for lock in (root / "hf").glob(f"*{e.name}*.lock"):
+                lock.unlink(missing_ok=True)
+        total -= sizes[e]
+        removed.append(e)
+    return removed

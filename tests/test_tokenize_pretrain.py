@@ -122,6 +122,37 @@ def test_datasets_map_tokenization_streams_caches_and_matches_in_memory_packing(
     assert not c.cached and c.ids_cached and np.load(c.blocks_path).shape[1] == 48
 
 
+def test_tokenize_cache_is_bounded_least_recently_used_first(ingested, tmp_path):
+    import os
+
+    from tasks.tokenize import _cache_entries, prune_cache, tokenize_corpus
+
+    data, _, p = ingested
+    corpus, cache = data / "corpus.parquet", tmp_path / "cache"
+    runs = {}
+    for i, size in enumerate((32, 48, 40)):  # three results that share one ids file and one Arrow copy
+        runs[size] = tokenize_corpus(corpus, p.tokenize.model_copy(update={"block_size": size}), "mlm", None, tmp_path / str(size), cache_root=cache)
+        for e in _cache_entries(cache):  # spread the "last used" clock so the order is unambiguous
+            os.utime(e, (e.stat().st_mtime - 100 * (3 - i),) * 2)
+    assert all((cache / r.cache_key).exists() for r in runs.values())
+    # reusing the 32-token result makes it the most recently used
+    tokenize_corpus(corpus, p.tokenize.model_copy(update={"block_size": 32}), "mlm", None, tmp_path / "again", cache_root=cache)
+    entries = _cache_entries(cache)
+    results = [e for e in entries if e.name in {r.cache_key for r in runs.values()}]
+    one_result = max(sum(f.stat().st_size for f in e.rglob("*") if f.is_file()) for e in results)
+    total = sum(sum(f.stat().st_size for f in e.rglob("*") if f.is_file()) if e.is_dir() else e.stat().st_size for e in entries)
+    # a budget one result short: exactly the least recently used result goes (48, not the re-used 32)
+    removed = prune_cache(cache, (total - one_result / 2) / 1e9)
+    assert [e.name for e in removed] == [runs[48].cache_key]
+    # a zero budget empties the cache except what the current run uses
+    removed = prune_cache(cache, 0.0, keep=[cache / runs[40].cache_key])
+    assert (cache / runs[40].cache_key).exists() and not (cache / runs[32].cache_key).exists()
+    assert not list(cache.glob("ids-*.arrow"))
+    # an evicted entry is simply tokenized again
+    again = tokenize_corpus(corpus, p.tokenize.model_copy(update={"block_size": 48}), "mlm", None, tmp_path / "48b", cache_root=cache)
+    assert not again.cached and not again.ids_cached and again.blocks == runs[48].blocks
+
+
 def test_line_by_line_mode_pads_and_pretraining_masks_the_padding(ingested, tmp_path):
     import numpy as np
 
