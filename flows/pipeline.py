@@ -67,7 +67,7 @@ def pretrain(p: Params, run: Path, tok):
     s = pretrain_fn(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, run / "pretrain", checkpoint_dir=ckpt)
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     publish("pretrain-loss", f"# Pretraining ({s.objective})\n\nsteps {s.steps} · tokens {s.tokens} · {s.tokens_per_s} tokens/s · "
-            f"held-out loss {s.eval_loss} · perplexity {s.perplexity}\n\n" + png_markdown(s.loss_plot, "loss"), "pretraining loss curve")
+            f"held-out loss {s.eval_loss} · perplexity {s.perplexity}" + (f" · MFU {s.mfu:.1%}" if s.mfu else "") + "\n\n" + png_markdown(s.loss_plot, "loss"), "pretraining loss curve")
     return s
 
 
@@ -146,13 +146,24 @@ def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decisi
         "validate": run / "validate", "gate": run / "gate" / "decision.json", "lineage": run / "params.json", "model_card": card,
         "plots": Path(ft.loss_plot), "pretrain": Path(pre.loss_plot) if pre else None,
     }
-    run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts)
+    run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts, training_curves(pre, ft))
     # Read the logged model back and make sure it predicts what we evaluated before registering it.
     check_readback(source, Path(ev.predictions_path), run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, run / "readback",
                    task=p.finetune.task)
     reg = registry.register_version(p.register_.model_name, run_id, source, lineage, decision.promote, decision.champion_version,
                                     description="\n".join(decision.reasons))
     return reg
+
+
+def training_curves(pre, ft) -> dict[str, list[tuple[int, float]]]:
+    """Per-step series for MLflow: pretraining loss/lr/tokens per s/MFU by step, fine-tuning by epoch."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for prefix, hist, x in (("pretrain", pre.history if pre else [], "step"), ("finetune", ft.history, "epoch")):
+        for h in hist:
+            for k, v in h.items():
+                if k != x and isinstance(v, (int, float)) and v is not None:
+                    curves.setdefault(f"{prefix}/{k}", []).append((h[x], v))
+    return curves
 
 
 @flow(name="pipeline", log_prints=True)

@@ -551,6 +551,9 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     if params.compile:
         train_model = torch.compile(train_model, mode=None if params.compile_mode == "default" else params.compile_mode)
     attention = sdpa_context(params.sdpa_backend)
+    peak = device_peak_flops(params, device)
+    head_fraction = params.mlm_probability if sparse is not None else 1.0
+    fpt = flops_per_token(model, block_size, head_fraction)
 
     start = time.perf_counter()
     # Steady-state rate: from the step after warm-up steps (compilation, allocator, cuDNN autotuning).
@@ -560,6 +563,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     profiler = _profiler(params.profile_steps, skip, device) if main else None
     bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
     per_rank = params.batch_size // world
+    last_log = (time.perf_counter(), tokens)
     while step < params.max_steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, params)
@@ -609,8 +613,15 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             profiler.step()
         elapsed = elapsed_before + time.perf_counter() - start
         if step % params.log_every == 0 or step == params.max_steps:
-            bar.set_postfix(loss=f"{float(loss_sum):.3f}")
-            history.append({"step": step, "loss": round(float(loss_sum), 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tokens / elapsed, 1)})
+            loss_now = float(loss_sum)  # the one host sync: the device has caught up, so the interval's time is real
+            now = time.perf_counter()
+            rate = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)  # this log interval, not the run average
+            last_log = (now, tokens)
+            entry = {"step": step, "loss": round(loss_now, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(rate, 1)}
+            if peak:
+                entry["mfu"] = round(fpt * rate / (peak * world), 4)
+            history.append(entry)
+            bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{rate:,.0f}", **({"mfu": f"{entry['mfu']:.1%}"} if peak else {}))
         if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps:
             state = {"step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
                      "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(),
@@ -635,9 +646,6 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     steady = None
     if steady_from is not None and tokens > steady_from[1]:
         steady = (tokens - steady_from[1]) / max(end_train - steady_from[0], 1e-9)
-    peak = device_peak_flops(params, device)
-    head_fraction = params.mlm_probability if sparse is not None else 1.0
-    fpt = flops_per_token(model, block_size, head_fraction)
     mfu = round(fpt * (steady or tokens_per_s) / (peak * world), 4) if peak else None
 
     model_dir = out_dir / "model"

@@ -144,8 +144,12 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_candidate(experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], artifacts: dict[str, Path]) -> tuple[str, str]:
-    """One MLflow run with params, metrics, tags and artifact folders/files. Returns (run_id, model source)."""
+def log_candidate(experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], artifacts: dict[str, Path],
+                  series: dict[str, list[tuple[int, float]]] | None = None) -> tuple[str, str]:
+    """One MLflow run with params, metrics, tags and artifact folders/files. Returns (run_id, model source).
+
+    ``series``: per-step metrics (name → [(step, value)]), e.g. the pretraining loss curve, so the MLflow UI
+    can plot them."""
     c = client()
     run = c.create_run(_experiment_id(experiment), run_name=run_name, tags=tags)
     run_id = run.info.run_id
@@ -158,6 +162,9 @@ def log_candidate(experiment: str, run_name: str, params: dict[str, Any], metric
         for i in range(0, len(items), 100):
             c.log_batch(run_id, params=items[i : i + 100])
         c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        points = [Metric(k, float(v), now, int(step)) for k, pts in (series or {}).items() for step, v in pts]
+        for i in range(0, len(points), 1000):  # MLflow's log_batch limit
+            c.log_batch(run_id, metrics=points[i : i + 1000])
         for dest, path in artifacts.items():
             if path is None or not Path(path).exists():
                 continue

@@ -36,6 +36,11 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     run_dir = Path(first["run_dir"])
     for f in ("pretrain/loss.png", "finetune/loss.png", "evaluate/confusion.png", "evaluate/report.md", "validate/validation.md", "run.json"):
         assert (run_dir / f).exists(), f
+    # pretraining and fine-tuning curves are step series in the MLflow run (plottable in its UI)
+    curve = registry.client().get_metric_history(info["run_id"], "pretrain/loss")
+    pre = json.loads((run_dir / "pretrain" / "pretrain.json").read_text())
+    assert [(m.step, m.value) for m in curve] == [(h["step"], pytest.approx(h["loss"])) for h in pre["history"]] and len(curve) > 1
+    assert len(registry.client().get_metric_history(info["run_id"], "finetune/val_macro_f1")) >= 1
     # the registered artifact is a complete Hugging Face model
     local = registry.download_model(info["source"], run_dir / "check")
     assert (local / "model.safetensors").exists() and (local / "config.json").exists()

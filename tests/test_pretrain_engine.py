@@ -183,9 +183,13 @@ def test_dropout_override_and_forced_attention_kernel(tiny_lm, tmp_path):
     from tasks.pretrain import pretrain
 
     runs = [pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir),
-                     p.pretrain.model_copy(update={"max_steps": 5, "dropout": 0.0, "sdpa_backend": b, "profile_steps": 2}), 0, tmp_path / b,
-                     progress=False) for b in ("auto", "math")]
+                     p.pretrain.model_copy(update={"max_steps": 5, "dropout": 0.0, "sdpa_backend": b, "profile_steps": 2, "log_every": 2,
+                                                   "peak_flops": 1e12}), 0, tmp_path / b, progress=False) for b in ("auto", "math")]
     assert runs[0].eval_loss == pytest.approx(runs[1].eval_loss, abs=1e-3)
+    # each log step has its own interval rate and, with a known peak, MFU = FLOPs/token × rate ÷ peak
+    assert [h["step"] for h in runs[0].history] == [2, 4, 5]
+    for h in runs[0].history:
+        assert h["tokens_per_s"] > 0 and h["mfu"] == pytest.approx(runs[0].flops_per_token * h["tokens_per_s"] / 1e12, rel=1e-3, abs=1e-4)
     # profile_steps: a kernel table and a trace of the profiled steps; the math kernel shows up where it was forced
     table = (tmp_path / "math" / "profile.txt").read_text()
     assert "aten::" in table and "ProfilerStep" in table
