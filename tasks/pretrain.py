@@ -10,6 +10,7 @@ config + tokenizer), ``pretrain.json``, ``history.json``, ``loss.png`` and ``MOD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,10 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmops.config import PretrainParams
-from lmops.errors import UserError
+from lmops.errors import TransientError, UserError
 
 # Dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, without sparsity).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+class Preempted(TransientError):
+    """SIGTERM during pretraining: the current step was checkpointed; re-running the same command resumes."""
 
 
 @dataclass
@@ -461,6 +466,48 @@ def _precision(params: PretrainParams, device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
+STOP_BUDGET, STOP_SIGNAL = 1, 2
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """While training, SIGTERM (a Kubernetes eviction, a spot preemption, torchrun passing it on) only sets a
+    flag: the loop then checkpoints the current step and stops, instead of losing the work since the last
+    periodic checkpoint. Outside the main thread signals cannot be caught; the flag just stays unset."""
+    import signal
+    import threading
+
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["signal"] = signum
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_request(params: PretrainParams, elapsed: float, signalled: dict, world: int, device, log_step: bool) -> int:
+    """0, STOP_BUDGET or STOP_SIGNAL. Under DDP/FSDP every rank must stop at the same step (or the others wait
+    in a collective forever), so ranks agree at log steps, where the host syncs anyway; one process decides
+    at every step."""
+    want = STOP_SIGNAL if signalled["signal"] is not None else STOP_BUDGET if params.time_budget_s and elapsed > params.time_budget_s else 0
+    if world == 1:
+        return want
+    if not log_step:
+        return 0
+    import torch
+
+    flag = torch.tensor([want], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def sdpa_context(backend: str):
     """A context that forces one SDPA kernel (``pretrain.sdpa_backend``); ``auto`` leaves PyTorch's choice."""
     import contextlib
@@ -564,76 +611,86 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
     per_rank = params.batch_size // world
     last_log = (time.perf_counter(), tokens)
-    while step < params.max_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, params)
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(params.grad_accum):
-            if cursor + params.batch_size > len(epoch_order):
-                cursor, epoch_order = 0, rng.permutation(len(train_index))
-            idx = np.sort(epoch_order[cursor : cursor + params.batch_size])
-            cursor += params.batch_size
-            # Every rank builds the same global batch and masks, then trains on its own rows.
-            batch = _batch(blocks[train_index[idx]], tokenizer, params.objective, params.mlm_probability, gen, continuation, padded)
-            batch = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
-            if sparse is not None:
-                batch["mlm_positions"], batch["mlm_targets"] = sparse_targets(batch.pop("labels"))
-            batch = {k: _to_device(v, device) for k, v in batch.items()}
-            if sparse is not None and params.compile:
-                # the masked count changes every step: one dynamic-shape graph instead of a recompile per count
-                torch._dynamo.maybe_mark_dynamic(batch["mlm_positions"], 0)
-                torch._dynamo.maybe_mark_dynamic(batch["mlm_targets"], 0)
-            sync = contextlib.nullcontext() if world == 1 or fsdp or micro == params.grad_accum - 1 else train_model.no_sync()
-            with sync, attention(), (autocast() if autocast else contextlib.nullcontext()):
-                try:
-                    loss = train_model(**batch).loss / params.grad_accum
-                except RuntimeError as e:
-                    if "No available kernel" in str(e) or "No viable backend" in str(e):
-                        raise UserError(f"pretrain.sdpa_backend {params.sdpa_backend} has no kernel on {device} for this model "
-                                        f"(dtype, head size or mask); use sdpa_backend: auto") from e
-                    raise
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach()  # stays on the device: no host sync per step, the CPU queues ahead
-            tokens += params.batch_size * block_size
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            torch.distributed.all_reduce(loss_sum)
-            loss_sum = loss_sum / world
-        running = loss_sum if step == 0 else 0.9 * running + 0.1 * loss_sum
-        step += 1
-        if steady_from is None and step == (resumed_from or 0) + skip + (params.profile_steps + 1 if profiler is not None else 0):
-            _sync(device)
-            steady_from = (time.perf_counter(), tokens)
-        bar.update(1)
-        if profiler is not None:
-            profiler.step()
-        elapsed = elapsed_before + time.perf_counter() - start
-        if step % params.log_every == 0 or step == params.max_steps:
-            loss_now = float(loss_sum)  # the one host sync: the device has caught up, so the interval's time is real
-            now = time.perf_counter()
-            rate = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)  # this log interval, not the run average
-            last_log = (now, tokens)
-            entry = {"step": step, "loss": round(loss_now, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(rate, 1)}
-            if peak:
-                entry["mfu"] = round(fpt * rate / (peak * world), 4)
-            history.append(entry)
-            bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{rate:,.0f}", **({"mfu": f"{entry['mfu']:.1%}"} if peak else {}))
-        if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps:
-            state = {"step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
-                     "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(),
-                     "torch_rng": torch.get_rng_state().tolist(), "history": history}
-            if fsdp:
-                save_sharded_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints, rank)  # collective
-            elif main:
-                save_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints)
+    with _sigterm_flag() as signalled:
+        while step < params.max_steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, params)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(params.grad_accum):
+                if cursor + params.batch_size > len(epoch_order):
+                    cursor, epoch_order = 0, rng.permutation(len(train_index))
+                idx = np.sort(epoch_order[cursor : cursor + params.batch_size])
+                cursor += params.batch_size
+                # Every rank builds the same global batch and masks, then trains on its own rows.
+                batch = _batch(blocks[train_index[idx]], tokenizer, params.objective, params.mlm_probability, gen, continuation, padded)
+                batch = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
+                if sparse is not None:
+                    batch["mlm_positions"], batch["mlm_targets"] = sparse_targets(batch.pop("labels"))
+                batch = {k: _to_device(v, device) for k, v in batch.items()}
+                if sparse is not None and params.compile:
+                    # the masked count changes every step: one dynamic-shape graph instead of a recompile per count
+                    torch._dynamo.maybe_mark_dynamic(batch["mlm_positions"], 0)
+                    torch._dynamo.maybe_mark_dynamic(batch["mlm_targets"], 0)
+                sync = contextlib.nullcontext() if world == 1 or fsdp or micro == params.grad_accum - 1 else train_model.no_sync()
+                with sync, attention(), (autocast() if autocast else contextlib.nullcontext()):
+                    try:
+                        loss = train_model(**batch).loss / params.grad_accum
+                    except RuntimeError as e:
+                        if "No available kernel" in str(e) or "No viable backend" in str(e):
+                            raise UserError(f"pretrain.sdpa_backend {params.sdpa_backend} has no kernel on {device} for this model "
+                                            f"(dtype, head size or mask); use sdpa_backend: auto") from e
+                        raise
+                scaler.scale(loss).backward()
+                loss_sum += loss.detach()  # stays on the device: no host sync per step, the CPU queues ahead
+                tokens += params.batch_size * block_size
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
             if world > 1:
-                torch.distributed.barrier()
-        if params.time_budget_s and elapsed > params.time_budget_s:
-            break
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum = loss_sum / world
+            running = loss_sum if step == 0 else 0.9 * running + 0.1 * loss_sum
+            step += 1
+            if steady_from is None and step == (resumed_from or 0) + skip + (params.profile_steps + 1 if profiler is not None else 0):
+                _sync(device)
+                steady_from = (time.perf_counter(), tokens)
+            bar.update(1)
+            if profiler is not None:
+                profiler.step()
+            elapsed = elapsed_before + time.perf_counter() - start
+            if step % params.log_every == 0 or step == params.max_steps:
+                loss_now = float(loss_sum)  # the one host sync: the device has caught up, so the interval's time is real
+                now = time.perf_counter()
+                rate = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)  # this log interval, not the run average
+                last_log = (now, tokens)
+                entry = {"step": step, "loss": round(loss_now, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(rate, 1)}
+                if peak:
+                    entry["mfu"] = round(fpt * rate / (peak * world), 4)
+                history.append(entry)
+                bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{rate:,.0f}", **({"mfu": f"{entry['mfu']:.1%}"} if peak else {}))
+            stop = _stop_request(params, elapsed, signalled, world, device, log_step=step % params.log_every == 0 or step == params.max_steps)
+            periodic = params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps
+            if periodic or (stop == STOP_SIGNAL and params.checkpoint_every):
+                state = {"step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
+                         "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(),
+                         "torch_rng": torch.get_rng_state().tolist(), "history": history}
+                if fsdp:
+                    save_sharded_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints, rank)  # collective
+                elif main:
+                    save_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints)
+                if world > 1:
+                    torch.distributed.barrier()
+            if stop == STOP_SIGNAL:
+                bar.close()
+                if profiler is not None:
+                    profiler.stop()
+                saved = f"saved checkpoint step {step} in {ckpt_dir}; re-run the same command to resume" if params.checkpoint_every else \
+                    "pretrain.checkpoint_every is 0, so nothing was saved"
+                raise Preempted(f"pretraining stopped by SIGTERM at step {step} of {params.max_steps}: {saved}")
+            if stop == STOP_BUDGET:
+                break
     bar.close()
     _sync(device)
     if profiler is not None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,33 +50,64 @@ def _pretrain_cmd(*extra):
     return [sys.executable, "-m", "lmops.cli", "pretrain", "--json", *extra]
 
 
-def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, lmops_home):
-    """SIGKILL mid-run, then the same command: resumes, same data order, same final loss as a clean run."""
-    env = {**os.environ, "LMOPS_HOME": str(lmops_home), "PYTHONUNBUFFERED": "1"}
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    for root in (clean, killed):
-        root.mkdir()
-        _write_project(root)
-    ref = subprocess.run(_pretrain_cmd("--out", "out"), cwd=clean, env=env, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(env, summary) of a clean 16-step `lmops pretrain` run: the reference interrupted runs must match."""
+    root = tmp_path_factory.mktemp("clean")
+    env = {**os.environ, "LMOPS_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
+    _write_project(root)
+    ref = subprocess.run(_pretrain_cmd("--out", "out"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    ref_summary = json.loads(ref.stdout.splitlines()[-1])
+    return env, json.loads(ref.stdout.splitlines()[-1])
 
-    proc = subprocess.Popen(_pretrain_cmd("--out", "out", "pretrain.time_budget_s=null"), cwd=killed, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    ckpts = killed / "out" / "pretrain" / "checkpoints"
+
+def _interrupt_after_first_checkpoint(root: Path, env: dict, sig: int) -> subprocess.Popen:
+    proc = subprocess.Popen(_pretrain_cmd("--out", "out", "pretrain.time_budget_s=null"), cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ckpts = root / "out" / "pretrain" / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpts.glob("step-0000000[48]")) and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, sig)
     proc.wait()
-    assert list(ckpts.glob("step-*")), "no checkpoint was written before the kill"
+    return proc
 
-    again = subprocess.run(_pretrain_cmd("--out", "out", "pretrain.time_budget_s=null"), cwd=killed, env=env, capture_output=True, text=True, timeout=300)
+
+def _assert_same_run(s: dict, ref: dict) -> None:
+    assert s["steps"] == 16 and s["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-4)
+    assert [h["loss"] for h in s["history"]] == pytest.approx([h["loss"] for h in ref["history"]], abs=1e-4)
+
+
+def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, uninterrupted):
+    """SIGKILL mid-run, then the same command: resumes, same data order, same final loss as a clean run."""
+    env, ref = uninterrupted
+    _write_project(tmp_path)
+    _interrupt_after_first_checkpoint(tmp_path, env, signal.SIGKILL)
+    assert list((tmp_path / "out" / "pretrain" / "checkpoints").glob("step-*")), "no checkpoint was written before the kill"
+    again = subprocess.run(_pretrain_cmd("--out", "out", "pretrain.time_budget_s=null"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     s = json.loads(again.stdout.splitlines()[-1])
-    assert s["resumed_from_step"] in (4, 8, 12) and s["steps"] == 16
-    assert s["eval_loss"] == pytest.approx(ref_summary["eval_loss"], abs=1e-4)
-    assert [h["loss"] for h in s["history"]] == pytest.approx([h["loss"] for h in ref_summary["history"]], abs=1e-4)
+    assert s["resumed_from_step"] in (4, 8, 12)
+    _assert_same_run(s, ref)
+
+
+def test_sigterm_checkpoints_the_current_step_then_resumes_to_the_same_result(tmp_path, uninterrupted):
+    """SIGTERM (an eviction or preemption) checkpoints the step it arrives at, exits as a transient error
+    naming that step, and the same command resumes from exactly there."""
+    env, ref = uninterrupted
+    _write_project(tmp_path)
+    proc = _interrupt_after_first_checkpoint(tmp_path, env, signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.returncode == 4, err[-2000:]  # TransientError: a flow may retry, a scheduler may reschedule
+    m = re.search(r"stopped by SIGTERM at step (\d+) of 16: saved checkpoint step \1", err)
+    assert m, err[-2000:]
+    stopped = int(m.group(1))
+    assert (tmp_path / "out" / "pretrain" / "checkpoints" / f"step-{stopped:08d}" / "state.json").exists()
+    again = subprocess.run(_pretrain_cmd("--out", "out", "pretrain.time_budget_s=null"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    s = json.loads(again.stdout.splitlines()[-1])
+    assert s["resumed_from_step"] == stopped
+    _assert_same_run(s, ref)
 
 
 def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
@@ -106,6 +138,12 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
     acc_lines = [json.loads(l) for l in acc.stdout.splitlines() if l.startswith("{")]
     assert [l["world_size"] for l in acc_lines] == [2, 2]
     assert {l["param_digest"] for l in acc_lines} == {lines[0]["param_digest"]}
+    # a time budget stops every rank at the same step (the first log step after it runs out), never one
+    # rank early while the other waits in a collective
+    budget = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "budget",
+                             "pretrain.time_budget_s=0.000001", "pretrain.log_every=3"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    assert [json.loads(l)["steps"] for l in budget.stdout.splitlines() if l.startswith("{")] == [3, 3]
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
