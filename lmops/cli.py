@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -164,7 +165,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     s = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params.pretrain, params.project.seed, run / "pretrain")
     out = dict(s.__dict__)
     out["rank"] = rank
-    print(json.dumps(out, default=str))
+    # Under torchrun every rank writes to the same stdout: one write() per line keeps two ranks' lines from
+    # interleaving (print() writes the text and the newline separately).
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (json.dumps(out, default=str) + "\n").encode())
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
@@ -192,16 +196,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: str) -> dict:
     """Does domain pretraining pay? The same fine-tuning from the generic base, both scored on the test
-    split, and the paired-bootstrap difference (domain − generic) with its 95% interval."""
+    split, and the paired-bootstrap difference (domain − generic) with its 95% interval (NER: over
+    sentences, for entity micro-F1)."""
     import pandas as pd
 
-    from lmops.errors import UserError
     from lmops.models import resolve_model_ref
-    from tasks.evaluate import bootstrap_diff, evaluate_model
-
-    if params.finetune.task == "token":
-        raise UserError("--compare-base supports sequence and entity tasks (its bootstrap is over labels per row); "
-                        "for NER compare two `lmops evaluate` reports")
+    from tasks.evaluate import bootstrap_diff, bootstrap_diff_entities, evaluate_model
     from tasks.finetune import finetune
 
     g = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(generic), params.validate_.labels, params.finetune,
@@ -212,9 +212,14 @@ def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: st
         r = evaluate_model(Path(model), test, labels, params.finetune.max_length, params.evaluate.batch_size, run / f"evaluate-{name}",
                            task=params.finetune.task)
         results[name] = (r, pd.read_parquet(r.predictions_path))
-    refs = [labels.index(x) for x in results["domain"][1]["label"]]
-    preds = {k: [labels.index(x) for x in v[1]["prediction"]] for k, v in results.items()}
-    diff = bootstrap_diff(refs, preds["generic"], preds["domain"], labels, n=1000, seed=params.project.seed)
+    if params.finetune.task == "token":  # tag sequences: resample sentences, score entity spans
+        refs_tags = [x.split() for x in results["domain"][1]["label"]]
+        tags = {k: [x.split() for x in v[1]["prediction"]] for k, v in results.items()}
+        diff = bootstrap_diff_entities(refs_tags, tags["generic"], tags["domain"], n=1000, seed=params.project.seed)
+    else:
+        refs = [labels.index(x) for x in results["domain"][1]["label"]]
+        preds = {k: [labels.index(x) for x in v[1]["prediction"]] for k, v in results.items()}
+        diff = bootstrap_diff(refs, preds["generic"], preds["domain"], labels, n=1000, seed=params.project.seed)
     return {"generic_base": generic, "domain": results["domain"][0].headline(), "generic": results["generic"][0].headline(),
             "domain_minus_generic": diff}
 

@@ -89,6 +89,39 @@ def bootstrap_diff(refs: list[int], pred_a: list[int], pred_b: list[int], labels
     return out
 
 
+def bootstrap_diff_entities(refs: list[list[str]], pred_a: list[list[str]], pred_b: list[list[str]], n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """NER: paired bootstrap over sentences of (b − a) for entity micro-F1 (seqeval's exact spans) and token
+    accuracy, with 95% intervals. Sentences are resampled whole, so the spans inside one stay together."""
+    import numpy as np
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    def counts(pred: list[list[str]]) -> np.ndarray:  # per sentence: true positives, predicted, gold, correct tags, tags
+        rows = []
+        for r, p in zip(refs, pred):
+            gold, found = set(get_entities(r)), set(get_entities(p))
+            rows.append((len(gold & found), len(found), len(gold), sum(x == y for x, y in zip(r, p)), len(r)))
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+    ca, cb = counts(pred_a), counts(pred_b)
+
+    def scores(idx) -> tuple[float, float]:
+        out = []
+        for c in (cb, ca):
+            tp, found, gold, right, tags = c[idx].sum(0)
+            out.append((2 * tp / (found + gold) if found + gold else 0.0, right / tags if tags else 0.0))
+        return out[0][0] - out[1][0], out[0][1] - out[1][1]
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([scores(rng.integers(0, len(refs), len(refs))) for _ in range(n)])
+    point = scores(np.arange(len(refs)))
+    out: dict[str, Any] = {}
+    for j, name in enumerate(("micro_f1", "accuracy")):
+        lo, hi = np.percentile(draws[:, j], [2.5, 97.5])
+        out[name] = {"diff": round(point[j], 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "p_b_not_better": round(float((draws[:, j] <= 0).mean()), 4)}
+    out["n_test"], out["n_bootstrap"], out["unit"] = len(refs), n, "sentence"
+    return out
+
+
 def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> str:
     ner = report.get("task") == "token"
     n = report.get("n", sum(c["support"] for c in report["per_class"].values()))

@@ -251,3 +251,19 @@ def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):
     assert len(frame) > 50 and (frame["text"].str.split(" ").str.len() == frame["label"].str.split(" ").str.len()).all()
     r = evaluate_model(Path(s.model_dir), data, NER_LABELS, fp.max_length, 16, tmp_path / "ev", task="token")
     assert r.n == len(frame) and "PER" in r.report["per_class"]
+
+
+def test_compare_base_for_ner_bootstraps_entity_f1_over_sentences(ner_runs, tiny_lm, tmp_path):
+    """`lmops finetune --compare-base` under finetune.task token: the generic fine-tune runs with the same
+    params, and the difference is entity micro-F1 with a sentence-level bootstrap interval."""
+    from lmops.cli import _compare_bases
+
+    _, pre, _ = tiny_lm
+    (s, fp), data = ner_runs[0]["full"], ner_runs[1]
+    p = ner_params(method="full", lr=3e-3, epochs=1)
+    out = _compare_bases(p, data, tmp_path, s.model_dir, pre.model_dir)
+    d = out["domain_minus_generic"]
+    assert d["unit"] == "sentence" and d["n_test"] == len(pd.read_parquet(data / "test.parquet"))
+    assert d["micro_f1"]["diff"] == pytest.approx(out["domain"]["micro_f1"] - out["generic"]["micro_f1"], abs=1e-3)
+    lo, hi = d["micro_f1"]["ci95"]
+    assert lo <= d["micro_f1"]["diff"] <= hi

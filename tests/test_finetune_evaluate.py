@@ -105,6 +105,34 @@ def test_bootstrap_diff_sees_a_real_improvement_and_not_noise():
     assert same["macro_f1"]["diff"] == 0 and same["macro_f1"]["ci95"] == [0.0, 0.0]
 
 
+def test_entity_bootstrap_resamples_sentences_and_scores_spans_like_seqeval():
+    import numpy as np
+    from seqeval.metrics import accuracy_score, f1_score
+
+    from tasks.evaluate import bootstrap_diff_entities
+
+    rng = np.random.default_rng(0)
+    refs = [["B-ORG", "I-ORG", "O", "B-PER", "O", "B-LOC"] for _ in range(150)]
+
+    def noisy(keep: float) -> list[list[str]]:  # drop each entity with probability 1 - keep
+        out = []
+        for r in refs:
+            p = list(r)
+            for start, end in ((0, 2), (3, 4), (5, 6)):
+                if rng.random() > keep:
+                    p[start:end] = ["O"] * (end - start)
+            out.append(p)
+        return out
+
+    weak, strong = noisy(0.5), noisy(0.95)
+    d = bootstrap_diff_entities(refs, weak, strong, n=300)
+    assert d["micro_f1"]["diff"] == pytest.approx(f1_score(refs, strong) - f1_score(refs, weak), abs=1e-4)
+    assert d["accuracy"]["diff"] == pytest.approx(accuracy_score(refs, strong) - accuracy_score(refs, weak), abs=1e-4)
+    assert d["micro_f1"]["ci95"][0] > 0 and d["unit"] == "sentence" and d["n_test"] == 150
+    same = bootstrap_diff_entities(refs, weak, weak, n=50)
+    assert same["micro_f1"]["diff"] == 0 and same["micro_f1"]["ci95"] == [0.0, 0.0]
+
+
 def test_evaluation_report_has_ece_and_slices(lora_run, tmp_path):
     import pandas as pd
 

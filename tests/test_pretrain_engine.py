@@ -111,8 +111,7 @@ def test_sigterm_checkpoints_the_current_step_then_resumes_to_the_same_result(tm
 
 
 def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
-    """torchrun --nproc_per_node 2 with gloo: both ranks end identical, loss ≈ the single-process run;
-    accelerate launch gives the same weights."""
+    """torchrun --nproc_per_node 2 with gloo: both ranks end identical, loss ≈ the single-process run."""
     env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
     root = tmp_path / "proj"
     root.mkdir()
@@ -129,8 +128,23 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
     assert lines[0]["param_digest"] == lines[1]["param_digest"]  # both ranks hold identical weights
     assert lines[0]["eval_loss"] == pytest.approx(s1["eval_loss"], rel=0.02)
     assert [h["loss"] for h in lines[0]["history"]] == pytest.approx([h["loss"] for h in s1["history"]], rel=0.05)
-    # The same command under `accelerate launch` (its multi-process launcher is torchrun's, with the same
-    # RANK/WORLD_SIZE/LOCAL_RANK; on a CPU host the engine picks gloo): the very same weights.
+
+
+@pytest.mark.slow
+def test_accelerate_launch_matches_torchrun_and_ranks_stop_together(tmp_path, lmops_home):
+    """`accelerate launch` runs the same command to torchrun's exact weights; a time budget stops both ranks
+    at the same step."""
+    env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "proj"
+    root.mkdir()
+    _write_project(root, max_steps=8, checkpoint_every=0, batch_size=8)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "ddp"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    lines = [json.loads(l) for l in ddp.stdout.splitlines() if l.startswith("{")]
+    # accelerate's multi-process launcher is torchrun's, with the same RANK/WORLD_SIZE/LOCAL_RANK; on a CPU
+    # host the engine picks gloo
     acc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                           "-m", "lmops.cli", "pretrain", "--json", "--out", "acc"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
@@ -284,9 +298,9 @@ def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lm
     resumed = [json.loads(l) for l in again.stdout.splitlines() if l.startswith("{")]
     assert {l["resumed_from_step"] for l in resumed} == {4} and resumed[0]["steps"] == 8
     assert resumed[0]["param_digest"] == lines[0]["param_digest"]
-    # a DDP run refuses the sharded checkpoint and says which setting wrote it
-    ddp = subprocess.run([*torchrun, "pretrain.distributed=ddp"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert ddp.returncode != 0 and "pretrain.distributed: fsdp" in ddp.stderr
+    # a run without FSDP refuses the sharded checkpoint and says which setting wrote it
+    plain = subprocess.run(_pretrain_cmd("--out", "fsdp"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 2 and "pretrain.distributed: fsdp" in plain.stderr, plain.stderr[-2000:]
 
 
 def test_gpu_mfu_script_runs_its_variants_on_cpu(tmp_path):
