@@ -66,8 +66,9 @@ def _interrupt_after_first_checkpoint(root: Path, env: dict, sig: int) -> subpro
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     ckpts = root / "out" / "pretrain" / "checkpoints"
     deadline = time.time() + 240
+    # poll often: the signal must land while steps 5-16 still run (a fraction of a second on a fast machine)
     while time.time() < deadline and not list(ckpts.glob("step-0000000[48]")) and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, sig)
     proc.wait()
     return proc
