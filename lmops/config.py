@@ -132,6 +132,8 @@ class PretrainParams(Section):
     mlm_probability: float = Field(default=0.15, gt=0, lt=1)
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     log_every: int = Field(default=10, ge=1)
+    # steps between held-out evaluations during training (0 = only at the end); a multiple of log_every
+    eval_every: int = Field(default=0, ge=0)
     time_budget_s: float | None = None
     whole_word_masking: bool = False  # mask every sub-token of a chosen word (WordPiece "##" / byte-level "Ġ")
     checkpoint_every: int = Field(default=100, ge=0)  # steps between atomic checkpoints (0 = none)
@@ -166,6 +168,8 @@ class PretrainParams(Section):
             raise ValueError(
                 f"pretrain.hidden_size ({self.hidden_size}) must be divisible by pretrain.num_heads ({self.num_heads})"
             )
+        if self.eval_every % self.log_every:
+            raise ValueError(f"pretrain.eval_every ({self.eval_every}) must be a multiple of pretrain.log_every ({self.log_every})")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"pretrain.compile_mode ({self.compile_mode}) needs pretrain.compile: true")
         if self.sdpa_backend != "auto" and self.attn_implementation != "sdpa":

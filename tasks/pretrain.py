@@ -605,12 +605,13 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     start = time.perf_counter()
     # Steady-state rate: from the step after warm-up steps (compilation, allocator, cuDNN autotuning).
     skip = min(10, max(1, (params.max_steps - step) // 5))
-    steady_from: tuple[float, int] | None = None
+    steady_from: tuple[float, int, float] | None = None
     # profiled steps come right after the warm-up ones and are left out of the steady-state rate
     profiler = _profiler(params.profile_steps, skip, device) if main else None
     bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
     per_rank = params.batch_size // world
-    last_log = (time.perf_counter(), tokens)
+    paused = 0.0  # seconds of evaluations and checkpoints: left out of the training rates
+    last_log = (time.perf_counter(), tokens, paused)
     with _sigterm_flag() as signalled:
         while step < params.max_steps:
             for group in opt.param_groups:
@@ -655,7 +656,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             step += 1
             if steady_from is None and step == (resumed_from or 0) + skip + (params.profile_steps + 1 if profiler is not None else 0):
                 _sync(device)
-                steady_from = (time.perf_counter(), tokens)
+                steady_from = (time.perf_counter(), tokens, paused)
             bar.update(1)
             if profiler is not None:
                 profiler.step()
@@ -663,16 +664,23 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             if step % params.log_every == 0 or step == params.max_steps:
                 loss_now = float(loss_sum)  # the one host sync: the device has caught up, so the interval's time is real
                 now = time.perf_counter()
-                rate = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)  # this log interval, not the run average
-                last_log = (now, tokens)
+                # this log interval's rate, not the run average
+                rate = (tokens - last_log[1]) / max(now - last_log[0] - (paused - last_log[2]), 1e-9)
+                last_log = (now, tokens, paused)
                 entry = {"step": step, "loss": round(loss_now, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(rate, 1)}
                 if peak:
                     entry["mfu"] = round(fpt * rate / (peak * world), 4)
                 history.append(entry)
                 bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{rate:,.0f}", **({"mfu": f"{entry['mfu']:.1%}"} if peak else {}))
+            if params.eval_every and step % params.eval_every == 0 and step < params.max_steps:
+                t = time.perf_counter()
+                history[-1]["eval_loss"] = round(evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, per_rank,
+                                                             seed, device, autocast, padded), 4)
+                paused += time.perf_counter() - t
             stop = _stop_request(params, elapsed, signalled, world, device, log_step=step % params.log_every == 0 or step == params.max_steps)
             periodic = params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps
             if periodic or (stop == STOP_SIGNAL and params.checkpoint_every):
+                t = time.perf_counter()
                 state = {"step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
                          "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(),
                          "torch_rng": torch.get_rng_state().tolist(), "history": history}
@@ -682,6 +690,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
                     save_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints)
                 if world > 1:
                     torch.distributed.barrier()
+                paused += time.perf_counter() - t
             if stop == STOP_SIGNAL:
                 bar.close()
                 if profiler is not None:
@@ -702,7 +711,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     tokens_per_s = tokens / max(elapsed, 1e-9)
     steady = None
     if steady_from is not None and tokens > steady_from[1]:
-        steady = (tokens - steady_from[1]) / max(end_train - steady_from[0], 1e-9)
+        steady = (tokens - steady_from[1]) / max(end_train - steady_from[0] - (paused - steady_from[2]), 1e-9)
     mfu = round(fpt * (steady or tokens_per_s) / (peak * world), 4) if peak else None
 
     model_dir = out_dir / "model"
@@ -731,7 +740,8 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         shutil.rmtree(model_dir, ignore_errors=True)
         os.replace(tmp_dir, model_dir)
         pts = [(h["step"], h["loss"]) for h in history]
-        summary.loss_plot = str(loss_curve({"train": pts, "held-out": [(step, eval_loss)]}, out_dir / "loss.png", f"{params.objective.upper()} pretraining loss"))
+        held_out = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h] + [(step, eval_loss)]
+        summary.loss_plot = str(loss_curve({"train": pts, "held-out": held_out}, out_dir / "loss.png", f"{params.objective.upper()} pretraining loss"))
         (out_dir / "history.json").write_text(json.dumps(history))
         (out_dir / "pretrain.json").write_text(json.dumps(asdict(summary), indent=2))
         _model_card(model_dir, params, summary, block_size)

@@ -253,6 +253,22 @@ def test_dropout_override_and_forced_attention_kernel(tiny_lm, tmp_path):
                  0, tmp_path / "cudnn", progress=False)
 
 
+def test_periodic_held_out_evaluation_leaves_training_unchanged(tiny_lm, tmp_path):
+    from lmops.config import PretrainParams
+    from tasks.pretrain import pretrain
+
+    tok, _, p = tiny_lm
+    base = p.pretrain.model_copy(update={"max_steps": 6, "log_every": 2, "checkpoint_every": 0})
+    plain = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), base, 0, tmp_path / "plain", progress=False)
+    watched = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), base.model_copy(update={"eval_every": 2}), 0, tmp_path / "watched", progress=False)
+    assert [h["loss"] for h in watched.history] == [h["loss"] for h in plain.history]  # evaluation draws from its own RNG
+    assert watched.eval_loss == plain.eval_loss
+    assert [h["step"] for h in watched.history if "eval_loss" in h] == [2, 4]  # the end's evaluation is the summary's
+    assert all(0 < h["eval_loss"] < 20 for h in watched.history if "eval_loss" in h)
+    with pytest.raises(ValueError, match=r"eval_every \(3\) must be a multiple of pretrain.log_every \(2\)"):
+        PretrainParams(eval_every=3, log_every=2)
+
+
 def test_flops_per_token_of_gpt2_small_and_bert_base_match_the_usual_counts():
     from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
