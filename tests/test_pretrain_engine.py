@@ -133,8 +133,8 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
 
 @pytest.mark.slow
 def test_accelerate_launch_matches_torchrun_and_ranks_stop_together(tmp_path, lmops_home):
-    """`accelerate launch` runs the same command to torchrun's exact weights; a time budget stops both ranks
-    at the same step."""
+    """`accelerate launch` runs the same command to torchrun's exact weights; a time budget and a SIGTERM stop
+    both ranks at the same step."""
     env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
     root = tmp_path / "proj"
     root.mkdir()
@@ -159,6 +159,26 @@ def test_accelerate_launch_matches_torchrun_and_ranks_stop_together(tmp_path, lm
                              "pretrain.time_budget_s=0.000001", "pretrain.log_every=3"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert budget.returncode == 0, budget.stderr[-3000:]
     assert [json.loads(l)["steps"] for l in budget.stdout.splitlines() if l.startswith("{")] == [3, 3]
+    # SIGTERM to the whole torchrun group: the ranks agree on one step, checkpoint it, exit as transient;
+    # the same command resumes there and ends with the weights of an uninterrupted run
+    longer = ["pretrain.max_steps=120", "pretrain.checkpoint_every=40", "pretrain.log_every=2"]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "term", *longer]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ckpts = root / "term" / "pretrain" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpts / "step-00000040").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    stopped = sorted(int(m) for m in re.findall(r"stopped by SIGTERM at step (\d+) of 120", err))
+    assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0] % 2 == 0, err[-3000:]  # both ranks, one log step
+    again = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [json.loads(l) for l in again.stdout.splitlines() if l.startswith("{")]
+    assert [r["resumed_from_step"] for r in resumed] == [stopped[0]] * 2
+    clean = subprocess.run([*cmd[:-4], "clean", *longer], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert {json.loads(l)["param_digest"] for l in clean.stdout.splitlines() if l.startswith("{")} == {resumed[0]["param_digest"]}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
