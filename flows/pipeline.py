@@ -146,24 +146,14 @@ def register(p: Params, run: Path, root: Path, data, report, pre, ft, ev, decisi
         "validate": run / "validate", "gate": run / "gate" / "decision.json", "lineage": run / "params.json", "model_card": card,
         "plots": Path(ft.loss_plot), "pretrain": Path(pre.loss_plot) if pre else None,
     }
-    run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts, training_curves(pre, ft))
+    run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts,
+                                            registry.training_curves(pre.history if pre else [], ft.history))
     # Read the logged model back and make sure it predicts what we evaluated before registering it.
     check_readback(source, Path(ev.predictions_path), run / "ingest" / "test.parquet", p.validate_.labels, p.finetune.max_length, run / "readback",
                    task=p.finetune.task)
     reg = registry.register_version(p.register_.model_name, run_id, source, lineage, decision.promote, decision.champion_version,
                                     description="\n".join(decision.reasons))
     return reg
-
-
-def training_curves(pre, ft) -> dict[str, list[tuple[int, float]]]:
-    """Per-step series for MLflow: pretraining loss/lr/tokens per s/MFU by step, fine-tuning by epoch."""
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for prefix, hist, x in (("pretrain", pre.history if pre else [], "step"), ("finetune", ft.history, "epoch")):
-        for h in hist:
-            for k, v in h.items():
-                if k != x and isinstance(v, (int, float)) and v is not None:
-                    curves.setdefault(f"{prefix}/{k}", []).append((h[x], v))
-    return curves
 
 
 @flow(name="pipeline", log_prints=True)

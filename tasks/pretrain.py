@@ -283,8 +283,6 @@ def device_peak_flops(params: PretrainParams, device) -> float | None:
 def evaluate_lm(model, blocks, tokenizer, objective: str, mlm_probability: float, batch_size: int, seed: int, device=None, autocast=None,
                 padded: bool = False) -> float:
     """Mean held-out loss; MLM masks with a fixed seed so every evaluation sees the same masks."""
-    import contextlib
-
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
@@ -510,8 +508,6 @@ def _stop_request(params: PretrainParams, elapsed: float, signalled: dict, world
 
 def sdpa_context(backend: str):
     """A context that forces one SDPA kernel (``pretrain.sdpa_backend``); ``auto`` leaves PyTorch's choice."""
-    import contextlib
-
     if backend == "auto":
         return contextlib.nullcontext
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -525,8 +521,6 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
              checkpoint_dir: Path | None = None) -> PretrainSummary:
     """Train; checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``), and the newest one there
     is resumed from, so pointing a re-run at the same folder continues a killed run."""
-    import contextlib
-
     import numpy as np
     import torch
     from tqdm.auto import tqdm

@@ -144,6 +144,17 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def training_curves(pretrain_history: list[dict], finetune_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """``series`` for :func:`log_candidate`: pretraining loss/lr/tokens per s/MFU/held-out loss by step, fine-tuning by epoch."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for prefix, history, x in (("pretrain", pretrain_history, "step"), ("finetune", finetune_history, "epoch")):
+        for h in history:
+            for k, v in h.items():
+                if k != x and isinstance(v, (int, float)):
+                    curves.setdefault(f"{prefix}/{k}", []).append((h[x], v))
+    return curves
+
+
 def log_candidate(experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], artifacts: dict[str, Path],
                   series: dict[str, list[tuple[int, float]]] | None = None) -> tuple[str, str]:
     """One MLflow run with params, metrics, tags and artifact folders/files. Returns (run_id, model source).
