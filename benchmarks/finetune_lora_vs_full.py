@@ -21,8 +21,8 @@ from pathlib import Path
 import lmops
 from lmops.config import load_params
 from lmops.models import resolve_model_ref
-from tasks.ingest import ingest
-from tasks.finetune import finetune
+from lmops.tasks.ingest import ingest
+from lmops.tasks.finetune import finetune
 method, base, steps, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 p = load_params()
 if not (work / "ingest" / "train.parquet").exists():

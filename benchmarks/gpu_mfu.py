@@ -48,8 +48,8 @@ def run(name: str, objective: str, size: dict, block: int, batch: int, steps: in
     import torch
 
     from lmops.config import PretrainParams, TokenizeParams
-    from tasks.pretrain import pretrain
-    from tasks.tokenize import train_tokenizer
+    from lmops.tasks.pretrain import pretrain
+    from lmops.tasks.tokenize import train_tokenizer
 
     torch._dynamo.reset()  # every variant compiles afresh, and never runs into the recompile limit
     work = Path(tempfile.mkdtemp(prefix=f"mfu-{name}-"))

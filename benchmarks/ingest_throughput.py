@@ -29,8 +29,8 @@ def main() -> None:
     import pandas as pd
 
     from lmops.config import IngestParams, SourceParams, ValidateParams
-    from tasks.ingest import ingest_corpus_only
-    from tasks.validate import validate_frames
+    from lmops.tasks.ingest import ingest_corpus_only
+    from lmops.tasks.validate import validate_frames
 
     path = Path(args.path)
     mb = path.stat().st_size / 1e6

@@ -36,9 +36,10 @@ def main() -> None:
     from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from lmops.config import PretrainParams, TokenizeParams, load_params
-    from tasks.ingest import ingest
-    from tasks.pretrain import pretrain
-    from tasks.tokenize import load_tokenizer, tokenize_corpus
+    from lmops.tasks.ingest import ingest
+    from lmops.tasks.pretrain import pretrain
+    from lmops.models import load_tokenizer
+    from lmops.tasks.tokenize import tokenize_corpus
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="lmops-bench-"))

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from lmops.env import new_run_dir
 from lmops.errors import LmopsError
+from lmops.layout import RunLayout, Snapshot
 
 
 def _params(args: argparse.Namespace):
@@ -44,7 +45,7 @@ def _emit(obj: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the local state folder and the DVC repo with its default local remote."""
     from lmops.env import dvc_remote_dir, lmops_home, project_root
-    from tasks.version import ensure_dvc_repo
+    from lmops.tasks.version import ensure_dvc_repo
 
     home = lmops_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     params = _params(args)
-    from flows.pipeline import pipeline
+    from lmops.flows.pipeline import pipeline
     from lmops.env import lmops_home, mlflow_tracking_uri, project_root
 
     summary = pipeline(params=params.to_dict(), project_root=str(project_root()))
@@ -77,32 +78,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snapshot_dir(params) -> Path:
+def _snapshot(params) -> Snapshot:
     """The versioned snapshot (``data/``) if present, else a fresh ingest into a new run folder."""
     from lmops.env import project_root
+    from lmops.tasks import stages
 
-    data = project_root() / "data"
-    if (data / "train.parquet").exists():
+    data = Snapshot(project_root() / "data")
+    if data.exists():
         return data
-    from tasks.ingest import ingest
-
-    out = new_run_dir("ingest") / "ingest"
-    ingest(params.ingest, params.validate_.labels, out, params.project.seed, params.finetune.task)
-    return out
+    run = RunLayout(new_run_dir("ingest"))
+    stages.ingest(params, run)
+    return run.data
 
 
 def cmd_data_ingest(args: argparse.Namespace) -> int:
     """Ingest + validate only (no versioning, no training)."""
     params = _params(args)
     from lmops.env import project_root
-    from tasks.ingest import ingest
-    from tasks.validate import validate_snapshot
+    from lmops.tasks import stages
 
-    run = new_run_dir("ingest")
-    summary = ingest(params.ingest, params.validate_.labels, run / "ingest", params.project.seed, params.finetune.task)
-    out = {**summary.to_dict(), "run_dir": str(run)}
+    run = RunLayout(new_run_dir("ingest"))
+    summary = stages.ingest(params, run)
+    out = {**summary.to_dict(), "run_dir": str(run.root)}
     try:
-        report = validate_snapshot(run / "ingest", params.validate_, run / "validate", params.finetune.task, previous_dir=project_root() / "data")
+        report = stages.validate(params, run, previous=Snapshot(project_root() / "data"))
         out["validation"] = {"success": True, "expectations": len(report.outcomes), "data_docs": report.data_docs, "notes": report.notes}
     finally:
         if not args.json:
@@ -113,7 +112,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_data_versions(args: argparse.Namespace) -> int:
-    from tasks.version import list_versions
+    from lmops.tasks.version import list_versions
 
     versions = list_versions()
     _emit(versions, args.json, lambda vs: "\n".join(f"{v['md5']}  {v['date']}  splits {v['splits']}  corpus {v['corpus_rows']}" for v in vs)
@@ -123,7 +122,7 @@ def cmd_data_versions(args: argparse.Namespace) -> int:
 
 def cmd_data_checkout(args: argparse.Namespace) -> int:
     from lmops.env import project_root
-    from tasks.version import checkout
+    from lmops.tasks.version import checkout
 
     md5 = checkout(project_root(), args.version)
     _emit({"data_version": md5, "path": str(project_root() / "data")}, args.json, lambda o: f"data/ is now {o['data_version']}")
@@ -134,35 +133,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Tokenize + pretrain. Re-running the same command resumes from the last checkpoint; works under
     ``torchrun --nproc_per_node N -m lmops.cli pretrain`` (DDP)."""
     params = _params(args)
-    import hashlib
-
     import torch
 
-    from tasks.pretrain import _dist_setup, pretrain
-    from tasks.tokenize import tokenize_corpus
+    from lmops.env import runs_dir
+    from lmops.tasks import stages
+    from lmops.tasks.distributed import dist_setup
 
-    rank, world, _ = _dist_setup()
-    data = _snapshot_dir(params) if rank == 0 else None
+    rank, world, _ = dist_setup()
+    data = _snapshot(params) if rank == 0 else None
     if world > 1:
-        box = [str(data) if data else None]
+        box = [str(data.dir) if data else None]
         torch.distributed.broadcast_object_list(box, src=0)
-        data = Path(box[0])
-    if args.out:
-        run = Path(args.out).resolve()
-    else:
-        # The same data and params map to the same folder, so the same command resumes.
-        from lmops.env import runs_dir
-
-        key = hashlib.sha256(json.dumps([str(data), params.tokenize.model_dump(mode="json"), params.pretrain.model_dump(mode="json"),
-                                         params.project.seed]).encode()).hexdigest()[:12]
-        run = runs_dir() / f"pretrain-{key}"
+        data = Snapshot(Path(box[0]))
+    # The same data and params map to the same folder, so the same command resumes.
+    run = RunLayout(Path(args.out).resolve() if args.out else runs_dir() / f"pretrain-{stages.pretrain_key(params, data)}")
     if rank == 0:
-        tok = tokenize_corpus(data / "corpus.parquet", params.tokenize, params.pretrain.objective, params.pretrain.base_model, run / "tokenize")
+        tok = stages.tokenize(params, data, run.stage("tokenize"))
     if world > 1:
         torch.distributed.barrier()
         if rank != 0:
-            tok = tokenize_corpus(data / "corpus.parquet", params.tokenize, params.pretrain.objective, params.pretrain.base_model, run / "tokenize")
-    s = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params.pretrain, params.project.seed, run / "pretrain")
+            tok = stages.tokenize(params, data, run.stage("tokenize"))
+    s = stages.pretrain(params, tok, run.stage("pretrain"))
     out = dict(s.__dict__)
     out["rank"] = rank
     # Under torchrun every rank writes to the same stdout: one write() per line keeps two ranks' lines from
@@ -178,50 +169,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     params = _params(args)
     from lmops.errors import UserError
     from lmops.models import resolve_model_ref
-    from tasks.finetune import finetune
+    from lmops.tasks import stages
 
     base = args.base or params.finetune.base_model
     if not base:
         raise UserError("no base model: pass --base PATH (e.g. a pretrain run's model/) or set finetune.base_model")
-    data = _snapshot_dir(params)
-    run = new_run_dir("finetune")
-    s = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(base), params.validate_.labels, params.finetune,
-                 params.project.seed, run / "finetune")
+    data = _snapshot(params)
+    run = RunLayout(new_run_dir("finetune"))
+    s = stages.finetune(params, data, resolve_model_ref(base), run.stage("finetune"))
     out = {k: v for k, v in s.__dict__.items() if k != "history"}
     if args.compare_base:
-        out["compare"] = _compare_bases(params, data, run, s.model_dir, args.compare_base)
+        out["compare"] = stages.compare_bases(params, data, run, s.model_dir, args.compare_base)
     print(json.dumps(out, default=str))
     return 0
-
-
-def _compare_bases(params, data: Path, run: Path, domain_model: str, generic: str) -> dict:
-    """Does domain pretraining pay? The same fine-tuning from the generic base, both scored on the test
-    split, and the paired-bootstrap difference (domain − generic) with its 95% interval (NER: over
-    sentences, for entity micro-F1)."""
-    import pandas as pd
-
-    from lmops.models import resolve_model_ref
-    from tasks.evaluate import bootstrap_diff, bootstrap_diff_entities, evaluate_model
-    from tasks.finetune import finetune
-
-    g = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref(generic), params.validate_.labels, params.finetune,
-                 params.project.seed, run / "finetune-generic")
-    labels, test = params.validate_.labels, data / "test.parquet"
-    results = {}
-    for name, model in (("domain", domain_model), ("generic", g.model_dir)):
-        r = evaluate_model(Path(model), test, labels, params.finetune.max_length, params.evaluate.batch_size, run / f"evaluate-{name}",
-                           task=params.finetune.task)
-        results[name] = (r, pd.read_parquet(r.predictions_path))
-    if params.finetune.task == "token":  # tag sequences: resample sentences, score entity spans
-        refs_tags = [x.split() for x in results["domain"][1]["label"]]
-        tags = {k: [x.split() for x in v[1]["prediction"]] for k, v in results.items()}
-        diff = bootstrap_diff_entities(refs_tags, tags["generic"], tags["domain"], n=1000, seed=params.project.seed)
-    else:
-        refs = [labels.index(x) for x in results["domain"][1]["label"]]
-        preds = {k: [labels.index(x) for x in v[1]["prediction"]] for k, v in results.items()}
-        diff = bootstrap_diff(refs, preds["generic"], preds["domain"], labels, n=1000, seed=params.project.seed)
-    return {"generic_base": generic, "domain": results["domain"][0].headline(), "generic": results["generic"][0].headline(),
-            "domain_minus_generic": diff}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -231,22 +191,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     perplexity on the texts (the test split's, or --data FILE: any CSV/JSONL/Parquet with a text column).
     """
     params = _params(args)
-    from tasks.evaluate import evaluate_language_model, evaluate_model, language_model_objective, load_labeled_file, load_text_file
+    from lmops.tasks import stages
+    from lmops.tasks.evaluate import evaluate_language_model, language_model_objective, load_labeled_file, load_text_file
 
-    run = new_run_dir("evaluate")
-    model_dir = _model_dir(args.model, run)
+    run = RunLayout(new_run_dir("evaluate"))
+    model_dir = _model_dir(args.model, run.root)
+    title = f"{args.model} on {args.data or 'the test split'}"
     if language_model_objective(model_dir):
-        data = load_text_file(Path(args.data), run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
-        r = evaluate_language_model(model_dir, data, args.block_size or params.tokenize.block_size, params.evaluate.batch_size, run / "evaluate",
-                                    seed=params.project.seed, mlm_probability=params.pretrain.mlm_probability,
-                                    title=f"{args.model} on {args.data or 'the test split'}")
+        data = load_text_file(Path(args.data), run.stage("data")) if args.data else _snapshot(params).test
+        r = evaluate_language_model(model_dir, data, args.block_size or params.tokenize.block_size, params.evaluate.batch_size, run.stage("evaluate"),
+                                    seed=params.project.seed, mlm_probability=params.pretrain.mlm_probability, title=title)
         if not args.json:
-            print((run / "evaluate" / "report.md").read_text())
+            print((run.stage("evaluate") / "report.md").read_text())
         print(json.dumps(r))
         return 0
-    data = load_labeled_file(Path(args.data), params, run / "data") if args.data else _snapshot_dir(params) / "test.parquet"
-    r = evaluate_model(model_dir, data, params.validate_.labels, params.finetune.max_length, params.evaluate.batch_size, run / "evaluate",
-                       title=f"{args.model} on {args.data or 'the test split'}", task=params.finetune.task)
+    data = load_labeled_file(Path(args.data), params, run.stage("data")) if args.data else _snapshot(params).test
+    r = stages.evaluate(params, model_dir, data, run.stage("evaluate"), title)
     if not args.json:
         print(Path(r.report_path).read_text())
     print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]}, default=str))
@@ -257,7 +217,7 @@ def _model_dir(ref: str, run: Path) -> Path:
     """A folder path as is; ``NAME@ALIAS`` / ``NAME@VERSION`` downloaded from the registry."""
     if Path(ref).exists():
         return Path(ref)
-    from tasks import registry
+    from lmops.tasks import registry
 
     info = registry.show(ref)
     return registry.download_model(info["source"], run / "model")
@@ -265,7 +225,7 @@ def _model_dir(ref: str, run: Path) -> Path:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the pipeline as a Prefect deployment on a schedule (runs until interrupted)."""
-    from flows.pipeline import scheduled
+    from lmops.flows.pipeline import scheduled
     from lmops.env import project_root
 
     scheduled.serve(name=args.name, cron=args.cron,
@@ -274,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from tasks.registry import list_models
+    from lmops.tasks.registry import list_models
 
     models = list_models()
 
@@ -288,7 +248,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
-    from tasks.registry import show
+    from lmops.tasks.registry import show
 
     info = show(args.ref)
     _emit(info, args.json, lambda o: "\n".join(f"{k}: {v}" for k, v in o.items() if k != "tags"))
@@ -296,7 +256,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
-    from tasks.registry import verify
+    from lmops.tasks.registry import verify
 
     rows = verify(args.name)
     bad = [r for r in rows if not r["ok"]]
@@ -307,7 +267,7 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from lmops.env import project_root
-    from tasks import audit
+    from lmops.tasks import audit
 
     if args.restore:
         out = audit.restore(args.ref, Path(args.restore), project_root())
@@ -319,7 +279,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from tasks.registry import set_champion
+    from lmops.tasks.registry import set_champion
 
     event = set_champion(args.name, str(args.version), "promote (manual)", args.reason)
     _emit(event, args.json, lambda e: f"{args.name}@champion: v{e['from_version']} → v{e['to_version']} ({e['who']}, {e['when']})")
@@ -327,7 +287,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from tasks.registry import rollback
+    from lmops.tasks.registry import rollback
 
     event = rollback(args.name, args.reason)
     _emit(event, args.json, lambda e: f"{args.name}@champion rolled back: v{e['from_version']} → v{e['to_version']} ({e['who']}, {e['when']})")
@@ -335,7 +295,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tasks.registry import compare
+    from lmops.tasks.registry import compare
 
     out = compare(args.a, args.b)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmops.errors import ConfigError
 
@@ -187,7 +187,8 @@ class LoraParams(Section):
 class FinetuneParams(Section):
     # sequence = one label per text; entity = one label per (text, entity) pair (SEntFiN's entity
     # sentiments); token = one tag per word (NER from CoNLL sources; validate.labels lists the IOB2 tags)
-    task: Literal["sequence", "entity", "token"] = "sequence"
+    # a name in lmops.kinds.KINDS
+    task: str = "sequence"
     # full = all weights; lora / ia3 = PEFT adapters merged into the saved model; prompt / prefix =
     # soft-prompt PEFT, saved as an adapter that references its base model
     method: Literal["lora", "full", "ia3", "prompt", "prefix"] = "lora"
@@ -206,6 +207,22 @@ class FinetuneParams(Section):
     # when lengths vary a lot (NER sentences, filings); off = plain shuffling
     group_by_length: bool = False
     lora: LoraParams = Field(default_factory=LoraParams)
+
+    @field_validator("task")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from lmops.kinds import KINDS
+
+        if value not in KINDS:
+            raise ValueError(f"unknown task kind; choose one of {sorted(KINDS)}")
+        return value
+
+    @property
+    def kind(self):
+        """The task kind object (lmops.kinds) that ``task`` names."""
+        from lmops.kinds import get_kind
+
+        return get_kind(self.task)
 
 
 class EvaluateParams(Section):
@@ -250,16 +267,12 @@ class Params(Section):
                 "finetune.base_model is set, so the pretrain stage's output would go unused: set pretrain.enabled: false "
                 "(fine-tune that model directly) or finetune.base_model: null (fine-tune the domain-pretrained model)"
             )
-        labeled = [s for s in self.ingest.sources if s.role == "labeled"]
-        task = self.finetune.task
-        if task == "token" and any(s.format != "conll" for s in labeled):
-            raise ValueError("finetune.task is token (NER), so every labeled source needs format: conll")
-        if task != "token" and any(s.format == "conll" for s in labeled):
-            raise ValueError(f"a conll source carries word tags, but finetune.task is {task!r}: set finetune.task: token")
-        if task == "entity" and any(s.format != "sentfin" for s in labeled):
-            raise ValueError("finetune.task is entity, which needs entity-level labels: labeled sources must have format: sentfin")
-        if task == "token" and self.finetune.method in {"prompt", "prefix"}:
-            raise ValueError("finetune.method prompt/prefix is for sequence tasks; use full, lora or ia3 for token classification")
+        from lmops.kinds import format_owners
+
+        errors = self.finetune.kind.check_params([s.format for s in self.ingest.sources if s.role == "labeled"], self.finetune.method,
+                                                 format_owners())
+        if errors:
+            raise ValueError("; ".join(errors))
         if self.validate_.text_max_chars < self.validate_.text_min_chars:
             raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
         return self

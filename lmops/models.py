@@ -26,3 +26,13 @@ def resolve_model_ref(ref: str) -> str:
             raise UserError(f"model folder {path} has no config.json; point to a Hugging Face model folder")
         return str(path.resolve())
     return ref  # a hub id: from_pretrained fetches it, or fails at once when HF_HUB_OFFLINE=1
+
+
+def load_tokenizer(name_or_path: str):
+    """A model folder's (or hub id's) tokenizer, with a pad token (the GPT-2 family ships without one)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

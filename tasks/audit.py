@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from lmops.errors import UserError
-from tasks import registry
+from lmops.tasks import registry
 
 
 def _artifact_json(run_id: str, path: str) -> Any:

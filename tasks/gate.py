@@ -49,7 +49,8 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, param
         reasons.append("no current champion: the first model that passes the thresholds becomes champion")
     else:
         needed = champion[key] + params.margin
-        if candidate[key] >= needed:
+        # "at least the margin": exactly champion + margin passes, whatever the float rounding of the sum
+        if candidate[key] >= needed - 1e-9:
             reasons.append(f"{key} {candidate[key]:.4f} >= champion v{champion_version} {champion[key]:.4f} + margin {params.margin}")
         else:
             ok = False

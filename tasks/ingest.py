@@ -14,18 +14,18 @@ import gzip
 import hashlib
 import json
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lmops.config import IngestParams, SourceParams
 from lmops.errors import DataError, UserError
+from lmops.kinds import KINDS, TaskKind
+from lmops.text import normalize_text
 
 COLUMNS = ["id", "text", "label", "source", "date", "entities"]
 QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "text"]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SENTFIN_PAIR = re.compile(r"(?:^\{|,)\s*'(.+?)'\s*:\s*'(positive|negative|neutral)'")
 _FOMC_DATE = re.compile(r"MeetingDate=(\d{4}-\d{2}-\d{2})")
 
@@ -71,14 +71,6 @@ class IngestSummary:
         return asdict(self)
 
 
-def normalize_text(text: str) -> str:
-    """NFC, no BOM/control characters, single spaces; paragraph breaks kept as blank lines."""
-    text = unicodedata.normalize("NFC", text).replace("\ufeff", "")
-    text = _CONTROL.sub(" ", text)
-    paragraphs = [re.sub(r"[ \t\r\f\v]+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
-    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
-
-
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
     """Split on paragraph, then sentence boundaries, packing pieces up to ~chunk_chars."""
     if len(text) <= chunk_chars:
@@ -103,6 +95,24 @@ def chunk_text(text: str, chunk_chars: int) -> list[str]:
     return chunks
 
 
+# format name (ingest.sources[].format) -> reader: a new data format is a function registered here with
+# @source_reader("name") that yields Row (or Rejected, with the reason) per record, and its name in SourceParams.format.
+READERS: dict[str, Callable[[SourceParams], Iterator[Row | Rejected]]] = {}
+
+
+def source_reader(fmt: str):
+    def register(fn):
+        READERS[fmt] = fn
+        return fn
+
+    return register
+
+
+def _label(value: Any) -> str | None:
+    """A raw label as the string label_map keys are written in (Parquet/JSON ints and strings alike)."""
+    return None if value is None else str(value)
+
+
 def _open_text(path: Path):
     opener = gzip.open if path.suffix == ".gz" else open
     # utf-8-sig strips a BOM; undecodable bytes become U+FFFD and are caught per row below.
@@ -123,6 +133,7 @@ def parse_sentfin_decisions(raw: str) -> dict[str, str]:
     return dict(pairs)
 
 
+@source_reader("sentfin")
 def _read_sentfin(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
     with _open_text(path) as fh:
@@ -142,6 +153,7 @@ def _read_sentfin(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Row(title, str(path), i, label=label, entities=entities)
 
 
+@source_reader("csv")
 def _read_csv(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
     name = path.name[:-3] if path.suffix == ".gz" else path.name
@@ -169,6 +181,7 @@ def _read_csv(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Row(text, str(path), i, label=label)
 
 
+@source_reader("jsonl")
 def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
     with _open_text(path) as fh:
@@ -187,9 +200,10 @@ def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
                 continue
             text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
             label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-            yield Row(text, str(path), i, label=None if label is None else str(label))
+            yield Row(text, str(path), i, label=_label(label))
 
 
+@source_reader("parquet")
 def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
     import pandas as pd
 
@@ -208,9 +222,10 @@ def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Rejected(str(path), i, f"{src.text_column!r} is not a string ({type(text).__name__})")
             continue
         label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-        yield Row(text, str(path), i, label=None if label is None else str(label))
+        yield Row(text, str(path), i, label=_label(label))
 
 
+@source_reader("text_lines")
 def _read_text_lines(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
     with _open_text(path) as fh:
@@ -218,6 +233,7 @@ def _read_text_lines(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Row(line.rstrip("\r\n"), str(path), i)
 
 
+@source_reader("hf")
 def _read_hf(src: SourceParams) -> Iterator[Row | Rejected]:
     """A Hugging Face datasets id (needs a reachable hub, or the dataset in the local HF cache)."""
     try:
@@ -235,9 +251,10 @@ def _read_hf(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Rejected(src.path, i, f"{src.text_column!r} is not a string")
             continue
         label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-        yield Row(text, src.path, i, label=None if label is None else str(label))
+        yield Row(text, src.path, i, label=_label(label))
 
 
+@source_reader("text_dir")
 def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[Row | Rejected]:
     root = Path(src.path)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".txt", ".gz"})
@@ -263,6 +280,7 @@ def to_iob2(tags: list[str]) -> list[str]:
     return out
 
 
+@source_reader("conll")
 def _read_conll(src: SourceParams) -> Iterator[Row | Rejected]:
     """CoNLL: one ``token [columns…] tag`` line per word, a blank line between sentences; ``-DOCSTART-`` skipped.
 
@@ -307,22 +325,17 @@ def _read_conll(src: SourceParams) -> Iterator[Row | Rejected]:
         yield item
 
 
+@source_reader("fomc")
+def _read_fomc(src: SourceParams) -> Iterator[Row | Rejected]:
+    """A folder of FOMC statements; the meeting date comes from each file's name."""
+    return _read_text_dir(src, date_from_name=True)
+
+
 def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
     if src.format != "hf" and not path.exists():
         raise UserError(f"source {src.name!r}: {path} does not exist; fix ingest.sources[].path in params.yaml")
-    readers = {
-        "sentfin": _read_sentfin,
-        "csv": _read_csv,
-        "jsonl": _read_jsonl,
-        "parquet": _read_parquet,
-        "text_lines": _read_text_lines,
-        "hf": _read_hf,
-        "text_dir": _read_text_dir,
-        "fomc": lambda s: _read_text_dir(s, date_from_name=True),
-        "conll": _read_conll,
-    }
-    yield from readers[src.format](src)
+    yield from READERS[src.format](src)
 
 
 class NearDuplicates:
@@ -392,7 +405,7 @@ def _key(text: str) -> str:
     return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
 
 
-def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, task: str = "sequence"):
+def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, kind: TaskKind):
     """Read and clean every source; returns (labeled rows, corpus rows, quarantine rows)."""
     labeled: list[dict[str, Any]] = []
     corpus: list[dict[str, Any]] = []
@@ -411,7 +424,7 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, ta
                 counts.quarantined += 1
                 quarantine.append({"source": src.name, **asdict(item)})
                 continue
-            reason, rows = _clean(item, src, params, labels, task)
+            reason, rows = _clean(item, src, params, labels, kind)
             if reason:
                 counts.quarantined += 1
                 quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
@@ -443,13 +456,13 @@ def _write_quarantine(quarantine: list[dict[str, Any]], params: IngestParams, ou
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
 
 
-def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, task: str = "sequence"):
+def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, kind: TaskKind = KINDS["sequence"]):
     """Ingest labeled sources without splitting (evaluation files); returns (frame, summary)."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    labeled, _, quarantine = _collect(params, labels, summary, task)
+    labeled, _, quarantine = _collect(params, labels, summary, kind)
     _write_quarantine(quarantine, params, out_dir)
     return pd.DataFrame(labeled, columns=COLUMNS), summary
 
@@ -460,7 +473,7 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    _, corpus, quarantine = _collect(params, [], summary)
+    _, corpus, quarantine = _collect(params, [], summary, KINDS["sequence"])
     for rec in corpus:
         rec.pop("_file"), rec.pop("_row")
     _write_quarantine(quarantine, params, out_dir)
@@ -469,17 +482,17 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
     return frame, summary
 
 
-def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, task: str = "sequence") -> IngestSummary:
+def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, kind: TaskKind = KINDS["sequence"]) -> IngestSummary:
     """Read all sources, write the normalized, split snapshot to ``out_dir``.
 
-    ``task`` (finetune.task) shapes the labeled rows: ``entity`` gives one row per (headline, entity),
+    The task kind (finetune.task) shapes the labeled rows: ``entity`` gives one row per (headline, entity),
     ``token`` one row per CoNLL sentence with its IOB2 tags as the label (space-separated, one per word).
     """
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    labeled, corpus, quarantine = _collect(params, labels, summary, task)
+    labeled, corpus, quarantine = _collect(params, labels, summary, kind)
 
     if not labeled:
         raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
@@ -488,7 +501,7 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ta
     fixed = frame[frame["source"].isin(pinned)]
     free = frame[~frame["source"].isin(pinned)]
     # Rows of one headline (entity task) share a group, so no headline is in two splits.
-    groups = free["id"].str.rsplit(":", n=1).str[0] if task == "entity" else None
+    groups = kind.split_groups(free)
     splits = _split(free, 0.0 if "validation" in pinned.values() else params.validation_fraction,
                     0.0 if "test" in pinned.values() else params.test_fraction, seed, groups)
     for name in splits:
@@ -523,8 +536,7 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ta
     corpus_frame.to_parquet(out_dir / "corpus.parquet", index=False)
     _write_quarantine(quarantine, params, out_dir)
     summary.corpus_rows = len(corpus_frame)
-    tags = frame["label"].str.split() if task == "token" else frame["label"]
-    summary.label_counts = {k: int(v) for k, v in tags.explode().value_counts().sort_index().items()}
+    summary.label_counts = {k: int(v) for k, v in kind.label_values(frame["label"]).value_counts().sort_index().items()}
     # The snapshot's bytes must depend only on the data (its DVC md5 is the data version): no run paths.
     (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.to_dict().items() if k != "out_dir"}, indent=2))
     return summary
@@ -539,66 +551,20 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str], task: str = "sequence") -> tuple[str | None, list[dict[str, Any]]]:
-    """Return (reason to quarantine, None) or (None, normalized rows)."""
+def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str], kind: TaskKind) -> tuple[str | None, list[dict[str, Any]]]:
+    """Return (reason to quarantine, []) or (None, normalized rows); the task kind shapes labeled rows."""
     if "\ufffd" in item.text:
         return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", []
-    if item.tags is not None:
-        return _clean_tagged(item, src, labels)
+    if src.role == "labeled":
+        return kind.labeled_rows(item, src, params, labels)
     text = normalize_text(item.text)
     if len(text) < params.min_chars:
         return f"text shorter than ingest.min_chars={params.min_chars} ({len(text)} chars)", []
-    base = {"source": src.name, "date": item.date}
-    if src.role == "unlabeled":
-        chunks = chunk_text(text, params.chunk_chars)
-        return None, [
-            {**base, "id": f"{src.name}:{item.row}:{k}", "text": c, "label": None, "entities": None, "_file": item.file, "_row": item.row}
-            for k, c in enumerate(chunks)
-        ]
-    if len(text) > params.max_chars:
-        return f"labeled text longer than ingest.max_chars={params.max_chars} ({len(text)} chars)", []
-    if task == "entity":
-        return _entity_rows(item, src, text, labels, base)
-    if item.label is None:
-        if item.entities:
-            return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
-        return "missing label", []
-    raw = str(item.label).strip()
-    label = src.label_map.get(raw, raw)
-    if label not in labels:
-        return f"unknown label {raw!r}: map it in ingest.sources[{src.name}].label_map or add it to validate.labels {labels}", []
-    entities = json.dumps(item.entities, sort_keys=True) if item.entities else None
-    return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
-
-
-def _clean_tagged(item: Row, src: SourceParams, labels: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
-    """A CoNLL sentence: normalize word by word (the tags must stay aligned), check every tag."""
-    words = [normalize_text(w) for w in item.words or []]
-    empty = [i + 1 for i, w in enumerate(words) if not w or " " in w]
-    if empty:
-        return f"word {empty[0]} is empty or contains whitespace after normalization", []
-    tags = [src.label_map.get(t, t) for t in item.tags or []]
-    unknown = sorted(set(tags) - set(labels))
-    if unknown:
-        return f"unknown tag(s) {unknown}: add them to validate.labels {labels} or map them in ingest.sources[{src.name}].label_map", []
-    return None, [{"source": src.name, "date": item.date, "id": f"{src.name}:{item.row:06d}", "text": " ".join(words),
-                   "label": " ".join(tags), "entities": None}]
-
-
-def _entity_rows(item: Row, src: SourceParams, text: str, labels: list[str], base: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
-    """Entity task: one row per (headline, entity); the pair is kept in ``entities`` as {entity: label}."""
-    if not item.entities:
-        return "no entity labels: the entity task needs (text, entity, label) triples", []
-    rows = []
-    for k, (entity, raw) in enumerate(sorted(item.entities.items())):
-        label = src.label_map.get(raw, raw)
-        if label not in labels:
-            return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
-        if not normalize_text(entity):
-            return f"empty entity name (labelled {raw!r})", []
-        rows.append({**base, "id": f"{src.name}:{item.row}:{k}", "text": text, "label": label,
-                     "entities": json.dumps({normalize_text(entity): label})})
-    return None, rows
+    return None, [
+        {"source": src.name, "date": item.date, "id": f"{src.name}:{item.row}:{k}", "text": c, "label": None, "entities": None,
+         "_file": item.file, "_row": item.row}
+        for k, c in enumerate(chunk_text(text, params.chunk_chars))
+    ]
 
 
 def _split(frame, val_frac: float, test_frac: float, seed: int, groups=None) -> dict[str, Any]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmops.kinds import TaskKind
 
-def write_model_card(path: Path, name: str, lineage: dict[str, str], metrics: dict[str, float], params: dict[str, Any], report_md: str, command: str) -> Path:
+
+def write_model_card(path: Path, name: str, lineage: dict[str, str], metrics: dict[str, float], params: dict[str, Any], report_md: str, command: str,
+                     kind: TaskKind) -> Path:
     ft, pre = params["finetune"], params["pretrain"]
     base = ft.get("base_model") or f"domain-pretrained {pre['objective'].upper()} ({pre.get('base_model') or 'from scratch'}, {pre['num_layers']} layers, {pre['hidden_size']} hidden)"
     sources = ", ".join(f"{s['name']} ({s['role']}, {s['format']})" for s in params["ingest"]["sources"])
     text = f"""# Model card: {name}
 
-**Task:** sentence classification ({', '.join(params['validate']['labels'])}) · **method:** {ft['method']} fine-tuning · **base:** {base}
+**Task:** {kind.description} ({', '.join(params['validate']['labels'])}) · **method:** {ft['method']} fine-tuning · **base:** {base}
 
 ## Lineage
 | field | value |

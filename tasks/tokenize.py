@@ -90,39 +90,20 @@ def train_tokenizer(texts: Iterable[str], params: TokenizeParams):
     )
 
 
-def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(name_or_path)
-    if tok.pad_token is None:  # GPT-2 family ships without one
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def pack_blocks(tokenizer, texts: list[str], block_size: int, add_cls: bool):
-    """Concatenate documents (separator between them) and cut into equal blocks.
+    """Concatenate documents (separator between them) and cut into equal blocks, in memory: the same
+    blocks as the streaming packer below, which it runs over one batch.
 
     With ``add_cls`` (MLM) each block is ``[CLS] … [SEP]`` like a BERT sequence; otherwise (CLM) the
     stream is cut raw and documents are separated by EOS.
     """
     import numpy as np
 
-    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    stream: list[int] = []
-    for ids in enc:
-        stream.extend(ids)
-        stream.append(sep)
-    body = block_size - 2 if add_cls else block_size
-    n = len(stream) // body
-    if n == 0:
-        raise ValueError(f"corpus has {len(stream)} tokens, fewer than one block of {block_size}")
-    arr = np.asarray(stream[: n * body], dtype=np.int32).reshape(n, body)
-    if add_cls:
-        cls = np.full((n, 1), tokenizer.cls_token_id, dtype=np.int32)
-        end = np.full((n, 1), sep, dtype=np.int32)
-        arr = np.concatenate([cls, arr, end], axis=1)
-    return arr, len(stream)
+    stats = {"tokens": 0}
+    parts = list(_packed([tokenizer(texts, add_special_tokens=False)["input_ids"]], tokenizer, block_size, add_cls, stats))
+    if not parts:
+        raise ValueError(f"corpus has {stats['tokens']} tokens, fewer than one block of {block_size}")
+    return np.concatenate(parts), stats["tokens"]
 
 
 def cache_key(corpus_path: Path, params: TokenizeParams, objective: str, base_model: str | None, ids_only: bool = False) -> str:
@@ -282,7 +263,7 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
     if trained:
         tokenizer = train_tokenizer(_Texts(ds, params.map_batch_size), params)
     else:
-        from lmops.models import resolve_model_ref
+        from lmops.models import load_tokenizer, resolve_model_ref
 
         tokenizer = load_tokenizer(resolve_model_ref(base_model))
     tok_dir = out_dir / "tokenizer"

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmops.config import ValidateParams
 from lmops.errors import DataError
+from lmops.kinds import KINDS, TaskKind
 
 # HTML/XML tags or character entities left in text (scraped pages, filings)
 MARKUP = r"<[A-Za-z/!][^>]{0,200}>|&(?:[a-z]{2,8}|#\d{2,5});"
@@ -70,34 +71,18 @@ def _drift(E, p: ValidateParams, previous: dict[str, int] | None) -> list:
         column="label", partition_object={"values": values, "weights": [previous[v] / total for v in values]}, threshold=p.max_label_drift_kl)]
 
 
-def _labeled_suite(gx, p: ValidateParams, task: str = "sequence", previous: dict[str, int] | None = None):
-    import re
-
+def _labeled_suite(gx, p: ValidateParams, kind: TaskKind, previous: dict[str, int] | None = None):
     E = gx.expectations
-    suite = _text_quality(E, p) + [
+    return _text_quality(E, p) + [
         E.ExpectTableRowCountToBeBetween(min_value=p.min_labeled_rows, max_value=p.max_labeled_rows),
         E.ExpectColumnValuesToNotBeNull(column="text", mostly=p.mostly),
         E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=p.text_min_chars, max_value=p.text_max_chars, mostly=p.mostly),
         E.ExpectColumnValuesToNotBeNull(column="label"),
         E.ExpectColumnValuesToBeUnique(column="id"),
-    ]
-    if task == "token":
-        # one tag per word, each from the label set
-        tag = "(?:" + "|".join(re.escape(t) for t in sorted(p.labels, key=len, reverse=True)) + ")"
-        suite += [E.ExpectColumnValuesToMatchRegex(column="label", regex=f"^{tag}(?: {tag})*$"),
-                  E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)]
-    elif task == "entity":
-        # a headline appears once per entity: the (text, entity) pair is what must be unique
-        suite += [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
-                  E.ExpectColumnValuesToNotBeNull(column="entities"),
-                  E.ExpectCompoundColumnsToBeUnique(column_list=["text", "entities"], mostly=p.mostly)] + _drift(E, p, previous)
-    else:
-        suite += [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
-                  E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)] + _drift(E, p, previous)
-    return suite
+    ] + kind.expectations(E, p, _drift(E, p, previous))
 
 
-def _corpus_suite(gx, p: ValidateParams, task: str = "sequence", previous=None):
+def _corpus_suite(gx, p: ValidateParams, kind: TaskKind, previous=None):
     E = gx.expectations
     return _text_quality(E, p) + [
         E.ExpectTableRowCountToBeBetween(min_value=p.min_corpus_rows, max_value=p.max_corpus_rows),
@@ -115,7 +100,7 @@ def _observed(res: dict[str, Any]) -> Any:
     return res.get("partial_unexpected_list", "")
 
 
-def validate_frames(frames: dict[str, Any], p: ValidateParams, task: str = "sequence", previous_labels: dict[str, int] | None = None,
+def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = KINDS["sequence"], previous_labels: dict[str, int] | None = None,
                     docs_dir: Path | None = None) -> ValidationReport:
     """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``.
 
@@ -141,7 +126,7 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, task: str = "sequ
     for name, frame in frames.items():
         asset = source.add_dataframe_asset(name=name)
         definition = asset.add_batch_definition_whole_dataframe(f"{name}_all")
-        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=builders[name](gx, p, task, previous_labels)))
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=builders[name](gx, p, kind, previous_labels)))
         if docs_dir is None:
             result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
         else:
@@ -173,10 +158,10 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
-def previous_label_counts(previous_dir: Path | None, labels: list[str], task: str) -> tuple[dict[str, int] | None, str | None]:
+def previous_label_counts(previous_dir: Path | None, labels: list[str], kind: TaskKind) -> tuple[dict[str, int] | None, str | None]:
     """Label counts of the previous data version (its summary.json), when comparable; else (None, why not)."""
-    if task == "token":
-        return None, "label drift is not checked for token tasks (labels are tag sequences)"
+    if not kind.label_drift:
+        return None, f"label drift is not checked for {kind.name} tasks (labels are tag sequences)"
     summary = previous_dir / "summary.json" if previous_dir else None
     if summary is None or not summary.exists():
         return None, "no previous data version: label drift not checked"
@@ -186,15 +171,15 @@ def previous_label_counts(previous_dir: Path | None, labels: list[str], task: st
     return {k: int(v) for k, v in counts.items()}, None
 
 
-def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, task: str = "sequence", previous_dir: Path | None = None) -> ValidationReport:
+def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: TaskKind = KINDS["sequence"], previous_dir: Path | None = None) -> ValidationReport:
     """Validate an ingested snapshot; writes validation.json/.md and the HTML Data Docs (``data_docs/``) to
     ``out_dir``; raises on failure. ``previous_dir``: the previous data version (for label drift)."""
     import pandas as pd
 
     labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
     corpus = pd.read_parquet(data_dir / "corpus.parquet")
-    previous, note = previous_label_counts(previous_dir, p.labels, task)
-    report = validate_frames({"labeled": labeled, "corpus": corpus}, p, task, previous, docs_dir=out_dir / "data_docs")
+    previous, note = previous_label_counts(previous_dir, p.labels, kind)
+    report = validate_frames({"labeled": labeled, "corpus": corpus}, p, kind, previous, docs_dir=out_dir / "data_docs")
     index = out_dir / "data_docs" / "index.html"
     report.data_docs = str(index) if index.exists() else None
     report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]

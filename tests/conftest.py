@@ -87,7 +87,7 @@ def project(tmp_path, lmops_home) -> Path:
 def ingested(tmp_path_factory):
     """One ingest of the fixtures shared by read-only tests."""
     from lmops.config import params_from_dict
-    from tasks.ingest import ingest
+    from lmops.tasks.ingest import ingest
 
     p = params_from_dict(tiny_params_dict())
     out = tmp_path_factory.mktemp("ingest")
@@ -98,8 +98,8 @@ def ingested(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_lm(ingested, tmp_path_factory):
     """A tokenizer and a tiny MLM trained on the fixture corpus (session-scoped: seconds)."""
-    from tasks.pretrain import pretrain
-    from tasks.tokenize import tokenize_corpus
+    from lmops.tasks.pretrain import pretrain
+    from lmops.tasks.tokenize import tokenize_corpus
 
     data, _, p = ingested
     out = tmp_path_factory.mktemp("lm")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tasks import registry
+from lmops.tasks import registry
 
 
 def fake_version(tmp_path: Path, promote: bool, expected, name="m"):

@@ -10,7 +10,7 @@ import pytest
 
 from lmops.config import load_params
 from lmops.errors import UserError
-from tasks import registry
+from lmops.tasks import registry
 from tests.conftest import REPO, run_cli
 from tests.registry_helpers import fake_version as _fake_version
 
@@ -35,20 +35,44 @@ def test_manual_promote_and_rollback_are_recorded(lmops_home, tmp_path):
                        ("rollback", "3", "2"), ("rollback", "2", "1")]
 
 
+def _race(tmp_path: Path, name: str, lock: bool) -> list[str]:
+    """Two processes register a gated version against 'no champion' at the same moment. The interleaving is
+    forced: a file barrier starts both together, and each pauses between reading the champion and moving
+    the alias, so without a lock both read 'no champion' before either moves it."""
+    script = textwrap.dedent(f"""
+        import contextlib, pathlib, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from lmops.tasks import registry
+        from tests.registry_helpers import fake_version
+        read = registry.get_version
+        def slow_read(name, ref=None):
+            v = read(name, ref)
+            if ref == registry.CHAMPION:
+                time.sleep(1.5)  # the window between compare and set, made wide
+            return v
+        registry.get_version = slow_read
+        if sys.argv[3] == "nolock":
+            registry.registry_lock = lambda *a, **k: contextlib.nullcontext()
+        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+        me.mkdir(parents=True)
+        (me / "ready").touch()
+        while not (other / "ready").exists():
+            time.sleep(0.01)
+        print(fake_version(me, True, None, name={name!r}).promoted)
+    """)
+    dirs = [tmp_path / f"{name}{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(dirs[i]), str(dirs[1 - i]), "lock" if lock else "nolock"],
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    return sorted(p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs)
+
+
 def test_two_processes_cannot_both_become_champion(lmops_home, tmp_path):
     """Both gated against 'no champion'; the lock + compare-and-set lets exactly one win."""
-    script = textwrap.dedent(f"""
-        import sys, pathlib
-        sys.path.insert(0, {str(REPO)!r})
-        from tests.registry_helpers import fake_version as _fake_version
-        r = _fake_version(pathlib.Path(sys.argv[1]), True, None, name="race")
-        print(r.promoted)
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p{i}")], stdout=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
-    assert sorted(outs) == ["False", "True"]
+    assert _race(tmp_path, "race", lock=True) == ["False", "True"]
     assert len(registry.show("race@1")["aliases"] + registry.show("race@2")["aliases"]) == 2
     assert [e["to_version"] for e in registry.history("race")] in (["1"], ["2"])
+    # the interleaving is real: with the lock taken away, both processes promote (the test would catch it)
+    assert _race(tmp_path, "nolock", lock=False) == ["True", "True"]
 
 
 def test_verify_detects_missing_artifacts(lmops_home, tmp_path):
@@ -64,7 +88,7 @@ def test_verify_detects_missing_artifacts(lmops_home, tmp_path):
 
 @pytest.mark.integration
 def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, lmops_home, tmp_path):
-    from flows.pipeline import pipeline
+    from lmops.flows.pipeline import pipeline
 
     params = load_params(project / "params.yaml")
     first = pipeline(params=params.to_dict(), project_root=str(project))
@@ -82,7 +106,7 @@ def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, l
     dest = tmp_path / "restored"
     r = run_cli("audit", "finance-sentiment@1", "--restore", str(dest), "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
     assert r.returncode == 0, r.stderr
-    from tasks.version import read_data_version
+    from lmops.tasks.version import read_data_version
 
     assert read_data_version(dest / "data.dvc") == first["data_version"]
     import pandas as pd
@@ -109,7 +133,7 @@ def test_a_registration_killed_midway_leaves_no_version(lmops_home, tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, pathlib
         sys.path.insert(0, {str(REPO)!r})
-        from tasks import registry
+        from lmops.tasks import registry
         from mlflow.tracking import MlflowClient
         real = MlflowClient.log_artifacts
         def slow(self, *a, **k):
@@ -137,7 +161,8 @@ def test_models_load_from_safetensors_only(tmp_path, tiny_lm):
 
     import torch
 
-    from tasks.finetune import load_classifier
+    from lmops.kinds import KINDS
+    from lmops.tasks.predict import load_classifier
 
     _, pre, _ = tiny_lm
     pickled = tmp_path / "pickled"
@@ -147,4 +172,4 @@ def test_models_load_from_safetensors_only(tmp_path, tiny_lm):
     torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
     with pytest.raises(OSError):
-        load_classifier(str(pickled), ["negative", "neutral", "positive"])
+        load_classifier(str(pickled), ["negative", "neutral", "positive"], KINDS["sequence"])

@@ -10,7 +10,8 @@ import torch
 
 from lmops.config import params_from_dict
 from lmops.errors import ConfigError
-from tasks.ingest import ingest, to_iob2
+from lmops.kinds import KINDS
+from lmops.tasks.ingest import ingest, to_iob2
 from tests.conftest import FIXTURES, tiny_params_dict
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -41,7 +42,7 @@ def test_io_tags_become_iob2(tags, expected):
 def ner_data(tmp_path_factory):
     p = ner_params()
     out = tmp_path_factory.mktemp("ner")
-    return out, ingest(p.ingest, p.validate_.labels, out, p.project.seed, "token"), p
+    return out, ingest(p.ingest, p.validate_.labels, out, p.project.seed, KINDS["token"]), p
 
 
 def test_conll_ingest_pins_the_test_file_and_keeps_tags_aligned(ner_data):
@@ -67,7 +68,7 @@ def test_bad_conll_lines_are_quarantined_with_the_line(tmp_path):
     p = ner_params()
     p.ingest.sources[0].path = str(bad)
     out = tmp_path / "out"
-    summary = ingest(p.ingest, p.validate_.labels, out, 0, "token")
+    summary = ingest(p.ingest, p.validate_.labels, out, 0, KINDS["token"])
     c = summary.sources["fin5"]
     assert (c.rows_in, c.kept, c.quarantined) == (4, 2, 2)
     q = pd.read_parquet(out / "quarantine.parquet")
@@ -77,43 +78,47 @@ def test_bad_conll_lines_are_quarantined_with_the_line(tmp_path):
 
 
 def test_ner_suite_rejects_tags_outside_the_label_set(ner_data, tmp_path):
-    from tasks.validate import validate_frames
+    from lmops.tasks.validate import validate_frames
 
     out, _, p = ner_data
     labeled = pd.read_parquet(out / "train.parquet")
-    ok = validate_frames({"labeled": labeled}, p.validate_, "token")
+    ok = validate_frames({"labeled": labeled}, p.validate_, KINDS["token"])
     assert ok.success
     broken = labeled.copy()
     broken.loc[0, "label"] = broken.loc[0, "label"].replace("O", "B-XYZ", 1)
-    bad = validate_frames({"labeled": broken}, p.validate_, "token")
+    bad = validate_frames({"labeled": broken}, p.validate_, KINDS["token"])
     assert not bad.success and any(f.expectation == "expect_column_values_to_match_regex" for f in bad.failures)
 
 
 @pytest.fixture(scope="module")
 def ner_runs(tiny_lm, ner_data, tmp_path_factory):
-    from tasks.finetune import finetune
+    from lmops.tasks.finetune import finetune
 
     _, pre, _ = tiny_lm
     out, _, p = ner_data
     runs = {}
     for method in ("full", "lora"):
-        fp = p.finetune.model_copy(update={"method": method, "lr": 3e-3 if method == "full" else 1e-2})
+        # full: 6 epochs at batch 8 get the tiny model past predicting all "O" (epoch 3: val entity F1 ~0.9)
+        fp = p.finetune.model_copy(update={"method": method, "lr": 3e-3, "epochs": 6, "batch_size": 8} if method == "full" else
+                                   {"method": method, "lr": 1e-2})
         runs[method] = finetune(out / "train.parquet", out / "validation.parquet", pre.model_dir, NER_LABELS, fp, 0,
                                 tmp_path_factory.mktemp(f"ner-{method}"), progress=False), fp
     return runs, out
 
 
 def test_ner_finetune_learns_and_reports_entity_f1(ner_runs, tmp_path):
-    from tasks.evaluate import evaluate_model
+    from lmops.tasks.evaluate import evaluate_model
 
     (s, fp), data = ner_runs[0]["full"], ner_runs[1]
     assert s.task == "token" and s.val_entity_f1 is not None
     assert s.history[-1]["train_loss"] < s.history[0]["train_loss"]
-    r = evaluate_model(Path(s.model_dir), data / "test.parquet", NER_LABELS, fp.max_length, 16, tmp_path, task="token")
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", NER_LABELS, fp.max_length, 16, tmp_path, KINDS["token"])
     assert set(r.report["per_class"]) <= {"PER", "ORG", "LOC", "MISC"} and "PER" in r.report["per_class"]
-    assert 0.5 < r.accuracy <= 1.0 and 0.0 <= r.micro_f1 <= 1.0
     preds = pd.read_parquet(r.predictions_path)
     test = pd.read_parquet(data / "test.parquet")
+    # predicting all "O" would score the share of O as accuracy and 0 entity F1: the model must beat both
+    gold = test["label"].str.split(" ").explode()
+    assert r.micro_f1 > 0.05 and r.accuracy > (gold == "O").mean() + 0.01, (r.micro_f1, r.accuracy, (gold == "O").mean())
     assert (preds["prediction"].str.split(" ").str.len() == test["text"].str.split(" ").str.len()).all()
     assert "entity-level (seqeval" in Path(r.report_path).read_text()
     assert len(r.report["confusion_matrix"]) == len(NER_LABELS)
@@ -122,14 +127,15 @@ def test_ner_finetune_learns_and_reports_entity_f1(ner_runs, tmp_path):
 def test_ner_lora_reload_and_adapter_reproduce_the_merged_model(ner_runs):
     from peft import PeftModel
 
-    from tasks.finetune import load_classifier, predict_logits, task_inputs
+    from lmops.tasks.predict import load_classifier, predict_logits
 
     (s, fp), data = ner_runs[0]["lora"], ner_runs[1]
-    words = task_inputs(pd.read_parquet(data / "test.parquet").head(20), "token")
-    merged = predict_logits(*load_classifier(s.model_dir, NER_LABELS, "token"), words, fp.max_length, 8, "token")
-    again = predict_logits(*load_classifier(s.model_dir, NER_LABELS, "token"), words, fp.max_length, 8, "token")
-    base, tok = load_classifier(s.base_model, NER_LABELS, "token")
-    adapter = predict_logits(PeftModel.from_pretrained(base, s.adapter_dir), tok, words, fp.max_length, 8, "token")
+    kind = KINDS["token"]
+    words = kind.inputs(pd.read_parquet(data / "test.parquet").head(20))
+    merged = predict_logits(*load_classifier(s.model_dir, NER_LABELS, kind), words, kind, NER_LABELS, fp.max_length, 8)
+    again = predict_logits(*load_classifier(s.model_dir, NER_LABELS, kind), words, kind, NER_LABELS, fp.max_length, 8)
+    base, tok = load_classifier(s.base_model, NER_LABELS, kind)
+    adapter = predict_logits(PeftModel.from_pretrained(base, s.adapter_dir), tok, words, kind, NER_LABELS, fp.max_length, 8)
     for a, b, c in zip(merged, again, adapter):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
@@ -139,8 +145,8 @@ def test_first_subtoken_alignment_and_seqeval_module():
     from seqeval.metrics import f1_score
     from transformers import BertTokenizerFast
 
-    from tasks.evaluate import seqeval_scores
-    from tasks.finetune import align_tags, encode
+    from lmops.kinds.token import align_tags
+    from lmops.metrics import seqeval_scores
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "apple", "rose", "sil", "##icon", "valley"]
     import tempfile
@@ -148,7 +154,7 @@ def test_first_subtoken_alignment_and_seqeval_module():
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "vocab.txt").write_text("\n".join(vocab))
         tok = BertTokenizerFast(str(Path(d) / "vocab.txt"))
-    enc = encode(tok, [["silicon", "valley", "rose"]], 16, "token")
+    enc = KINDS["token"].encode(tok, [["silicon", "valley", "rose"]], 16)
     assert tok.convert_ids_to_tokens(enc["input_ids"][0])[:5] == ["[CLS]", "sil", "##icon", "valley", "rose"]
     assert align_tags(enc, [[3, 4, 0]])[0, :6].tolist() == [-100, 3, -100, 4, 0, -100]
     refs = [[0, 3, 4, 0], [1, 2, 0, 0]]
@@ -161,7 +167,7 @@ def test_first_subtoken_alignment_and_seqeval_module():
 
 def test_entity_task_gives_one_row_per_entity_and_keeps_headlines_in_one_split(tmp_path):
     p = params_from_dict(tiny_params_dict(finetune={"task": "entity"}))
-    summary = ingest(p.ingest, p.validate_.labels, tmp_path, p.project.seed, "entity")
+    summary = ingest(p.ingest, p.validate_.labels, tmp_path, p.project.seed, KINDS["entity"])
     parts = {n: pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("train", "validation", "test")}
     heads = {n: set(part["id"].str.rsplit(":", n=1).str[0]) for n, part in parts.items()}
     assert not (heads["train"] & heads["test"]) and not (heads["train"] & heads["validation"]) and not (heads["validation"] & heads["test"])
@@ -176,21 +182,22 @@ def test_entity_task_gives_one_row_per_entity_and_keeps_headlines_in_one_split(t
 
 
 def test_entity_finetune_pairs_entity_with_headline(tiny_lm, tmp_path):
-    from tasks.evaluate import evaluate_model
-    from tasks.finetune import encode, finetune, load_classifier, task_inputs
+    from lmops.tasks.evaluate import evaluate_model
+    from lmops.tasks.finetune import finetune
+    from lmops.tasks.predict import load_classifier
 
     _, pre, _ = tiny_lm
     p = params_from_dict(tiny_params_dict(finetune={"task": "entity", "epochs": 2}))
     data = tmp_path / "data"
-    ingest(p.ingest, p.validate_.labels, data, p.project.seed, "entity")
+    ingest(p.ingest, p.validate_.labels, data, p.project.seed, KINDS["entity"])
     s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, p.validate_.labels, p.finetune, 0, tmp_path / "ft", progress=False)
     assert s.task == "entity" and s.history[-1]["train_loss"] < s.history[0]["train_loss"]
     test = pd.read_parquet(data / "test.parquet")
-    model, tok = load_classifier(s.model_dir, p.validate_.labels, "entity")
-    pair = task_inputs(test.head(1), "entity")[0]
-    ids = encode(tok, [pair], 64, "entity")["input_ids"][0].tolist()
+    model, tok = load_classifier(s.model_dir, p.validate_.labels, KINDS["entity"])
+    pair = KINDS["entity"].inputs(test.head(1))[0]
+    ids = KINDS["entity"].encode(tok, [pair], 64)["input_ids"][0].tolist()
     assert ids.count(tok.sep_token_id) == 2  # [CLS] entity [SEP] headline [SEP]
-    r = evaluate_model(Path(s.model_dir), data / "test.parquet", p.validate_.labels, 64, 32, tmp_path / "ev", task="entity")
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", p.validate_.labels, 64, 32, tmp_path / "ev", KINDS["entity"])
     assert r.n == len(test) and 0 <= r.macro_f1 <= 1
 
 
@@ -209,7 +216,7 @@ def test_task_and_source_formats_must_agree(finetune, source_format, message):
 def test_length_grouped_batches_cut_padding_and_keep_every_row():
     import numpy as np
 
-    from tasks.finetune import length_grouped
+    from lmops.tasks.finetune import length_grouped
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 200, 1000)
@@ -231,10 +238,10 @@ def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
                    '"Steel stocks slide as prices fall in China","{\'Steel\': \'negative\'}"\n')
     p = params_from_dict(tiny_params_dict(finetune={"task": "entity"}))
     p.ingest.sources[0].path = str(src)
-    from tasks.ingest import IngestSummary, _collect
+    from lmops.tasks.ingest import IngestSummary, _collect
 
     summary = IngestSummary(out_dir=str(tmp_path))
-    labeled, _, _ = _collect(p.ingest.model_copy(update={"sources": [p.ingest.sources[0]]}), p.validate_.labels, summary, "entity")
+    labeled, _, _ = _collect(p.ingest.model_copy(update={"sources": [p.ingest.sources[0]]}), p.validate_.labels, summary, KINDS["entity"])
     c = summary.sources["sentfin"]
     assert (c.rows_in, c.kept, c.duplicates) == (3, 2, 1)
     assert sorted(json.loads(r["entities"]).popitem()[0] for r in labeled) == ["Nifty", "Sensex", "Steel"]
@@ -242,26 +249,27 @@ def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
 
 def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):
     """`lmops evaluate MODEL --data FILE` under finetune.task token ingests FILE as CoNLL, same rules."""
-    from tasks.evaluate import evaluate_model, load_labeled_file
+    from lmops.tasks.evaluate import evaluate_model, load_labeled_file
 
     (s, fp), _ = ner_runs[0]["full"], ner_runs[1]
     p = ner_params()
     data = load_labeled_file(FIXTURES / "ner_sec" / "FIN3_sample.txt", p, tmp_path / "data")
     frame = pd.read_parquet(data)
     assert len(frame) > 50 and (frame["text"].str.split(" ").str.len() == frame["label"].str.split(" ").str.len()).all()
-    r = evaluate_model(Path(s.model_dir), data, NER_LABELS, fp.max_length, 16, tmp_path / "ev", task="token")
+    r = evaluate_model(Path(s.model_dir), data, NER_LABELS, fp.max_length, 16, tmp_path / "ev", KINDS["token"])
     assert r.n == len(frame) and "PER" in r.report["per_class"]
 
 
 def test_compare_base_for_ner_bootstraps_entity_f1_over_sentences(ner_runs, tiny_lm, tmp_path):
     """`lmops finetune --compare-base` under finetune.task token: the generic fine-tune runs with the same
     params, and the difference is entity micro-F1 with a sentence-level bootstrap interval."""
-    from lmops.cli import _compare_bases
+    from lmops.layout import RunLayout, Snapshot
+    from lmops.tasks.stages import compare_bases
 
     _, pre, _ = tiny_lm
-    (s, fp), data = ner_runs[0]["full"], ner_runs[1]
+    (s, _), data = ner_runs[0]["full"], ner_runs[1]
     p = ner_params(method="full", lr=3e-3, epochs=1)
-    out = _compare_bases(p, data, tmp_path, s.model_dir, pre.model_dir)
+    out = compare_bases(p, Snapshot(data), RunLayout(tmp_path), s.model_dir, pre.model_dir)
     d = out["domain_minus_generic"]
     assert d["unit"] == "sentence" and d["n_test"] == len(pd.read_parquet(data / "test.parquet"))
     assert d["micro_f1"]["diff"] == pytest.approx(out["domain"]["micro_f1"] - out["generic"]["micro_f1"], abs=1e-3)

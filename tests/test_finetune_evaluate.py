@@ -5,8 +5,13 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from tasks.evaluate import classification_report, evaluate_model
-from tasks.finetune import finetune, load_classifier, predict_logits
+from lmops.kinds import KINDS
+from lmops.metrics import classification_report
+from lmops.tasks.evaluate import evaluate_model
+from lmops.tasks.finetune import finetune
+from lmops.tasks.predict import load_classifier, predict_logits
+
+SEQ = KINDS["sequence"]
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -34,17 +39,17 @@ def test_reloaded_model_predicts_identically(lora_run):
     import pandas as pd
 
     texts = pd.read_parquet(data / "test.parquet")["text"].tolist()
-    model, tok = load_classifier(s.model_dir, LABELS)
-    a = predict_logits(model, tok, texts, fp.max_length, 32)
-    model2, tok2 = load_classifier(s.model_dir, LABELS)
-    b = predict_logits(model2, tok2, texts, fp.max_length, 32)
+    model, tok = load_classifier(s.model_dir, LABELS, SEQ)
+    a = predict_logits(model, tok, texts, SEQ, LABELS, fp.max_length, 32)
+    model2, tok2 = load_classifier(s.model_dir, LABELS, SEQ)
+    b = predict_logits(model2, tok2, texts, SEQ, LABELS, fp.max_length, 32)
     torch.testing.assert_close(a, b)
     # the adapter + base reproduce the merged model's predictions
     from peft import PeftModel
 
-    base, _ = load_classifier(s.base_model, LABELS)
+    base, _ = load_classifier(s.base_model, LABELS, SEQ)
     peft_model = PeftModel.from_pretrained(base, s.adapter_dir)
-    c = predict_logits(peft_model, tok, texts, fp.max_length, 32)
+    c = predict_logits(peft_model, tok, texts, SEQ, LABELS, fp.max_length, 32)
     assert (a.argmax(-1) == c.argmax(-1)).all()
     torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
 
@@ -55,6 +60,16 @@ def test_full_finetune_beats_chance_on_validation(tiny_lm, ingested, tmp_path):
     s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, p.finetune, 0, tmp_path, progress=False)
     assert s.method == "full" and s.trainable_params == s.total_params
     assert s.history[-1]["train_loss"] < s.history[0]["train_loss"]
+    # against the majority-class baseline on the same validation rows, recomputed here from the saved model
+    import pandas as pd
+
+    val = pd.read_parquet(data / "validation.parquet")
+    majority = val["label"].value_counts().idxmax()
+    baseline = f1_score(val["label"], [majority] * len(val), labels=LABELS, average="macro", zero_division=0)
+    logits = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), val["text"].tolist(), SEQ, LABELS, p.finetune.max_length, 64)
+    ours = f1_score(val["label"], [LABELS[i] for i in logits.argmax(-1).tolist()], labels=LABELS, average="macro", zero_division=0)
+    assert ours == pytest.approx(s.val_macro_f1, abs=1e-3)  # the saved model is the best epoch's
+    assert ours > baseline + 0.15, (ours, baseline)
 
 
 def test_local_metric_module_matches_sklearn():
@@ -70,9 +85,22 @@ def test_local_metric_module_matches_sklearn():
 
 def test_evaluate_writes_report_plot_and_predictions(lora_run, tmp_path):
     s, fp, data = lora_run
-    r = evaluate_model(Path(s.model_dir), data / "test.parquet", LABELS, fp.max_length, 64, tmp_path, title="t")
-    assert 0 <= r.macro_f1 <= 1 and r.n == len(json.loads(Path(r.metrics_path).read_text())["confusion_matrix"]) * 0 + r.n
-    assert sum(map(sum, r.report["confusion_matrix"])) == r.n
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", LABELS, fp.max_length, 64, tmp_path, SEQ, title="t")
+    import pandas as pd
+    from sklearn.metrics import accuracy_score
+
+    test = pd.read_parquet(data / "test.parquet")
+    pred = pd.read_parquet(r.predictions_path)
+    assert pred["id"].tolist() == test["id"].tolist() and pred["label"].tolist() == test["label"].tolist() and r.n == len(test)
+    # the reported figures are those of the predictions written beside them, recomputed independently
+    assert r.accuracy == pytest.approx(accuracy_score(pred["label"], pred["prediction"]), abs=1e-6)
+    assert r.macro_f1 == pytest.approx(f1_score(pred["label"], pred["prediction"], labels=LABELS, average="macro", zero_division=0), abs=1e-6)
+    saved = json.loads(Path(r.metrics_path).read_text())
+    assert saved["accuracy"] == pytest.approx(r.accuracy) and sum(map(sum, saved["confusion_matrix"])) == r.n
+    # and the predictions are the model's: the argmax of a fresh forward pass
+    logits = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), test["text"].tolist(), SEQ, LABELS, fp.max_length, 32)
+    assert pred["prediction"].tolist() == [LABELS[i] for i in logits.argmax(-1).tolist()]
+    assert pred["confidence"].tolist() == pytest.approx(logits.softmax(-1).max(-1).values.tolist(), abs=1e-5)
     md = Path(r.report_path).read_text()
     assert "| negative |" in md and "macro avg" in md
     assert Path(r.confusion_plot).read_bytes()[:4] == b"\x89PNG"
@@ -93,7 +121,7 @@ def test_calibration_module_ece():
 def test_bootstrap_diff_sees_a_real_improvement_and_not_noise():
     import numpy as np
 
-    from tasks.evaluate import bootstrap_diff
+    from lmops.metrics import bootstrap_diff
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 400).tolist()
@@ -109,7 +137,7 @@ def test_entity_bootstrap_resamples_sentences_and_scores_spans_like_seqeval():
     import numpy as np
     from seqeval.metrics import accuracy_score, f1_score
 
-    from tasks.evaluate import bootstrap_diff_entities
+    from lmops.metrics import bootstrap_diff_entities
 
     rng = np.random.default_rng(0)
     refs = [["B-ORG", "I-ORG", "O", "B-PER", "O", "B-LOC"] for _ in range(150)]
@@ -140,7 +168,7 @@ def test_evaluation_report_has_ece_and_slices(lora_run, tmp_path):
     test = pd.read_parquet(data / "test.parquet")
     test.loc[test.index[: len(test) // 2], "source"] = "other"
     test.to_parquet(tmp_path / "two_sources.parquet", index=False)
-    r = evaluate_model(Path(s.model_dir), tmp_path / "two_sources.parquet", LABELS, fp.max_length, 64, tmp_path / "ev")
+    r = evaluate_model(Path(s.model_dir), tmp_path / "two_sources.parquet", LABELS, fp.max_length, 64, tmp_path / "ev", SEQ)
     assert 0 <= r.ece <= 1 and set(r.report["slices"]) == {"sentfin", "other"}
     assert sum(v["n"] for v in r.report["slices"].values()) == r.n
     assert "slice `other`" in Path(r.report_path).read_text()
@@ -156,8 +184,8 @@ def test_other_peft_methods_train_save_and_reload_identically(method, tiny_lm, i
     s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path, progress=False)
     assert s.method == method and 0 < s.trainable_params < s.total_params
     texts = pd.read_parquet(data / "test.parquet")["text"].tolist()[:40]
-    a = predict_logits(*load_classifier(s.model_dir, LABELS), texts, fp.max_length, 16)
-    b = predict_logits(*load_classifier(s.model_dir, LABELS), texts, fp.max_length, 16)
+    a = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), texts, SEQ, LABELS, fp.max_length, 16)
+    b = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), texts, SEQ, LABELS, fp.max_length, 16)
     torch.testing.assert_close(a, b)
 
 
@@ -176,7 +204,7 @@ def test_language_model_perplexity_local_metric_and_cli(tiny_lm, ingested, proje
 
     from transformers import AutoModelForMaskedLM
 
-    from tasks.evaluate import evaluate_language_model, language_model_objective
+    from lmops.tasks.evaluate import evaluate_language_model, language_model_objective
     from tests.conftest import FIXTURES, run_cli
 
     _, pre, p = tiny_lm
@@ -188,7 +216,7 @@ def test_language_model_perplexity_local_metric_and_cli(tiny_lm, ingested, proje
     # an untrained copy of the same architecture is more perplexed (the session model saw only 12 steps)
     fresh = AutoModelForMaskedLM.from_config(AutoModelForMaskedLM.from_pretrained(pre.model_dir).config)
     fresh.save_pretrained(tmp_path / "fresh")
-    from tasks.tokenize import load_tokenizer
+    from lmops.models import load_tokenizer
 
     load_tokenizer(pre.model_dir).save_pretrained(tmp_path / "fresh")
     c = evaluate_language_model(tmp_path / "fresh", data, 32, 16, tmp_path / "c", seed=1)
@@ -199,3 +227,22 @@ def test_language_model_perplexity_local_metric_and_cli(tiny_lm, ingested, proje
     res = json.loads(out.stdout.strip().splitlines()[-1])
     # 150 tweets, one a near-duplicate of another (the same tweet with a t.co link appended)
     assert res["objective"] == "mlm" and res["texts"] == 149 and res["perplexity"] > 1
+
+
+def test_readback_refuses_a_logged_model_that_predicts_otherwise(lora_run, tmp_path, lmops_home):
+    """The register step reads the logged model back from the artifact store; if it does not reproduce the
+    evaluated predictions (a wrong file logged, a corrupted upload), nothing is registered."""
+    import pandas as pd
+
+    from lmops.errors import RegistryError
+    from lmops.tasks.readback import check_readback
+
+    s, fp, data = lora_run
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", LABELS, fp.max_length, 64, tmp_path / "ev", SEQ)
+    source = Path(s.model_dir).as_uri()
+    assert check_readback(source, Path(r.predictions_path), data / "test.parquet", LABELS, fp.max_length, tmp_path / "ok", SEQ) > 0
+    pred = pd.read_parquet(r.predictions_path)
+    flipped = pred.assign(prediction=[LABELS[(LABELS.index(x) + 1) % 3] for x in pred["prediction"]])
+    flipped.to_parquet(tmp_path / "other.parquet", index=False)
+    with pytest.raises(RegistryError, match=r"disagrees with the evaluated candidate on \d+/\d+ test rows"):
+        check_readback(source, tmp_path / "other.parquet", data / "test.parquet", LABELS, fp.max_length, tmp_path / "bad", SEQ)

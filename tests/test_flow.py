@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lmops.config import load_params
-from tasks import registry
+from lmops.tasks import registry
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def _flow_run_state(flow_run_id: str) -> str:
 
 
 def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home):
-    from flows.pipeline import pipeline
+    from lmops.flows.pipeline import pipeline
 
     good = load_params(project / "params.yaml")
     first = pipeline(params=good.to_dict(), project_root=str(project))
@@ -59,7 +59,7 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
 
 
 def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home):
-    from flows.pipeline import pipeline
+    from lmops.flows.pipeline import pipeline
     from lmops.errors import DataError
 
     bad = load_params(project / "params.yaml", overrides=["validate.min_labeled_rows=100000"])

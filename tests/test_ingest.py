@@ -5,7 +5,7 @@ import pytest
 
 from lmops.config import IngestParams, SourceParams
 from lmops.errors import UserError
-from tasks.ingest import chunk_text, ingest, normalize_text, parse_sentfin_decisions
+from lmops.tasks.ingest import chunk_text, ingest, normalize_text, parse_sentfin_decisions
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -61,6 +61,10 @@ def test_split_is_seeded(ingested, tmp_path):
     again = ingest(p.ingest, LABELS, tmp_path, p.project.seed)
     assert again.splits == json.loads((out / "summary.json").read_text())["splits"]
     assert pd.read_parquet(tmp_path / "test.parquet")["id"].tolist() == pd.read_parquet(out / "test.parquet")["id"].tolist()
+    # and the seed is what decides it: another seed gives another test split
+    other = ingest(p.ingest, LABELS, tmp_path / "other", p.project.seed + 1)
+    assert other.splits == again.splits
+    assert pd.read_parquet(tmp_path / "other" / "test.parquet")["id"].tolist() != pd.read_parquet(out / "test.parquet")["id"].tolist()
 
 
 def test_bad_csv_rows_are_quarantined_with_reasons(tmp_path):

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import registry
-from tasks.version import git_info, read_data_version, snapshot
+from lmops.tasks import registry
+from lmops.tasks.version import git_info, read_data_version, snapshot
 
 
 def _fake_model(tmp_path: Path) -> Path:

@@ -65,6 +65,40 @@ def test_lmops_run_cli_against_a_real_prefect_server(prefect_server, project, lm
         assert key in info and info[key] not in (None, ""), key
     assert info["flow_run_id"] == summary["flow_run_id"]
 
+    # the registered champion, by reference, scores the test split written out as a plain CSV exactly as the
+    # flow's evaluation did
+    import pandas as pd
+
+    pd.read_parquet(project / "data" / "test.parquet")[["text", "label"]].to_csv(project / "heldout.csv", index=False)
+    ev = run_cli("evaluate", "finance-sentiment@champion", "--data", "heldout.csv", "--json", cwd=project, env=env)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    scored = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert scored["macro_f1"] == pytest.approx(summary["metrics"]["macro_f1"], abs=1e-6) and scored["n"] == len(pd.read_csv(project / "heldout.csv"))
+
+    # promote / rollback / compare through the CLI, each recorded
+    from lmops.tasks import registry
+    from tests.registry_helpers import fake_version
+
+    fake_version(project.parent / "v2", False, None, name="finance-sentiment")  # a second version, gated out
+    assert run_cli("promote", "finance-sentiment", "2", cwd=project, env=env).returncode == 2  # --reason is required
+    pr = run_cli("promote", "finance-sentiment", "2", "--reason", "risk sign-off", "--json", cwd=project, env=env)
+    assert pr.returncode == 0, pr.stderr[-2000:]
+    assert json.loads(pr.stdout.strip().splitlines()[-1])["to_version"] == "2" and registry.show("finance-sentiment@champion")["version"] == 2
+    rb = run_cli("rollback", "finance-sentiment", "--reason", "v2 misbehaves", "--json", cwd=project, env=env)
+    assert rb.returncode == 0 and registry.show("finance-sentiment@champion")["version"] == 1
+    assert [e["action"] for e in registry.history("finance-sentiment")] == ["promote (gate)", "promote (manual)", "rollback"]
+    cmp = run_cli("compare", "finance-sentiment@1", "finance-sentiment@2", "--json", cwd=project, env=env)
+    both = json.loads(cmp.stdout.strip().splitlines()[-1])
+    assert both["metrics"]["macro_f1"][0] == pytest.approx(summary["metrics"]["macro_f1"]) and both["metrics"]["macro_f1"][1] == 0.5
+
+    # exit codes of `lmops run`: bad data is 3 (nothing trained), an unreachable DVC remote is 4 (transient)
+    bad = run_cli("run", "validate.min_labeled_rows=100000", cwd=project, env=env)
+    assert bad.returncode == 3 and "data validation failed" in bad.stderr, bad.stderr[-2000:]
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "remote", "modify", "--local", "lmops-local", "url", "/proc/lmops-no-such-remote"],
+                   cwd=project, check=True, capture_output=True)
+    down = run_cli("run", "pretrain.max_steps=2", cwd=project, env=env)
+    assert down.returncode == 4 and "dvc push" in down.stderr, down.stderr[-2000:]
+
 
 def test_lmops_run_on_a_fresh_home_with_the_embedded_prefect_api(project, tmp_path):
     """What `make run` does on a new machine: no server, no state folder yet."""

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from lmops.config import PretrainParams, TokenizeParams
-from tasks.pretrain import lr_at, mask_tokens, pretrain
-from tasks.tokenize import load_tokenizer, pack_blocks, tokenize_corpus, train_tokenizer
+from lmops.tasks.lm import mask_tokens
+from lmops.tasks.pretrain import lr_at, pretrain
+from lmops.models import load_tokenizer
+from lmops.tasks.tokenize import pack_blocks, tokenize_corpus, train_tokenizer
 
 TEXTS = ["The Federal Reserve raised interest rates.", "Shares of Infosys fell sharply today."] * 50
 
@@ -101,7 +103,8 @@ def test_datasets_map_tokenization_streams_caches_and_matches_in_memory_packing(
     import numpy as np
     import pandas as pd
 
-    from tasks.tokenize import load_tokenizer, pack_blocks, tokenize_corpus
+    from lmops.models import load_tokenizer
+    from lmops.tasks.tokenize import pack_blocks, tokenize_corpus
 
     data, _, p = ingested
     corpus = data / "corpus.parquet"
@@ -125,7 +128,7 @@ def test_datasets_map_tokenization_streams_caches_and_matches_in_memory_packing(
 def test_tokenize_cache_is_bounded_least_recently_used_first(ingested, tmp_path):
     import os
 
-    from tasks.tokenize import _cache_entries, prune_cache, tokenize_corpus
+    from lmops.tasks.tokenize import _cache_entries, prune_cache, tokenize_corpus
 
     data, _, p = ingested
     corpus, cache = data / "corpus.parquet", tmp_path / "cache"
@@ -156,8 +159,9 @@ def test_tokenize_cache_is_bounded_least_recently_used_first(ingested, tmp_path)
 def test_line_by_line_mode_pads_and_pretraining_masks_the_padding(ingested, tmp_path):
     import numpy as np
 
-    from tasks.pretrain import pretrain
-    from tasks.tokenize import load_tokenizer, tokenize_corpus
+    from lmops.tasks.pretrain import pretrain
+    from lmops.models import load_tokenizer
+    from lmops.tasks.tokenize import tokenize_corpus
 
     data, _, p = ingested
     tp = p.tokenize.model_copy(update={"packing": False})
@@ -173,13 +177,15 @@ def test_line_by_line_mode_pads_and_pretraining_masks_the_padding(ingested, tmp_
 def test_pipeline_checkpoints_are_keyed_so_a_rerun_resumes(tiny_lm, tmp_path, lmops_home):
     """The flow keeps checkpoints under $LMOPS_HOME/checkpoints/<data+params key>: a re-run after a kill
     (here: checkpoints left by an unfinished run) continues from the newest one."""
-    from tasks.pretrain import pretrain, resume_dir
+    from lmops.tasks.checkpoints import resume_dir, resume_key
+    from lmops.tasks.pretrain import pretrain
 
     tok, _, p = tiny_lm
     params = p.pretrain.model_copy(update={"max_steps": 8, "checkpoint_every": 3})
-    ckpt = resume_dir("data-key", params, 0)
-    assert ckpt == resume_dir("data-key", params, 0) != resume_dir("other-data", params, 0)
-    assert resume_dir("data-key", params.model_copy(update={"lr": 1e-4}), 0) != ckpt
+    ckpt = resume_dir(resume_key("data-key", params, 0))
+    assert ckpt == resume_dir(resume_key("data-key", params, 0)) != resume_dir(resume_key("other-data", params, 0))
+    assert resume_dir(resume_key("data-key", params.model_copy(update={"lr": 1e-4}), 0)) != ckpt
+    assert resume_dir(resume_key("data-key", params, 1)) != ckpt
     first = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params, 0, tmp_path / "run1", progress=False, checkpoint_dir=ckpt)
     assert first.resumed_from_step is None and sorted(x.name for x in ckpt.glob("step-*")) == ["step-00000003", "step-00000006"]
     again = pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params, 0, tmp_path / "run2", progress=False, checkpoint_dir=ckpt)

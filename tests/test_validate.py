@@ -3,7 +3,7 @@ import pytest
 
 from lmops.config import ValidateParams
 from lmops.errors import DataError
-from tasks.validate import validate_frames, validate_snapshot
+from lmops.tasks.validate import validate_frames, validate_snapshot
 
 
 def test_ingested_snapshot_passes(ingested, tmp_path):

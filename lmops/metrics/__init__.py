@@ -1,9 +1,97 @@
-"""The project's own `evaluate` metric modules, loadable offline by file path."""
+"""The project's own `evaluate` metric modules, loadable offline by file path, and the score functions
+every task kind reports through (one place, so a kind's report and a bootstrap agree)."""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 METRICS_DIR = Path(__file__).parent
 
 
 def metric_path(name: str) -> str:
     return str(METRICS_DIR / f"{name}.py")
+
+
+def classification_report(predictions: list[int], references: list[int], labels: list[str]) -> dict[str, Any]:
+    import evaluate
+
+    return evaluate.load(metric_path("classification_report")).compute(predictions=predictions, references=references, labels=labels)
+
+
+def seqeval_scores(refs: list[list[int]], preds: list[list[int]], labels: list[str]) -> dict[str, Any]:
+    """Entity-level NER report from tag ids (``labels`` maps ids to IOB2 tags)."""
+    import evaluate
+
+    return evaluate.load(metric_path("seqeval_report")).compute(
+        predictions=[[labels[j] for j in p] for p in preds], references=[[labels[j] for j in r] for r in refs])
+
+
+def calibration(probs, refs: list[int]) -> dict[str, Any]:
+    import evaluate
+
+    conf = probs.max(-1).values.tolist()
+    correct = [int(p == r) for p, r in zip(probs.argmax(-1).tolist(), refs)]
+    return evaluate.load(metric_path("calibration")).compute(confidences=conf, correct=correct)
+
+
+def macro_f1(y_true: list[int], y_pred: list[int], n_labels: int) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=list(range(n_labels)), average="macro", zero_division=0))
+
+
+def bootstrap_diff(refs: list[int], pred_a: list[int], pred_b: list[int], labels: list[str], n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap over test rows: (b − a) for accuracy and macro-F1 with a 95% interval."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    y, a, b = (np.asarray(v) for v in (refs, pred_a, pred_b))
+    ids = list(range(len(labels)))
+
+    def scores(idx):
+        return (float((b[idx] == y[idx]).mean() - (a[idx] == y[idx]).mean()),
+                float(f1_score(y[idx], b[idx], labels=ids, average="macro", zero_division=0) - f1_score(y[idx], a[idx], labels=ids, average="macro", zero_division=0)))
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([scores(rng.integers(0, len(y), len(y))) for _ in range(n)])
+    point = scores(np.arange(len(y)))
+    out = {}
+    for j, name in enumerate(("accuracy", "macro_f1")):
+        lo, hi = np.percentile(draws[:, j], [2.5, 97.5])
+        out[name] = {"diff": round(point[j], 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "p_b_not_better": round(float((draws[:, j] <= 0).mean()), 4)}
+    out["n_test"], out["n_bootstrap"] = len(y), n
+    return out
+
+
+def bootstrap_diff_entities(refs: list[list[str]], pred_a: list[list[str]], pred_b: list[list[str]], n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """NER: paired bootstrap over sentences of (b − a) for entity micro-F1 (seqeval's exact spans) and token
+    accuracy, with 95% intervals. Sentences are resampled whole, so the spans inside one stay together."""
+    import numpy as np
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    def counts(pred: list[list[str]]) -> np.ndarray:  # per sentence: true positives, predicted, gold, correct tags, tags
+        rows = []
+        for r, p in zip(refs, pred):
+            gold, found = set(get_entities(r)), set(get_entities(p))
+            rows.append((len(gold & found), len(found), len(gold), sum(x == y for x, y in zip(r, p)), len(r)))
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+    ca, cb = counts(pred_a), counts(pred_b)
+
+    def scores(idx) -> tuple[float, float]:
+        out = []
+        for c in (cb, ca):
+            tp, found, gold, right, tags = c[idx].sum(0)
+            out.append((2 * tp / (found + gold) if found + gold else 0.0, right / tags if tags else 0.0))
+        return out[0][0] - out[1][0], out[0][1] - out[1][1]
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([scores(rng.integers(0, len(refs), len(refs))) for _ in range(n)])
+    point = scores(np.arange(len(refs)))
+    out: dict[str, Any] = {}
+    for j, name in enumerate(("micro_f1", "accuracy")):
+        lo, hi = np.percentile(draws[:, j], [2.5, 97.5])
+        out[name] = {"diff": round(point[j], 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "p_b_not_better": round(float((draws[:, j] <= 0).mean()), 4)}
+    out["n_test"], out["n_bootstrap"], out["unit"] = len(refs), n, "sentence"
+    return out

@@ -1,4 +1,4 @@
-"""Prefect task wrappers around `tasks/` plus the artifacts people look at in the UI.
+"""Prefect task wrappers around the stage functions (`tasks/stages.py`) plus the artifacts people look at in the UI.
 
 Retries apply only to TransientError (a remote, a lock); user and data errors fail at once.
 """
@@ -25,7 +25,7 @@ def only_transient(task_obj, task_run, state) -> bool:
     return False
 
 
-def stage(fn=None, *, retries: int = 0, name: str | None = None):
+def step(fn=None, *, retries: int = 0, name: str | None = None):
     """``@task`` with the project's defaults: no result persistence/caching of big local objects."""
 
     def wrap(f):
@@ -43,5 +43,6 @@ def png_markdown(path: str | Path, caption: str) -> str:
     return f"![{caption}](data:image/png;base64,{data})\n\n`{path}`\n"
 
 
-def publish(key: str, markdown: str, description: str) -> None:
+def artifact(key: str, markdown: str, description: str) -> None:
+    """A markdown artifact on the flow run (the Prefect UI's Artifacts tab)."""
     create_markdown_artifact(key=key, markdown=markdown, description=description)

@@ -1,0 +1,172 @@
+"""What every task kind provides. The defaults are those of sentence classification (one label per
+text); a kind overrides what differs. Heavy libraries are imported inside the methods."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TaskKind:
+    """One kind of supervised task: its inputs, targets, head, prediction, metrics, GX expectations and
+    the shape of its ingested rows. Registered in ``lmops.kinds.KINDS`` by ``name``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # Labeled sources of this kind must have this format (None: any format no other kind owns).
+    labeled_format: ClassVar[str | None] = None
+    # This kind is the only one that can read ``labeled_format`` (its rows carry what others can't use).
+    owns_format: ClassVar[bool] = False
+    # Class-weighted loss when finetune.class_weighting is on.
+    class_weighting: ClassVar[bool] = True
+    soft_prompts: ClassVar[bool] = True  # prompt / prefix tuning apply
+    label_drift: ClassVar[bool] = True  # the label mix can be compared with the previous data version
+    selection_metric: ClassVar[str] = "macro_f1"  # early stopping on validation
+
+    # --- params --------------------------------------------------------------------------------------
+    def check_params(self, labeled_formats: list[str], method: str, owners: dict[str, "TaskKind"]) -> list[str]:
+        """Cross-field problems between finetune.task and the rest of params, each naming the key to fix."""
+        errors = []
+        if self.labeled_format and any(f != self.labeled_format for f in labeled_formats):
+            errors.append(f"finetune.task is {self.name} ({self.description}), which reads {self.labeled_format} sources: "
+                          f"every labeled source needs format: {self.labeled_format}")
+        for fmt in sorted(set(labeled_formats)):
+            owner = owners.get(fmt)
+            if owner is not None and owner is not self:
+                errors.append(f"a {fmt} source carries {owner.carries}, but finetune.task is {self.name!r}: set finetune.task: {owner.name}")
+        if not self.soft_prompts and method in {"prompt", "prefix"}:
+            errors.append(f"finetune.method prompt/prefix is for sequence tasks; use full, lora or ia3 for {self.description}")
+        return errors
+
+    carries: ClassVar[str] = ""  # what an owned format's rows hold, for the error message
+
+    # --- ingest --------------------------------------------------------------------------------------
+    def labeled_rows(self, item, src, params, labels: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
+        """(reason to quarantine, []) or (None, rows) for one labeled source record."""
+        from lmops.text import normalize_text
+
+        text = normalize_text(item.text)
+        if len(text) < params.min_chars:
+            return f"text shorter than ingest.min_chars={params.min_chars} ({len(text)} chars)", []
+        if len(text) > params.max_chars:
+            return f"labeled text longer than ingest.max_chars={params.max_chars} ({len(text)} chars)", []
+        return self.rows(item, src, text, labels, {"source": src.name, "date": item.date})
+
+    def rows(self, item, src, text: str, labels: list[str], base: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+        import json
+
+        if item.label is None:
+            if item.entities:
+                return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
+            return "missing label", []
+        raw = str(item.label).strip()
+        label = self.map_label(src, raw)
+        if label not in labels:
+            return f"unknown label {raw!r}: map it in ingest.sources[{src.name}].label_map or add it to validate.labels {labels}", []
+        entities = json.dumps(item.entities, sort_keys=True) if item.entities else None
+        return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
+
+    @staticmethod
+    def map_label(src, raw: str) -> str:
+        """A source's raw label (or tag) through its ``label_map``; unmapped values pass as they are."""
+        return src.label_map.get(raw, raw)
+
+    def split_groups(self, frame):
+        """Rows that must land in the same split (a Series aligned with ``frame``), or None."""
+        return None
+
+    def label_values(self, labels):
+        """Every label occurrence in a ``label`` column (a pandas Series), for counts and set checks."""
+        return labels
+
+    def eval_file_format(self, by_suffix: str) -> str:
+        """The ingest format of a user's ``--data`` file for this kind (default: from its suffix)."""
+        return by_suffix
+
+    # --- validation (Great Expectations) -------------------------------------------------------------
+    def expectations(self, E, p, drift: list) -> list:
+        """Label expectations of this kind, after the shared text/row ones."""
+        return [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
+                E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)] + drift
+
+    # --- model ---------------------------------------------------------------------------------------
+    def auto_model(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def peft_task_type(self):
+        from peft import TaskType
+
+        return TaskType.SEQ_CLS
+
+    def inputs(self, frame) -> list:
+        """Model inputs of a labeled frame."""
+        return frame["text"].tolist()
+
+    def targets(self, frame, labels: list[str]) -> list:
+        """Label ids per row."""
+        index = {l: i for i, l in enumerate(labels)}
+        return [index[l] for l in frame["label"]]
+
+    def encode(self, tokenizer, inputs: list, max_length: int):
+        return tokenizer(inputs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+    def batch_loss(self, loss_fn, logits, enc, targets: list):
+        import torch
+
+        return loss_fn(logits, torch.as_tensor(targets, dtype=torch.long))
+
+    def lengths(self, inputs: list) -> list[int]:
+        return [len(str(x)) for x in inputs]
+
+    # --- prediction ----------------------------------------------------------------------------------
+    def fill_index(self, labels: list[str]) -> int:
+        """The label given to what the model could not see (truncated words)."""
+        return 0
+
+    def batch_logits(self, enc, logits, batch: list, fill: int) -> list:
+        """One batch's logits as units for ``stack`` (here: the batch tensor; token kinds: one per sentence)."""
+        return [logits]
+
+    def stack(self, units: list, num_labels: int):
+        """All batches' units as the kind's logits: one [n, labels] tensor here."""
+        import torch
+
+        return torch.cat(units) if units else torch.zeros((0, num_labels))
+
+    def decode(self, logits, labels: list[str]) -> tuple[list[str], list[float]]:
+        """Predicted label per row and its confidence."""
+        probs = logits.softmax(-1)
+        return [labels[j] for j in probs.argmax(-1).tolist()], probs.max(-1).values.tolist()
+
+    # --- metrics -------------------------------------------------------------------------------------
+    def validation_score(self, logits, targets: list, labels: list[str], loss_fn) -> dict[str, float]:
+        """Validation loss, macro-F1 and the early-stopping score (``select``)."""
+        import torch
+
+        from lmops.metrics import macro_f1
+
+        val_loss = float(loss_fn(logits, torch.as_tensor(targets, dtype=torch.long))) if len(targets) else float("nan")
+        f1 = macro_f1(targets, logits.argmax(-1).tolist(), len(labels))
+        return {"val_loss": val_loss, "macro": f1, "select": f1}
+
+    def report(self, logits, refs: list, labels: list[str]) -> tuple[dict[str, Any], list[str], list[float], Any]:
+        """(report, predicted label text, confidence, scorer of a row subset) for an evaluation."""
+        from lmops.metrics import calibration, classification_report
+
+        probs = logits.softmax(-1)
+        preds = probs.argmax(-1).tolist()
+        report = classification_report(preds, refs, labels)
+        report["calibration"] = calibration(probs, refs)
+
+        def score(idx):
+            return classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)
+
+        return report, [labels[p] for p in preds], probs.max(-1).values.tolist(), score
+
+    def paired_bootstrap(self, refs_text: list[str], preds_a: list[str], preds_b: list[str], labels: list[str], seed: int) -> dict[str, Any]:
+        """(b − a) with 95% intervals over resampled test rows."""
+        from lmops.metrics import bootstrap_diff
+
+        index = {l: i for i, l in enumerate(labels)}
+        return bootstrap_diff([index[x] for x in refs_text], [index[x] for x in preds_a], [index[x] for x in preds_b], labels, n=1000, seed=seed)

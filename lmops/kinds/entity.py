@@ -1,0 +1,53 @@
+"""Entity-targeted sentiment: one label per (entity, headline) pair, read from SEntFiN's entity labels.
+The model sees ``[CLS] entity [SEP] headline [SEP]``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmops.kinds.base import TaskKind
+
+
+class EntityKind(TaskKind):
+    name = "entity"
+    description = "entity-targeted sentiment"
+    labeled_format = "sentfin"
+
+    def rows(self, item, src, text: str, labels: list[str], base: dict[str, Any]):
+        """One row per (headline, entity); the pair is kept in ``entities`` as {entity: label}."""
+        from lmops.text import normalize_text
+
+        if not item.entities:
+            return "no entity labels: the entity task needs (text, entity, label) triples", []
+        rows = []
+        for k, (entity, raw) in enumerate(sorted(item.entities.items())):
+            label = self.map_label(src, raw)
+            if label not in labels:
+                return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
+            if not normalize_text(entity):
+                return f"empty entity name (labelled {raw!r})", []
+            rows.append({**base, "id": f"{src.name}:{item.row}:{k}", "text": text, "label": label,
+                         "entities": json.dumps({normalize_text(entity): label})})
+        return None, rows
+
+    def split_groups(self, frame):
+        # rows of one headline share an id prefix: no headline is in two splits
+        return frame["id"].str.rsplit(":", n=1).str[0]
+
+    def eval_file_format(self, by_suffix: str) -> str:
+        return "sentfin"  # entity labels come as SEntFiN's Title + Decisions columns
+
+    def expectations(self, E, p, drift: list) -> list:
+        # a headline appears once per entity: the (text, entity) pair is what must be unique
+        return [E.ExpectColumnValuesToBeInSet(column="label", value_set=list(p.labels)),
+                E.ExpectColumnValuesToNotBeNull(column="entities"),
+                E.ExpectCompoundColumnsToBeUnique(column_list=["text", "entities"], mostly=p.mostly)] + drift
+
+    def inputs(self, frame) -> list:
+        return [(next(iter(json.loads(e))), t) for e, t in zip(frame["entities"], frame["text"])]
+
+    def encode(self, tokenizer, inputs: list, max_length: int):
+        # [CLS] entity [SEP] headline [SEP]: the headline is cut, never the entity
+        return tokenizer([e for e, _ in inputs], [t for _, t in inputs], truncation="only_second", max_length=max_length,
+                         padding=True, return_tensors="pt")

@@ -1,0 +1,158 @@
+"""Token classification (NER): one IOB2 tag per word, read from CoNLL files. A word's tag sits on its
+first sub-token; the rest and the special tokens are ignored (-100). Metrics are seqeval's
+entity-level scores over exact spans."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lmops.kinds.base import TaskKind
+
+
+class TokenKind(TaskKind):
+    name = "token"
+    description = "token classification (NER)"
+    labeled_format = "conll"
+    owns_format = True
+    carries = "word tags"
+    class_weighting = False  # "O" dominates; weighting it down costs precision
+    soft_prompts = False
+    label_drift = False  # labels are tag sequences
+    selection_metric = "micro_f1"  # entity-level micro F1: rare types make macro noisy
+
+    # --- ingest --------------------------------------------------------------------------------------
+    def labeled_rows(self, item, src, params, labels: list[str]):
+        """A CoNLL sentence: normalize word by word (the tags must stay aligned), check every tag."""
+        from lmops.text import normalize_text
+
+        if item.tags is None:
+            return f"no word tags: the token task reads CoNLL files (format: conll), not {src.format}", []
+        words = [normalize_text(w) for w in item.words or []]
+        empty = [i + 1 for i, w in enumerate(words) if not w or " " in w]
+        if empty:
+            return f"word {empty[0]} is empty or contains whitespace after normalization", []
+        tags = [self.map_label(src, t) for t in item.tags]
+        unknown = sorted(set(tags) - set(labels))
+        if unknown:
+            return f"unknown tag(s) {unknown}: add them to validate.labels {labels} or map them in ingest.sources[{src.name}].label_map", []
+        return None, [{"source": src.name, "date": item.date, "id": f"{src.name}:{item.row:06d}", "text": " ".join(words),
+                       "label": " ".join(tags), "entities": None}]
+
+    def label_values(self, labels):
+        return labels.str.split().explode()
+
+    def eval_file_format(self, by_suffix: str) -> str:
+        return "conll"  # NER files are CoNLL columns whatever their suffix
+
+    def expectations(self, E, p, drift: list) -> list:
+        # one tag per word, each from the label set
+        tag = "(?:" + "|".join(re.escape(t) for t in sorted(p.labels, key=len, reverse=True)) + ")"
+        return [E.ExpectColumnValuesToMatchRegex(column="label", regex=f"^{tag}(?: {tag})*$"),
+                E.ExpectColumnValuesToBeUnique(column="text", mostly=p.mostly)]
+
+    # --- model ---------------------------------------------------------------------------------------
+    def auto_model(self):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
+
+    def peft_task_type(self):
+        from peft import TaskType
+
+        return TaskType.TOKEN_CLS
+
+    def inputs(self, frame) -> list:
+        return [t.split(" ") for t in frame["text"]]
+
+    def targets(self, frame, labels: list[str]) -> list:
+        index = {l: i for i, l in enumerate(labels)}
+        return [[index[t] for t in tags.split(" ")] for tags in frame["label"]]
+
+    def encode(self, tokenizer, inputs: list, max_length: int):
+        return tokenizer(inputs, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+    def batch_loss(self, loss_fn, logits, enc, targets: list):
+        return loss_fn(logits.flatten(0, 1), align_tags(enc, targets).flatten())
+
+    def lengths(self, inputs: list) -> list[int]:
+        return [len(x) for x in inputs]
+
+    # --- prediction ----------------------------------------------------------------------------------
+    def fill_index(self, labels: list[str]) -> int:
+        return labels.index("O") if "O" in labels else 0
+
+    def batch_logits(self, enc, logits, batch: list, fill: int) -> list:
+        """Per-word logits from the first sub-token of each word; words cut by max_length get ``fill``."""
+        import torch
+
+        rows = []
+        for i, words in enumerate(batch):
+            word = torch.zeros((len(words), logits.shape[-1]))
+            word[:, fill] = 1.0
+            prev = None
+            for pos, w in enumerate(enc.word_ids(i)):
+                if w is not None and w != prev:
+                    word[w] = logits[i, pos]
+                prev = w
+            rows.append(word)
+        return rows
+
+    def stack(self, units: list, num_labels: int):
+        return list(units)
+
+    def decode(self, logits, labels: list[str]) -> tuple[list[str], list[float]]:
+        probs = [l.softmax(-1) for l in logits]
+        return ([" ".join(labels[j] for j in p.argmax(-1).tolist()) for p in probs],
+                [float(p.max(-1).values.mean()) if len(p) else 1.0 for p in probs])
+
+    # --- metrics -------------------------------------------------------------------------------------
+    def validation_score(self, logits, targets: list, labels: list[str], loss_fn) -> dict[str, float]:
+        import torch
+
+        from lmops.metrics import seqeval_scores
+
+        flat = torch.cat(logits) if logits else torch.zeros((0, len(labels)))
+        gold = [t for tags in targets for t in tags]
+        val_loss = float(loss_fn(flat, torch.as_tensor(gold, dtype=torch.long))) if gold else float("nan")
+        scores = seqeval_scores(targets, [l.argmax(-1).tolist() for l in logits], labels)
+        return {"val_loss": val_loss, "macro": scores["macro_f1"], "select": scores["micro_f1"], "entity_f1": scores["micro_f1"]}
+
+    def report(self, logits, refs: list, labels: list[str]) -> tuple[dict[str, Any], list[str], list[float], Any]:
+        import torch
+        from sklearn.metrics import confusion_matrix
+
+        from lmops.metrics import calibration, seqeval_scores
+
+        preds = [l.argmax(-1).tolist() for l in logits]
+        report = seqeval_scores(refs, preds, labels)
+        flat_probs = torch.cat(logits).softmax(-1) if logits else torch.zeros((0, len(labels)))
+        flat_refs = [t for r in refs for t in r]
+        report["confusion_matrix"] = confusion_matrix(flat_refs, flat_probs.argmax(-1).tolist(), labels=list(range(len(labels)))).tolist()
+        report["calibration"] = calibration(flat_probs, flat_refs)  # per word
+
+        def score(idx):
+            return seqeval_scores([refs[i] for i in idx], [preds[i] for i in idx], labels)
+
+        text, confidence = self.decode(logits, labels)
+        return report, text, confidence, score
+
+    def paired_bootstrap(self, refs_text, preds_a, preds_b, labels, seed: int) -> dict[str, Any]:
+        """Tag sequences: resample sentences, score entity spans."""
+        from lmops.metrics import bootstrap_diff_entities
+
+        return bootstrap_diff_entities([x.split() for x in refs_text], [x.split() for x in preds_a], [x.split() for x in preds_b], n=1000, seed=seed)
+
+
+def align_tags(enc, tag_ids: list[list[int]]):
+    """Sub-token labels: a word's tag on its first sub-token, -100 (ignored) on the rest and on specials."""
+    import torch
+
+    out = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
+    for i, tags in enumerate(tag_ids):
+        prev = None
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and w != prev:
+                out[i, pos] = tags[w]
+            prev = w
+    return out

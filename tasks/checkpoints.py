@@ -1,0 +1,119 @@
+"""Pretraining checkpoints: atomic (written to a temporary folder, ``state.json`` last, then renamed),
+pruned to the newest few, sharded under FSDP (each rank writes and reads only its own shards), and keyed
+by data + params so a re-run of the same inputs resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from lmops.config import PretrainParams
+from lmops.errors import UserError
+
+
+def resume_key(tokenized_key: str, params: PretrainParams, seed: int) -> str:
+    """A pretraining's identity: the tokenized data (its cache key) and the params. The same key resumes."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([tokenized_key, params.model_dump(mode="json"), seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_dir(key: str) -> Path:
+    """Where the pipeline keeps the checkpoints of pretraining ``key`` (:func:`resume_key`), so re-running a
+    killed flow with the same inputs resumes instead of starting over."""
+    from lmops.env import lmops_home
+
+    return lmops_home() / "checkpoints" / f"pretrain-{key}"
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.json").exists()) if ckpt_dir.exists() else []
+    return done[-1] if done else None
+
+
+def _publish(tmp: Path, final: Path, ckpt_dir: Path, state: dict, keep: int) -> Path:
+    """Mark ``tmp`` complete (state.json last, everything fsynced), rename it into place, prune old ones."""
+    (tmp / "state.json").write_text(json.dumps(state))  # written last: its presence marks a complete checkpoint
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(p for p in ckpt_dir.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_dir.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int) -> Path:
+    """Write to a temp folder, then rename: a kill at any point leaves either no checkpoint or a whole one."""
+    import torch
+    from safetensors.torch import save_model
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings/decoder weights
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    return _publish(tmp, ckpt_dir / f"step-{step:08d}", ckpt_dir, state, keep)
+
+
+def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, opt, state: dict, keep: int, rank: int) -> Path:
+    """FSDP: every rank writes its own shards (torch.distributed.checkpoint), so no process ever holds the
+    whole model or optimizer state; rank 0 then publishes the folder atomically. Collective: all ranks call it.
+    ``ckpt_dir`` must be one folder all ranks see (a shared file system across nodes)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = ckpt_dir / f".tmp-step-{step:08d}-sharded"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    torch.distributed.barrier()
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "shards"))
+    torch.distributed.barrier()  # every rank's files are written
+    final = ckpt_dir / f"step-{step:08d}"
+    if rank == 0:
+        _publish(tmp, final, ckpt_dir, state, keep)
+    torch.distributed.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, model, opt, sharded: bool = False) -> dict:
+    import torch
+    from safetensors.torch import load_model
+
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        if not (path / "shards").exists():
+            raise UserError(f"{path} was written without FSDP; resume it with pretrain.distributed: ddp")
+        # each rank reads only its own shards into the sharded state dicts
+        model_state, optim_state = get_state_dict(model, opt)
+        both = {"model": model_state, "optim": optim_state}
+        dcp.load(both, checkpoint_id=str(path / "shards"))
+        set_state_dict(model, opt, model_state_dict=both["model"], optim_state_dict=both["optim"])
+    else:
+        if not (path / "model.safetensors").exists():
+            raise UserError(f"{path} was written by an FSDP run; resume it with pretrain.distributed: fsdp")
+        load_model(model, str(path / "model.safetensors"))
+        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+def state_digest(model, state: dict | None = None) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted((state if state is not None else model.state_dict()).items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

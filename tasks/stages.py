@@ -1,0 +1,147 @@
+"""One function per pipeline stage: params and a run folder in, a small typed summary out.
+
+The Prefect flow (``flows/pipeline.py``) and the CLI (``lmops/cli.py``) call these and nothing below
+them, so a stage behaves the same whichever way it runs. No Prefect here: artifacts, retries and
+events are the flow's business.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from lmops.config import Params
+from lmops.layout import RunLayout, Snapshot
+
+
+def ingest(p: Params, run: RunLayout):
+    """Read, normalize, quarantine and split the sources in params into ``run.data``."""
+    from lmops.tasks.ingest import ingest as ingest_sources
+
+    return ingest_sources(p.ingest, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
+
+
+def validate(p: Params, run: RunLayout, previous: Snapshot | None):
+    """Great Expectations over ``run.data``; ``previous`` is the data version it would replace (label drift)."""
+    from lmops.tasks.validate import validate_snapshot
+
+    return validate_snapshot(run.data.dir, p.validate_, run.validate, p.finetune.kind, previous_dir=previous.dir if previous else None)
+
+
+def version(run: RunLayout, root: Path):
+    """``run.data`` becomes ``root/data``, tracked by ``data.dvc`` and pushed to the DVC remote."""
+    from lmops.env import dvc_remote_dir
+    from lmops.tasks.version import snapshot
+
+    return snapshot(root, run.data.dir, dvc_remote_dir())
+
+
+def tokenize(p: Params, data: Snapshot, out: Path):
+    from lmops.tasks.tokenize import tokenize_corpus
+
+    return tokenize_corpus(data.corpus, p.tokenize, p.pretrain.objective, p.pretrain.base_model, out)
+
+
+def pretrain_key(p: Params, data: Snapshot) -> str:
+    """Identifies a pretraining by its inputs (corpus bytes, tokenizer and pretraining params, seed): the same
+    inputs resume the same checkpoints, from the flow and from ``lmops pretrain`` alike."""
+    from lmops.tasks.checkpoints import resume_key
+    from lmops.tasks.tokenize import cache_key
+
+    return resume_key(cache_key(data.corpus, p.tokenize, p.pretrain.objective, p.pretrain.base_model), p.pretrain, p.project.seed)
+
+
+def pretrain(p: Params, tok, out: Path, checkpoint_dir: Path | None = None):
+    from lmops.tasks.pretrain import pretrain as train_lm
+
+    return train_lm(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out, checkpoint_dir=checkpoint_dir)
+
+
+def finetune(p: Params, data: Snapshot, base: str, out: Path):
+    from lmops.tasks.finetune import finetune as train_head
+
+    return train_head(data.train, data.validation, base, p.validate_.labels, p.finetune, p.project.seed, out)
+
+
+def evaluate(p: Params, model_dir: str | Path, data_path: Path, out: Path, title: str):
+    from lmops.tasks.evaluate import evaluate_model
+
+    return evaluate_model(Path(model_dir), data_path, p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size, out,
+                          p.finetune.kind, title=title)
+
+
+def gate(p: Params, run: RunLayout, candidate):
+    """Score the current champion now on the same test split, then decide (``gate/decision.json``)."""
+    from lmops.tasks import registry
+    from lmops.tasks.gate import decide
+
+    champ = registry.get_version(p.register_.model_name, registry.CHAMPION)
+    champ_metrics = None
+    if champ is not None:
+        local = registry.download_model(champ.source, run.gate / "champion")
+        champ_metrics = evaluate(p, local, run.data.test, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split").headline()
+    decision = decide(candidate.headline(), champ_metrics, p.gate, str(champ.version) if champ else None)
+    run.gate.mkdir(parents=True, exist_ok=True)
+    run.gate_decision.write_text(json.dumps(decision.to_dict(), indent=2))
+    return decision
+
+
+def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, decision, flow_run_id: str = "", deployment_id: str = ""):
+    """Log the candidate to MLflow, read it back, register the version; move the champion if the gate said so."""
+    from lmops.tasks import registry
+    from lmops.tasks.modelcard import write_model_card
+    from lmops.tasks.readback import check_readback
+    from lmops.tasks.version import git_info
+
+    lineage = {
+        "data_version": data.md5,
+        "params_hash": p.hash(),
+        **{k: str(v).lower() if isinstance(v, bool) else str(v or "") for k, v in git_info(root).items()},
+        "flow_run_id": flow_run_id,
+        "deployment_id": deployment_id,
+        "parent_model": p.finetune.base_model or (pre.model_dir if pre else ""),
+        "finetune_method": ft.method,
+        "gate_promote": str(decision.promote).lower(),
+        "gate_reasons": json.dumps(decision.reasons),
+        "run_dir": str(run.root),
+        "validation": f"passed ({len(report.outcomes)}/{len(report.outcomes)} expectations)",
+    }
+    metrics = {**ev.headline(), **ev.extra(), "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params}
+    if pre:
+        metrics.update(pretrain_perplexity=pre.perplexity, pretrain_eval_loss=pre.eval_loss, pretrain_tokens_per_s=pre.tokens_per_s)
+    run.params_json.write_text(json.dumps(p.to_dict(), indent=2))
+    card = write_model_card(run.model_card, p.register_.model_name, lineage, metrics, p.to_dict(), Path(ev.report_path).read_text(),
+                            " ".join(["lmops", *sys.argv[1:]]), p.finetune.kind)
+    artifacts = {
+        "model": Path(ft.model_dir), "adapter": Path(ft.adapter_dir) if ft.adapter_dir else None, "evaluate": run.stage("evaluate"),
+        "validate": run.validate, "gate": run.gate_decision, "lineage": run.params_json, "model_card": card,
+        "plots": Path(ft.loss_plot), "pretrain": Path(pre.loss_plot) if pre else None,
+    }
+    run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts,
+                                            registry.training_curves(pre.history if pre else [], ft.history))
+    # Read the logged model back and make sure it predicts what we evaluated before registering it.
+    check_readback(source, Path(ev.predictions_path), run.data.test, p.validate_.labels, p.finetune.max_length, run.stage("readback"),
+                   p.finetune.kind)
+    return registry.register_version(p.register_.model_name, run_id, source, lineage, decision.promote, decision.champion_version,
+                                     description="\n".join(decision.reasons))
+
+
+def compare_bases(p: Params, data: Snapshot, run: RunLayout, domain_model: str, generic: str) -> dict:
+    """Does domain pretraining pay? The same fine-tuning from the generic base, both scored on the test
+    split, and the paired-bootstrap difference (domain − generic) with its 95% interval (the task kind
+    says what is resampled: rows, or sentences for NER)."""
+    import pandas as pd
+
+    from lmops.models import resolve_model_ref
+
+    g = finetune(p, data, resolve_model_ref(generic), run.stage("finetune-generic"))
+    results = {}
+    for name, model in (("domain", domain_model), ("generic", g.model_dir)):
+        r = evaluate(p, model, data.test, run.stage(f"evaluate-{name}"), f"{name} base on the test split")
+        results[name] = (r, pd.read_parquet(r.predictions_path))
+    refs = results["domain"][1]["label"].tolist()
+    diff = p.finetune.kind.paired_bootstrap(refs, results["generic"][1]["prediction"].tolist(), results["domain"][1]["prediction"].tolist(),
+                                            p.validate_.labels, p.project.seed)
+    return {"generic_base": generic, "domain": results["domain"][0].headline(), "generic": results["generic"][0].headline(),
+            "domain_minus_generic": diff}
