@@ -17,12 +17,15 @@ help:
 # The stamp depends on pyproject.toml so a dependency change reinstalls.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first: otherwise transformers/peft/accelerate resolve a multi-GB CUDA torch.
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	# torch first, through pip: it honours the machine's pip config (a local CPU wheel, an index for CUDA);
+	# otherwise transformers/peft/accelerate resolve a multi-GB CUDA torch.
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	# Pin whatever torch got installed, so nothing below can swap it.
 	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
+	# the rest through uv: the same resolution as pip, about 3x faster here (2 cores), which keeps
+	# `make test` on a fresh machine within its 10 minutes
+	$(BIN)/uv pip install -q --python $(BIN)/python -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $@
 
 setup-minilm: $(VENV)/.installed
@@ -35,15 +38,16 @@ setup: $(VENV)/.installed
 run: setup
 	$(BIN)/lmops run $(ARGS)
 
+# two workers on two cores (pytest-xdist; tests/conftest.py gives each torch process one thread)
 test: $(VENV)/.installed
-	bash .ci/pytest.sh $(PYTEST_ARGS)
+	bash .ci/pytest.sh -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # the tier the default run leaves out (marked slow); CI runs it after make test
 test-slow: $(VENV)/.installed
 	bash .ci/pytest.sh -m slow $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	bash .ci/pytest.sh -m "" $(PYTEST_ARGS)
+	bash .ci/pytest.sh -n 2 --dist loadfile -m "" $(PYTEST_ARGS)
 
 # CPU benchmarks as BENCHMARKS.md records them (an otherwise idle machine; one at a time)
 bench: setup-minilm

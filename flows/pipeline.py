@@ -33,6 +33,14 @@ def ingest(p: Params, run: RunLayout):
 
 
 @step
+def adopt(run: RunLayout, snapshot: str):
+    summary = stages.adopt(run, Snapshot(Path(snapshot)))
+    artifact("ingest-summary", f"Data taken unchanged from the snapshot `{snapshot}` (no sources read).\n\nsplits: {summary.splits} · "
+             f"corpus rows: {summary.corpus_rows}\n", "the run's data: an existing snapshot")
+    return summary
+
+
+@step
 def validate(p: Params, run: RunLayout, root: Path):
     try:
         # the previous data version is the snapshot data.dvc points at now, before this run replaces it
@@ -96,11 +104,14 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(params: dict[str, Any], project_root: str) -> dict[str, Any]:
-    """Ingest → validate → version → tokenize → pretrain → finetune → evaluate → gate → register."""
+def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = None) -> dict[str, Any]:
+    """Ingest → validate → version → tokenize → pretrain → finetune → evaluate → gate → register.
+
+    ``snapshot``: train on this existing data snapshot (e.g. one restored by ``lmops audit --restore``)
+    instead of ingesting the sources in params."""
     p, root, run = params_from_dict(params), Path(project_root), RunLayout(new_run_dir())
     try:
-        data_summary = ingest(p, run)
+        data_summary = adopt(run, snapshot) if snapshot else ingest(p, run)
         report = validate(p, run, root)
         data = version(run, root)
         pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None

@@ -1,6 +1,6 @@
 """lmops command line. Heavy libraries are imported inside each command so `lmops --help` is instant.
 
-    lmops run [--params FILE] [key.path=value ...] [--json]
+    lmops run [--params FILE] [--data SNAPSHOT_DIR] [key.path=value ...] [--json]
     lmops data ingest | pretrain | finetune [--base M] [--params FILE] [key=value ...] [--json]
     lmops evaluate MODEL [--data FILE] [--json]
     lmops models list [--json]
@@ -59,7 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmops.flows.pipeline import pipeline
     from lmops.env import lmops_home, mlflow_tracking_uri, project_root
 
-    summary = pipeline(params=params.to_dict(), project_root=str(project_root()))
+    # checked before the flow (and its API) starts: a wrong folder is a user error at once
+    snapshot = str(Snapshot(Path(args.data).resolve()).require().dir) if args.data else None
+    summary = pipeline(params=params.to_dict(), project_root=str(project_root()), snapshot=snapshot)
     if not args.json:
         m = summary["model"]
         verdict = "PROMOTED to champion" if summary["promoted"] else "not promoted (champion unchanged)"
@@ -354,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create local state and the DVC repo with its default remote")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
-    with_params(sub.add_parser("run", help="run the whole pipeline")).set_defaults(func=cmd_run)
+    p = with_params(sub.add_parser("run", help="run the whole pipeline"))
+    p.add_argument("--data", metavar="DIR", help="train on this data snapshot (a versioned data/ folder, e.g. restored by "
+                   "`lmops audit --restore`) instead of ingesting the sources in params")
+    p.set_defaults(func=cmd_run)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="registered models")

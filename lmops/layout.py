@@ -58,6 +58,18 @@ class Snapshot:
     def exists(self) -> bool:
         return self.train.is_file()
 
+    def missing(self) -> list[str]:
+        """Files a complete snapshot has and this folder lacks."""
+        return [p.name for p in (self.train, self.validation, self.test, self.corpus, self.summary) if not p.is_file()]
+
+    def require(self) -> "Snapshot":
+        from lmops.errors import UserError
+
+        if self.missing():
+            raise UserError(f"{self.dir} is not an lmops data snapshot: {self.missing()} missing (pass a data/ folder that "
+                            "`lmops run` versioned, or one restored by `lmops audit --restore`)")
+        return self
+
 
 @dataclass(frozen=True)
 class RunLayout:

@@ -109,6 +109,7 @@ def restore(ref: str, dest: Path, project_root: Path) -> dict[str, Any]:
         f"# Restored inputs of {lin['name']} v{lin['version']}\n\n```\n{to_text(lin)}\n```\n\n"
         f"- `data/`: the snapshot with DVC md5 `{lin['data_version']}`\n- `params.yaml`: the exact resolved params\n"
         f"- `code/`: the repository at `{lin['git_commit']}`" + (" (the run had uncommitted changes)" if lin.get("git_dirty") else "") + "\n\n"
-        "Reproduce: `cd code && make setup && .venv/bin/lmops run --params ../params.yaml`\n"
+        "Reproduce (trains on the restored `data/`, not on today's sources):\n"
+        "`cd code && make setup && .venv/bin/lmops run --params ../params.yaml --data ../data`\n"
     )
     return {"restored": str(dest), "data_version": lin["data_version"], "params": str(dest / "params.yaml"), "code": str(code) if code else None}

@@ -40,16 +40,10 @@ class EvalResult:
         return {"ece": self.ece, **{f"slice.{k}.macro_f1": v["macro_f1"] for k, v in (self.report.get("slices") or {}).items()}}
 
 
-def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> str:
-    ner = report.get("task") == "token"
+def report_markdown(report: dict[str, Any], labels: list[str], title: str, kind: TaskKind) -> str:
     n = report.get("n", sum(c["support"] for c in report["per_class"].values()))
-    if ner:
-        head = (f"entity-level (seqeval, exact spans): micro-F1 **{report['micro_f1']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · "
-                f"token accuracy {report['accuracy']:.4f} · sentences = {n}")
-    else:
-        head = f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {n}"
-    lines = [f"# {title}", "", head, ""]
-    lines += [f"| {'entity type' if ner else 'class'} | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+    lines = [f"# {title}", "", kind.report_headline(report, n), ""]
+    lines += [f"| {kind.class_noun} | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     for name in report["per_class"]:
         c = report["per_class"][name]
         lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
@@ -59,7 +53,7 @@ def report_markdown(report: dict[str, Any], labels: list[str], title: str) -> st
     lines += ["", f"Expected calibration error (10 bins): **{report.get('ece', float('nan')):.4f}**"]
     for name, sl in (report.get("slices") or {}).items():
         lines.append(f"- slice `{name}`: n = {sl['n']}, accuracy {sl['accuracy']:.4f}, macro-F1 {sl['macro_f1']:.4f}")
-    lines += ["", ("Tag-level c" if ner else "C") + "onfusion matrix (rows = true, columns = predicted): " + ", ".join(labels), ""]
+    lines += ["", f"{kind.confusion_title} (rows = true, columns = predicted): " + ", ".join(labels), ""]
     for name, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"- {name}: {row}")
     return "\n".join(lines) + "\n"
@@ -95,7 +89,7 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": pred_text,
                   "confidence": confidence}).to_parquet(out_dir / "predictions.parquet", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(report_markdown(report, labels, title))
+    (out_dir / "report.md").write_text(report_markdown(report, labels, title, kind))
     plot = confusion_matrix(report["confusion_matrix"], labels, out_dir / "confusion.png", title)
     return EvalResult(
         accuracy=round(report["accuracy"], 6), macro_f1=round(report["macro_f1"], 6), weighted_f1=round(report["weighted_f1"], 6),

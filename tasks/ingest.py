@@ -1,4 +1,5 @@
-"""Ingest: read each declared source, normalize, quarantine what can't be used, split.
+"""Ingest: read each declared source (``readers``), normalize, deduplicate (``dedup``), quarantine what
+can't be used, split.
 
 Outputs (in ``out_dir``): ``train/validation/test.parquet`` (labeled: id, text, label, source, date,
 entities), ``corpus.parquet`` (unlabeled + labeled-train text for pretraining), ``quarantine.parquet``
@@ -8,46 +9,22 @@ entities), ``corpus.parquet`` (unlabeled + labeled-train text for pretraining), 
 
 from __future__ import annotations
 
-import ast
-import csv
-import gzip
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from lmops.config import IngestParams, SourceParams
-from lmops.errors import DataError, UserError
+from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
+from lmops.tasks.dedup import NearDuplicates, text_key
+from lmops.tasks.readers import Rejected, Row, read_source
 from lmops.text import normalize_text
 
 COLUMNS = ["id", "text", "label", "source", "date", "entities"]
 QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "text"]
 
-_SENTFIN_PAIR = re.compile(r"(?:^\{|,)\s*'(.+?)'\s*:\s*'(positive|negative|neutral)'")
-_FOMC_DATE = re.compile(r"MeetingDate=(\d{4}-\d{2}-\d{2})")
-
-
-@dataclass
-class Row:
-    text: str
-    file: str
-    row: int  # 1-based data row number within the file (header excluded)
-    label: str | None = None
-    date: str | None = None
-    entities: dict[str, str] | None = None
-    tags: list[str] | None = None  # conll: one tag per word; text is then the words joined by spaces
-    words: list[str] | None = None
-
-
-@dataclass
-class Rejected:
-    file: str
-    row: int
-    reason: str
-    text: str = ""
 
 
 @dataclass
@@ -69,6 +46,13 @@ class IngestSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def read(cls, snapshot_dir: Path) -> "IngestSummary":
+        """The summary a snapshot was written with (its summary.json)."""
+        data = json.loads((snapshot_dir / "summary.json").read_text())
+        return cls(out_dir=str(snapshot_dir), sources={k: SourceCounts(**v) for k, v in data["sources"].items()}, splits=data["splits"],
+                   corpus_rows=data["corpus_rows"], label_counts=data.get("label_counts", {}))
 
 
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
@@ -93,316 +77,6 @@ def chunk_text(text: str, chunk_chars: int) -> list[str]:
     if current:
         chunks.append(current)
     return chunks
-
-
-# format name (ingest.sources[].format) -> reader: a new data format is a function registered here with
-# @source_reader("name") that yields Row (or Rejected, with the reason) per record, and its name in SourceParams.format.
-READERS: dict[str, Callable[[SourceParams], Iterator[Row | Rejected]]] = {}
-
-
-def source_reader(fmt: str):
-    def register(fn):
-        READERS[fmt] = fn
-        return fn
-
-    return register
-
-
-def _label(value: Any) -> str | None:
-    """A raw label as the string label_map keys are written in (Parquet/JSON ints and strings alike)."""
-    return None if value is None else str(value)
-
-
-def _open_text(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    # utf-8-sig strips a BOM; undecodable bytes become U+FFFD and are caught per row below.
-    return opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-
-
-def parse_sentfin_decisions(raw: str) -> dict[str, str]:
-    """SEntFiN's ``Decisions`` is a Python dict literal; 13 rows have unescaped apostrophes."""
-    try:
-        value = ast.literal_eval(raw)
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
-    except (ValueError, SyntaxError):
-        pass
-    pairs = _SENTFIN_PAIR.findall(raw.strip())
-    if not pairs:
-        raise ValueError(f"cannot parse Decisions {raw[:80]!r}")
-    return dict(pairs)
-
-
-@source_reader("sentfin")
-def _read_sentfin(src: SourceParams) -> Iterator[Row | Rejected]:
-    path = Path(src.path)
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        missing = {"Title", "Decisions"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path}: SEntFiN format needs columns Title and Decisions; missing {sorted(missing)}")
-        for i, rec in enumerate(reader, start=1):
-            title = rec.get("Title") or ""
-            try:
-                entities = parse_sentfin_decisions(rec.get("Decisions") or "")
-            except ValueError as exc:
-                yield Rejected(str(path), i, f"unparseable Decisions: {exc}", title)
-                continue
-            labels = set(entities.values())
-            label = labels.pop() if len(labels) == 1 else None
-            yield Row(title, str(path), i, label=label, entities=entities)
-
-
-@source_reader("csv")
-def _read_csv(src: SourceParams) -> Iterator[Row | Rejected]:
-    path = Path(src.path)
-    name = path.name[:-3] if path.suffix == ".gz" else path.name
-    delimiter = "\t" if name.endswith(".tsv") else ","
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        cols = set(reader.fieldnames or [])
-        need = {src.text_column} | ({src.label_column} if src.role == "labeled" and src.label_column else set())
-        if not cols:
-            return
-        if need - cols:
-            raise UserError(
-                f"{path}: column(s) {sorted(need - cols)} not found (columns: {sorted(cols)}); "
-                f"set text_column/label_column of source {src.name!r} in params.yaml"
-            )
-        for i, rec in enumerate(reader, start=1):
-            if None in rec:  # more fields than the header: a malformed line
-                yield Rejected(str(path), i, "malformed CSV line: more fields than the header", str(rec.get(src.text_column, "")))
-                continue
-            text = rec.get(src.text_column)
-            if text is None:
-                yield Rejected(str(path), i, "malformed CSV line: fewer fields than the header")
-                continue
-            label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-            yield Row(text, str(path), i, label=label)
-
-
-@source_reader("jsonl")
-def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
-    path = Path(src.path)
-    with _open_text(path) as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                yield Rejected(str(path), i, "empty line")
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Rejected(str(path), i, f"invalid JSON: {exc.msg}", line[:200])
-                continue
-            fields = src.text_columns or [src.text_column]
-            if not isinstance(rec, dict) or not any(isinstance(rec.get(f), str) for f in fields):
-                yield Rejected(str(path), i, f"no string field among {fields}", line[:200])
-                continue
-            text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
-            label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-            yield Row(text, str(path), i, label=_label(label))
-
-
-@source_reader("parquet")
-def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
-    import pandas as pd
-
-    path = Path(src.path)
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a corrupt file
-        raise UserError(f"{path}: not a readable Parquet file ({exc})") from exc
-    need = {src.text_column} | ({src.label_column} if src.role == "labeled" and src.label_column else set())
-    if need - set(frame.columns):
-        raise UserError(f"{path}: column(s) {sorted(need - set(frame.columns))} not found (columns: {sorted(frame.columns)}); "
-                        f"set text_column/label_column of source {src.name!r} in params.yaml")
-    for i, rec in enumerate(frame.to_dict("records"), start=1):
-        text = rec.get(src.text_column)
-        if not isinstance(text, str):
-            yield Rejected(str(path), i, f"{src.text_column!r} is not a string ({type(text).__name__})")
-            continue
-        label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-        yield Row(text, str(path), i, label=_label(label))
-
-
-@source_reader("text_lines")
-def _read_text_lines(src: SourceParams) -> Iterator[Row | Rejected]:
-    path = Path(src.path)
-    with _open_text(path) as fh:
-        for i, line in enumerate(fh, start=1):
-            yield Row(line.rstrip("\r\n"), str(path), i)
-
-
-@source_reader("hf")
-def _read_hf(src: SourceParams) -> Iterator[Row | Rejected]:
-    """A Hugging Face datasets id (needs a reachable hub, or the dataset in the local HF cache)."""
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(src.path, split=src.split)
-    except Exception as exc:  # noqa: BLE001 - offline/hub errors come in many types
-        from lmops.errors import TransientError
-
-        raise TransientError(f"source {src.name!r}: cannot load Hugging Face dataset {src.path!r} split {src.split!r} ({exc}); "
-                             "with HF_HUB_OFFLINE=1 only cached datasets load") from exc
-    for i, rec in enumerate(ds, start=1):
-        text = rec.get(src.text_column)
-        if not isinstance(text, str):
-            yield Rejected(src.path, i, f"{src.text_column!r} is not a string")
-            continue
-        label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-        yield Row(text, src.path, i, label=_label(label))
-
-
-@source_reader("text_dir")
-def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[Row | Rejected]:
-    root = Path(src.path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".txt", ".gz"})
-    if not files:
-        raise UserError(f"{root}: no .txt files found for source {src.name!r}")
-    for i, path in enumerate(files, start=1):
-        with _open_text(path) as fh:
-            text = fh.read()
-        date = None
-        if date_from_name:
-            m = _FOMC_DATE.search(path.name)
-            date = m.group(1) if m else None
-        yield Row(text, str(path), i, date=date)
-
-
-def to_iob2(tags: list[str]) -> list[str]:
-    """IO or IOB1 tags → IOB2: an I-X that does not continue an X entity starts one (B-X)."""
-    out = []
-    for i, tag in enumerate(tags):
-        if tag.startswith("I-") and (i == 0 or out[-1][2:] != tag[2:] or out[-1] == "O"):
-            tag = "B-" + tag[2:]
-        out.append(tag)
-    return out
-
-
-@source_reader("conll")
-def _read_conll(src: SourceParams) -> Iterator[Row | Rejected]:
-    """CoNLL: one ``token [columns…] tag`` line per word, a blank line between sentences; ``-DOCSTART-`` skipped.
-
-    Row numbers count sentences (1-based); a sentence with a bad line is quarantined whole, naming the line.
-    """
-    path = Path(src.path)
-    words: list[str] = []
-    tags: list[str] = []
-    bad: str | None = None
-    sentence = 0
-
-    def flush():
-        nonlocal words, tags, bad, sentence
-        if words or bad:
-            sentence += 1
-            if bad:
-                item: Row | Rejected = Rejected(str(path), sentence, bad, " ".join(words)[:200])
-            else:
-                item = Row(" ".join(words), str(path), sentence, label=" ".join(tags), tags=to_iob2(tags), words=words)
-            words, tags, bad = [], [], None
-            return item
-        return None
-
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            cols = line.split()
-            if not cols or cols[0] == "-DOCSTART-":
-                item = flush()
-                if item is not None:
-                    yield item
-                continue
-            if len(cols) < 2:
-                bad = bad or f"line {lineno}: expected 'token ... tag' columns, got {line.strip()[:40]!r}"
-                continue
-            tag = cols[-1]
-            if not (tag == "O" or re.fullmatch(r"[BI]-\S+", tag)):
-                bad = bad or f"line {lineno}: tag {tag!r} is not O, B-TYPE or I-TYPE"
-            words.append(cols[0])
-            tags.append(tag)
-    item = flush()
-    if item is not None:
-        yield item
-
-
-@source_reader("fomc")
-def _read_fomc(src: SourceParams) -> Iterator[Row | Rejected]:
-    """A folder of FOMC statements; the meeting date comes from each file's name."""
-    return _read_text_dir(src, date_from_name=True)
-
-
-def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
-    path = Path(src.path)
-    if src.format != "hf" and not path.exists():
-        raise UserError(f"source {src.name!r}: {path} does not exist; fix ingest.sources[].path in params.yaml")
-    yield from READERS[src.format](src)
-
-
-class NearDuplicates:
-    """MinHash over word 5-grams with LSH banding: flags a document whose estimated Jaccard similarity
-    to an earlier one (same role) reaches ``threshold``. 64 hashes = 16 bands × 4 rows."""
-
-    PERMS, BANDS = 64, 16
-
-    def __init__(self, threshold: float, seed: int = 1):
-        import numpy as np
-
-        self.threshold = threshold
-        rng = np.random.default_rng(seed)
-        self._a = rng.integers(1, (1 << 61) - 1, self.PERMS, dtype=np.uint64)
-        self._b = rng.integers(0, (1 << 61) - 1, self.PERMS, dtype=np.uint64)
-        self._buckets: dict[tuple, list[int]] = {}
-        self._sigs: list = []
-        self._words: dict[str, int] = {}
-
-    # odd multipliers that mix five word hashes into one 5-gram hash (mod 2^64)
-    _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
-
-    def _word_ids(self, words: list[str]):
-        import numpy as np
-
-        cache = self._words
-        out = np.empty(len(words), dtype=np.uint64)
-        for i, w in enumerate(words):
-            h = cache.get(w)
-            if h is None:  # a stable hash (Python's hash() is salted per process): same data, same decisions
-                h = cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
-            out[i] = h
-        return out
-
-    def signature(self, text: str):
-        import numpy as np
-
-        ids = self._word_ids(text.lower().split())
-        n = max(1, len(ids) - 4)
-        grams = np.zeros(n, dtype=np.uint64)
-        # each shingle's hash combines its 5 word hashes, vectorised over the document (uint64 wraps)
-        for k, mix in enumerate(self._MIX[: min(5, len(ids))]):
-            grams += ids[k : k + n] * np.uint64(mix)
-        grams = np.unique(grams)
-        # (a*h + b) mod 2^64 as a universal-ish hash family; the min over shingles per permutation.
-        return (np.outer(grams, self._a) + self._b).min(axis=0)
-
-    def seen_before(self, role: str, text: str) -> bool:
-        import numpy as np
-
-        if len(text.split()) < 8:  # too short for shingles to mean anything; exact dedup covers these
-            return False
-        sig = self.signature(text)
-        rows = self.PERMS // self.BANDS
-        keys = [(role, b, sig[b * rows : (b + 1) * rows].tobytes()) for b in range(self.BANDS)]
-        candidates = {i for k in keys for i in self._buckets.get(k, [])}
-        if any(float(np.mean(self._sigs[i] == sig)) >= self.threshold for i in candidates):
-            return True
-        idx = len(self._sigs)
-        self._sigs.append(sig)
-        for k in keys:
-            self._buckets.setdefault(k, []).append(idx)
-        return False
-
-
-def _key(text: str) -> str:
-    return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
 
 
 def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, kind: TaskKind):
@@ -432,7 +106,7 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, ki
             # Exact duplicates (case/whitespace-insensitive) within a role are counted, not kept.
             # (entity rows repeat their headline: the document is the distinct texts, in order)
             doc = " ".join(dict.fromkeys(r["text"] for r in rows))
-            key = (src.role, _key(doc))
+            key = (src.role, text_key(doc))
             if key in seen:
                 counts.duplicates += 1
                 continue
@@ -513,10 +187,10 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ki
             raise DataError(f"the {name} split is empty: add labeled rows, or assign a source to it (ingest.sources[].assign_split)")
 
     # Leakage guard: no evaluation text may appear in what the model pretrains on.
-    eval_keys = {_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
+    eval_keys = {text_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
     corpus_rows = []
     for rec in corpus:
-        if _key(rec["text"]) in eval_keys:
+        if text_key(rec["text"]) in eval_keys:
             counts = summary.sources[rec["source"]]
             counts.kept -= 1
             counts.quarantined += 1

@@ -69,6 +69,68 @@ def lr_at(step: int, params: PretrainParams) -> float:
 
 
 
+@dataclass
+class _Data:
+    """Memory-mapped token blocks (the corpus need not fit in RAM), split once into held-out and training."""
+
+    blocks: object
+    block_size: int
+    padded: bool  # line-by-line blocks: attention masks, padding ignored in the loss
+    eval_blocks: object
+    train_index: object
+
+
+@dataclass
+class _Engine:
+    """What trains: the model (sharded under FSDP), the module the steps call (sparse head, DDP, compiled),
+    the optimizer, precision and attention settings, and this process's place among the ranks."""
+
+    model: object
+    train_model: object
+    sparse: bool
+    opt: object
+    scaler: object
+    autocast: object
+    attention: object
+    precision: str
+    tokenizer: object
+    continuation: object
+    device: object
+    rank: int
+    world: int
+    fsdp: bool
+    flops_per_token: float
+    peak: float | None
+    gen: object = None  # masking RNG (saved with checkpoints)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _Progress:
+    """Where training stands; everything here is saved with each checkpoint. Data order lives in
+    (rng, epoch_order, cursor), masking in gen, dropout in torch's global RNG."""
+
+    rng: object
+    gen: object
+    epoch_order: object
+    step: int = 0
+    tokens: int = 0
+    cursor: int = 0
+    elapsed_before: float = 0.0
+    running: object = 0.0
+    history: list = field(default_factory=list)
+    resumed_from: int | None = None
+
+    def state(self, elapsed: float) -> dict:
+        import torch
+
+        return {"step": self.step, "tokens": self.tokens, "cursor": self.cursor, "elapsed": elapsed, "running": float(self.running),
+                "epoch_order": self.epoch_order.tolist(), "rng": self.rng.bit_generator.state, "torch_gen": self.gen.get_state().tolist(),
+                "torch_rng": torch.get_rng_state().tolist(), "history": self.history}
+
 
 def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, seed: int, out_dir: Path, progress: bool = True,
              checkpoint_dir: Path | None = None) -> PretrainSummary:
@@ -76,29 +138,68 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     is resumed from, so pointing a re-run at the same folder continues a killed run."""
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
-    from lmops.tasks.plots import loss_curve
     from lmops.models import load_tokenizer
 
     rank, world, device = dist_setup()
     if params.batch_size % world:
         raise UserError(f"pretrain.batch_size ({params.batch_size}) must be divisible by the number of processes ({world})")
-    main = rank == 0
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    # memory-mapped: batches are read from disk, so the corpus need not fit in RAM
+    rng = np.random.default_rng(seed)
+    data = _load_blocks(blocks_path, params, rng)
+    engine = _build(params, tokenizer, data.block_size, device, rank, world, seed)
+    ckpt_dir = checkpoint_dir or out_dir / "checkpoints"
+    prog = _resume(ckpt_dir, engine, _Progress(rng=rng, gen=engine.gen, epoch_order=rng.permutation(len(data.train_index))))
+    _wrap_for_training(engine, params, data.block_size)
+    meter = _Meter(params, prog, engine, progress)
+    with sigterm_flag() as signalled:
+        while prog.step < params.max_steps:
+            loss = _train_step(engine, prog, data, params)
+            meter.stepped(prog)
+            log_step = prog.step % params.log_every == 0 or prog.step == params.max_steps
+            if log_step:
+                meter.log(prog, engine, loss, params)
+            if params.eval_every and prog.step % params.eval_every == 0 and prog.step < params.max_steps:
+                with meter.paused():
+                    prog.history[-1]["eval_loss"] = round(_held_out_loss(engine, data, params, seed), 4)
+            stop = stop_request(params, meter.elapsed(prog), signalled, world, device, log_step=log_step)
+            periodic = params.checkpoint_every and prog.step % params.checkpoint_every == 0 and prog.step < params.max_steps
+            if periodic or (stop == STOP_SIGNAL and params.checkpoint_every):
+                with meter.paused():
+                    _checkpoint(ckpt_dir, engine, prog, params, meter.elapsed(prog))
+            if stop == STOP_SIGNAL:
+                meter.close(out_dir, write_profile=False)
+                saved = f"saved checkpoint step {prog.step} in {ckpt_dir}; re-run the same command to resume" if params.checkpoint_every else \
+                    "pretrain.checkpoint_every is 0, so nothing was saved"
+                raise Preempted(f"pretraining stopped by SIGTERM at step {prog.step} of {params.max_steps}: {saved}")
+            if stop == STOP_BUDGET:
+                break
+    meter.close(out_dir)
+    return _finish(engine, prog, data, meter, params, seed, out_dir)
+
+
+def _load_blocks(blocks_path: Path, params: PretrainParams, rng) -> _Data:
+    import numpy as np
+
     blocks = np.load(blocks_path, mmap_mode="r")
-    block_size = blocks.shape[1]
     meta = Path(blocks_path).parent / "tokenize.json"
     padded = meta.exists() and json.loads(meta.read_text()).get("packing") is False
-    rng = np.random.default_rng(seed)
     order = rng.permutation(len(blocks))
     n_eval = max(1, int(len(blocks) * params.eval_fraction))
-    eval_blocks, train_index = np.asarray(blocks[order[:n_eval]]), order[n_eval:]
-    if len(train_index) < params.batch_size:
-        raise UserError(f"only {len(train_index)} training blocks for pretrain.batch_size {params.batch_size}; lower it or add data")
+    data = _Data(blocks=blocks, block_size=blocks.shape[1], padded=padded, eval_blocks=np.asarray(blocks[order[:n_eval]]),
+                 train_index=order[n_eval:])
+    if len(data.train_index) < params.batch_size:
+        raise UserError(f"only {len(data.train_index)} training blocks for pretrain.batch_size {params.batch_size}; lower it or add data")
+    return data
+
+
+def _build(params: PretrainParams, tokenizer, block_size: int, device, rank: int, world: int, seed: int) -> _Engine:
+    """The model (sharded under FSDP before the optimizer sees it), AdamW without decay on norms and biases,
+    precision and the masking generator."""
+    import torch
+
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers under autocast (loss, norms)
         torch.backends.cudnn.allow_tf32 = True
@@ -107,7 +208,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
         model.gradient_checkpointing_enable()
     fsdp = world > 1 and params.distributed == "fsdp"
     if fsdp:
-        shard_model(model, device, world)  # before the optimizer: it must see the sharded parameters
+        shard_model(model, device, world)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -117,189 +218,238 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     continuation = continuation_table(tokenizer) if params.objective == "mlm" and params.whole_word_masking else None
     precision = precision_of(params, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else None
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    engine = _Engine(
+        model=model, train_model=model, sparse=False, opt=opt, scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        autocast=(lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext,
+        attention=sdpa_context(params.sdpa_backend), precision=precision, tokenizer=tokenizer, continuation=continuation, device=device,
+        rank=rank, world=world, fsdp=fsdp, flops_per_token=0.0, peak=device_peak_flops(params, device), gen=gen,
+    )
+    return engine
 
-    # Data order lives in (rng, epoch_order, cursor) and masking in gen: all saved with each checkpoint.
-    step, tokens, cursor, elapsed_before, running = 0, 0, 0, 0.0, 0.0
-    epoch_order = rng.permutation(len(train_index))
-    history: list[dict] = []
-    ckpt_dir = checkpoint_dir or out_dir / "checkpoints"
-    resumed_from = None
+
+def _resume(ckpt_dir: Path, engine: _Engine, prog: _Progress) -> _Progress:
+    """Continue from the newest complete checkpoint in ``ckpt_dir``, if there is one."""
+    import numpy as np
+    import torch
+
     last = latest_checkpoint(ckpt_dir)
-    if last is not None:
-        st = load_checkpoint(last, model, opt, sharded=fsdp)
-        step, tokens, cursor, elapsed_before, running = st["step"], st["tokens"], st["cursor"], st["elapsed"], st["running"]
-        epoch_order = np.asarray(st["epoch_order"])
-        rng.bit_generator.state = st["rng"]
-        gen.set_state(torch.tensor(st["torch_gen"], dtype=torch.uint8))
-        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))  # dropout masks continue as they would have
-        history = st["history"]
-        resumed_from = step
+    if last is None:
+        return prog
+    st = load_checkpoint(last, engine.model, engine.opt, sharded=engine.fsdp)
+    prog.step, prog.tokens, prog.cursor, prog.elapsed_before, prog.running = st["step"], st["tokens"], st["cursor"], st["elapsed"], st["running"]
+    prog.epoch_order = np.asarray(st["epoch_order"])
+    prog.rng.bit_generator.state = st["rng"]
+    prog.gen.set_state(torch.tensor(st["torch_gen"], dtype=torch.uint8))
+    torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))  # dropout masks continue as they would have
+    prog.history = st["history"]
+    prog.resumed_from = prog.step
+    return prog
+
+
+def _wrap_for_training(engine: _Engine, params: PretrainParams, block_size: int) -> None:
+    """The module the steps call: the sparse MLM head, then DDP, then torch.compile; and the FLOPs per token
+    of what it computes (the head on masked positions only, with the sparse head)."""
+    import torch
 
     # FSDP gathers root parameters (embeddings, tied head) in the model's own forward: no sparse head there
-    sparse = sparse_mlm(model) if params.objective == "mlm" and params.sparse_mlm_head and not fsdp else None
-    train_model = sparse if sparse is not None else model
-    if world > 1 and not fsdp:
+    sparse = sparse_mlm(engine.model) if params.objective == "mlm" and params.sparse_mlm_head and not engine.fsdp else None
+    train_model = sparse if sparse is not None else engine.model
+    if engine.world > 1 and not engine.fsdp:
+        device = engine.device
         train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if params.compile:
         train_model = torch.compile(train_model, mode=None if params.compile_mode == "default" else params.compile_mode)
-    attention = sdpa_context(params.sdpa_backend)
-    peak = device_peak_flops(params, device)
-    head_fraction = params.mlm_probability if sparse is not None else 1.0
-    fpt = flops_per_token(model, block_size, head_fraction)
+    engine.train_model, engine.sparse = train_model, sparse is not None
+    engine.flops_per_token = flops_per_token(engine.model, block_size, params.mlm_probability if sparse is not None else 1.0)
 
-    start = time.perf_counter()
-    # Steady-state rate: from the step after warm-up steps (compilation, allocator, cuDNN autotuning).
-    skip = min(10, max(1, (params.max_steps - step) // 5))
-    steady_from: tuple[float, int, float] | None = None
-    # profiled steps come right after the warm-up ones and are left out of the steady-state rate
-    profiler = _profiler(params.profile_steps, skip, device) if main else None
-    bar = tqdm(total=params.max_steps, initial=step, desc=f"pretrain ({params.objective})", disable=not (progress and main), unit="step", mininterval=2.0)
-    per_rank = params.batch_size // world
-    paused = 0.0  # seconds of evaluations and checkpoints: left out of the training rates
-    last_log = (time.perf_counter(), tokens, paused)
-    with sigterm_flag() as signalled:
-        while step < params.max_steps:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, params)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(params.grad_accum):
-                if cursor + params.batch_size > len(epoch_order):
-                    cursor, epoch_order = 0, rng.permutation(len(train_index))
-                idx = np.sort(epoch_order[cursor : cursor + params.batch_size])
-                cursor += params.batch_size
-                # Every rank builds the same global batch and masks, then trains on its own rows.
-                batch = lm_batch(blocks[train_index[idx]], tokenizer, params.objective, params.mlm_probability, gen, continuation, padded)
-                n_global = predicted_tokens(batch["labels"], params.objective)
-                batch = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
-                # A rank's loss is the mean over its own predicted tokens, and DDP averages the ranks' gradients:
-                # weighting each rank by its share of the global batch's tokens makes that average the gradient of
-                # the global mean, as one process computes it (masked counts differ between ranks). 1.0 alone.
-                share = predicted_tokens(batch["labels"], params.objective) * world / max(n_global, 1)
-                if sparse is not None:
-                    batch["mlm_positions"], batch["mlm_targets"] = sparse_targets(batch.pop("labels"))
-                batch = {k: to_device(v, device) for k, v in batch.items()}
-                if sparse is not None and params.compile:
-                    # the masked count changes every step: one dynamic-shape graph instead of a recompile per count
-                    torch._dynamo.maybe_mark_dynamic(batch["mlm_positions"], 0)
-                    torch._dynamo.maybe_mark_dynamic(batch["mlm_targets"], 0)
-                sync = contextlib.nullcontext() if world == 1 or fsdp or micro == params.grad_accum - 1 else train_model.no_sync()
-                with sync, attention(), (autocast() if autocast else contextlib.nullcontext()):
-                    try:
-                        loss = train_model(**batch).loss * share / params.grad_accum
-                    except RuntimeError as e:
-                        if "No available kernel" in str(e) or "No viable backend" in str(e):
-                            raise UserError(f"pretrain.sdpa_backend {params.sdpa_backend} has no kernel on {device} for this model "
-                                            f"(dtype, head size or mask); use sdpa_backend: auto") from e
-                        raise
-                scaler.scale(loss).backward()
-                loss_sum += loss.detach()  # stays on the device: no host sync per step, the CPU queues ahead
-                tokens += params.batch_size * block_size
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            if world > 1:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum = loss_sum / world
-            running = loss_sum if step == 0 else 0.9 * running + 0.1 * loss_sum
-            step += 1
-            if steady_from is None and step == (resumed_from or 0) + skip + (params.profile_steps + 1 if profiler is not None else 0):
-                device_sync(device)
-                steady_from = (time.perf_counter(), tokens, paused)
-            bar.update(1)
-            if profiler is not None:
-                profiler.step()
-            elapsed = elapsed_before + time.perf_counter() - start
-            if step % params.log_every == 0 or step == params.max_steps:
-                loss_now = float(loss_sum)  # the one host sync: the device has caught up, so the interval's time is real
-                now = time.perf_counter()
-                # this log interval's rate, not the run average
-                rate = (tokens - last_log[1]) / max(now - last_log[0] - (paused - last_log[2]), 1e-9)
-                last_log = (now, tokens, paused)
-                entry = {"step": step, "loss": round(loss_now, 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(rate, 1)}
-                if peak:
-                    entry["mfu"] = round(fpt * rate / (peak * world), 4)
-                history.append(entry)
-                bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{rate:,.0f}", **({"mfu": f"{entry['mfu']:.1%}"} if peak else {}))
-            if params.eval_every and step % params.eval_every == 0 and step < params.max_steps:
-                t = time.perf_counter()
-                history[-1]["eval_loss"] = round(evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability,
-                                                             params.batch_size, seed, device, autocast, padded), 4)
-                paused += time.perf_counter() - t
-            stop = stop_request(params, elapsed, signalled, world, device, log_step=step % params.log_every == 0 or step == params.max_steps)
-            periodic = params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.max_steps
-            if periodic or (stop == STOP_SIGNAL and params.checkpoint_every):
-                t = time.perf_counter()
-                state = {"step": step, "tokens": tokens, "cursor": cursor, "elapsed": elapsed, "running": float(running),
-                         "epoch_order": epoch_order.tolist(), "rng": rng.bit_generator.state, "torch_gen": gen.get_state().tolist(),
-                         "torch_rng": torch.get_rng_state().tolist(), "history": history}
-                if fsdp:
-                    save_sharded_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints, rank)  # collective
-                elif main:
-                    save_checkpoint(ckpt_dir, step, model, opt, state, params.keep_checkpoints)
-                if world > 1:
-                    torch.distributed.barrier()
-                paused += time.perf_counter() - t
-            if stop == STOP_SIGNAL:
-                bar.close()
-                if profiler is not None:
-                    profiler.stop()
-                saved = f"saved checkpoint step {step} in {ckpt_dir}; re-run the same command to resume" if params.checkpoint_every else \
-                    "pretrain.checkpoint_every is 0, so nothing was saved"
-                raise Preempted(f"pretraining stopped by SIGTERM at step {step} of {params.max_steps}: {saved}")
-            if stop == STOP_BUDGET:
-                break
-    bar.close()
-    device_sync(device)
-    if profiler is not None:
-        _write_profile(profiler, out_dir, device)
-    running = float(running)
-    elapsed = elapsed_before + time.perf_counter() - start
-    end_train = time.perf_counter()
+
+def _train_step(engine: _Engine, prog: _Progress, data: _Data, params: PretrainParams):
+    """One optimizer step over ``grad_accum`` micro-batches; returns the step's mean loss (on the device)."""
+    import numpy as np
+    import torch
+
+    for group in engine.opt.param_groups:
+        group["lr"] = lr_at(prog.step, params)
+    per_rank = params.batch_size // engine.world
+    loss_sum = torch.zeros((), device=engine.device)
+    for micro in range(params.grad_accum):
+        if prog.cursor + params.batch_size > len(prog.epoch_order):
+            prog.cursor, prog.epoch_order = 0, prog.rng.permutation(len(data.train_index))
+        idx = np.sort(prog.epoch_order[prog.cursor : prog.cursor + params.batch_size])
+        prog.cursor += params.batch_size
+        # Every rank builds the same global batch and masks, then trains on its own rows.
+        batch = lm_batch(data.blocks[data.train_index[idx]], engine.tokenizer, params.objective, params.mlm_probability, engine.gen,
+                         engine.continuation, data.padded)
+        n_global = predicted_tokens(batch["labels"], params.objective)
+        batch = {k: v[engine.rank * per_rank : (engine.rank + 1) * per_rank] for k, v in batch.items()}
+        # A rank's loss is the mean over its own predicted tokens, and DDP averages the ranks' gradients:
+        # weighting each rank by its share of the global batch's tokens makes that average the gradient of
+        # the global mean, as one process computes it (masked counts differ between ranks). 1.0 alone.
+        share = predicted_tokens(batch["labels"], params.objective) * engine.world / max(n_global, 1)
+        if engine.sparse:
+            batch["mlm_positions"], batch["mlm_targets"] = sparse_targets(batch.pop("labels"))
+        batch = {k: to_device(v, engine.device) for k, v in batch.items()}
+        if engine.sparse and params.compile:
+            # the masked count changes every step: one dynamic-shape graph instead of a recompile per count
+            torch._dynamo.maybe_mark_dynamic(batch["mlm_positions"], 0)
+            torch._dynamo.maybe_mark_dynamic(batch["mlm_targets"], 0)
+        last = micro == params.grad_accum - 1
+        sync = contextlib.nullcontext() if engine.world == 1 or engine.fsdp or last else engine.train_model.no_sync()
+        with sync, engine.attention(), engine.autocast():
+            try:
+                loss = engine.train_model(**batch).loss * share / params.grad_accum
+            except RuntimeError as e:
+                if "No available kernel" in str(e) or "No viable backend" in str(e):
+                    raise UserError(f"pretrain.sdpa_backend {params.sdpa_backend} has no kernel on {engine.device} for this model "
+                                    f"(dtype, head size or mask); use sdpa_backend: auto") from e
+                raise
+        engine.scaler.scale(loss).backward()
+        loss_sum += loss.detach()  # stays on the device: no host sync per step, the CPU queues ahead
+        prog.tokens += params.batch_size * data.block_size
+    engine.scaler.unscale_(engine.opt)
+    torch.nn.utils.clip_grad_norm_(engine.model.parameters(), 1.0)
+    engine.scaler.step(engine.opt)
+    engine.scaler.update()
+    engine.opt.zero_grad(set_to_none=True)
+    if engine.world > 1:
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum = loss_sum / engine.world
+    prog.running = loss_sum if prog.step == 0 else 0.9 * prog.running + 0.1 * loss_sum
+    prog.step += 1
+    return loss_sum
+
+
+def _held_out_loss(engine: _Engine, data: _Data, params: PretrainParams, seed: int) -> float:
     # every rank evaluates all held-out blocks in batches of the global size: the masks one process would draw
-    eval_loss = evaluate_lm(model, eval_blocks, tokenizer, params.objective, params.mlm_probability, params.batch_size, seed, device, autocast,
-                            padded)
-    tokens_per_s = tokens / max(elapsed, 1e-9)
-    steady = None
-    if steady_from is not None and tokens > steady_from[1]:
-        steady = (tokens - steady_from[1]) / max(end_train - steady_from[0] - (paused - steady_from[2]), 1e-9)
-    mfu = round(fpt * (steady or tokens_per_s) / (peak * world), 4) if peak else None
+    return evaluate_lm(engine.model, data.eval_blocks, engine.tokenizer, params.objective, params.mlm_probability, params.batch_size, seed,
+                       engine.device, None if engine.autocast is contextlib.nullcontext else engine.autocast, data.padded)
 
+
+def _checkpoint(ckpt_dir: Path, engine: _Engine, prog: _Progress, params: PretrainParams, elapsed: float) -> None:
+    import torch
+
+    state = prog.state(elapsed)
+    if engine.fsdp:
+        save_sharded_checkpoint(ckpt_dir, prog.step, engine.model, engine.opt, state, params.keep_checkpoints, engine.rank)  # collective
+    elif engine.main:
+        save_checkpoint(ckpt_dir, prog.step, engine.model, engine.opt, state, params.keep_checkpoints)
+    if engine.world > 1:
+        torch.distributed.barrier()
+
+
+class _Meter:
+    """Progress bar, per-log-step rates and MFU, the steady-state rate and the profiler. Time spent in
+    evaluations and checkpoints (``paused``) is left out of every training rate."""
+
+    def __init__(self, params: PretrainParams, prog: _Progress, engine: _Engine, progress: bool):
+        from tqdm.auto import tqdm
+
+        device = self.device = engine.device
+        self.start = time.perf_counter()
+        # Steady-state rate: from the step after warm-up steps (compilation, allocator, cuDNN autotuning).
+        self.skip = min(10, max(1, (params.max_steps - prog.step) // 5))
+        self.steady_from: tuple[float, int, float] | None = None
+        # profiled steps come right after the warm-up ones and are left out of the steady-state rate
+        self.profiler = _profiler(params.profile_steps, self.skip, device) if engine.main else None
+        self.steady_step = (prog.resumed_from or 0) + self.skip + (params.profile_steps + 1 if self.profiler is not None else 0)
+        self.bar = tqdm(total=params.max_steps, initial=prog.step, desc=f"pretrain ({params.objective})", disable=not (progress and engine.main),
+                        unit="step", mininterval=2.0)
+        self.paused_s = 0.0
+        self.last_log = (time.perf_counter(), prog.tokens, 0.0)
+        self.end_train: float | None = None
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t
+
+    def elapsed(self, prog: _Progress) -> float:
+        return prog.elapsed_before + time.perf_counter() - self.start
+
+    def stepped(self, prog: _Progress) -> None:
+        if self.steady_from is None and prog.step == self.steady_step:
+            device_sync(self.device)
+            self.steady_from = (time.perf_counter(), prog.tokens, self.paused_s)
+        self.bar.update(1)
+        if self.profiler is not None:
+            self.profiler.step()
+
+    def log(self, prog: _Progress, engine: _Engine, loss, params: PretrainParams) -> None:
+        loss_now = float(loss)  # the one host sync: the device has caught up, so the interval's time is real
+        now = time.perf_counter()
+        # this log interval's rate, not the run average
+        rate = (prog.tokens - self.last_log[1]) / max(now - self.last_log[0] - (self.paused_s - self.last_log[2]), 1e-9)
+        self.last_log = (now, prog.tokens, self.paused_s)
+        entry = {"step": prog.step, "loss": round(loss_now, 4), "lr": engine.opt.param_groups[0]["lr"], "tokens_per_s": round(rate, 1)}
+        if engine.peak:
+            entry["mfu"] = round(engine.flops_per_token * rate / (engine.peak * engine.world), 4)
+        prog.history.append(entry)
+        self.bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{rate:,.0f}", **({"mfu": f"{entry['mfu']:.1%}"} if engine.peak else {}))
+
+    def close(self, out_dir: Path, write_profile: bool = True) -> None:
+        self.bar.close()
+        if write_profile:
+            device_sync(self.device)
+            self.end_train = time.perf_counter()
+        if self.profiler is not None:
+            if write_profile:
+                _write_profile(self.profiler, out_dir, self.device)
+            else:
+                self.profiler.stop()
+
+    def steady_rate(self, prog: _Progress) -> float | None:
+        if self.steady_from is None or prog.tokens <= self.steady_from[1]:
+            return None
+        return (prog.tokens - self.steady_from[1]) / max(self.end_train - self.steady_from[0] - (self.paused_s - self.steady_from[2]), 1e-9)
+
+
+def _finish(engine: _Engine, prog: _Progress, data: _Data, meter: _Meter, params: PretrainParams, seed: int, out_dir: Path) -> PretrainSummary:
+    """Held-out loss, rates and MFU, the final weights (gathered under FSDP) saved as a plain HF folder."""
+    import torch
+
+    from lmops.tasks.plots import loss_curve
+
+    running = float(prog.running)
+    elapsed = prog.elapsed_before + meter.end_train - meter.start
+    eval_loss = _held_out_loss(engine, data, params, seed)
+    tokens_per_s = prog.tokens / max(elapsed, 1e-9)
+    steady = meter.steady_rate(prog)
+    mfu = round(engine.flops_per_token * (steady or tokens_per_s) / (engine.peak * engine.world), 4) if engine.peak else None
     model_dir = out_dir / "model"
-    gathered = full_model_state(model) if fsdp else None  # collective; full only on rank 0
-    digest = state_digest(model, gathered) if main or not fsdp else None
-    if fsdp:  # the one full copy is rank 0's: every rank reports its digest
+    gathered = full_model_state(engine.model) if engine.fsdp else None  # collective; full only on rank 0
+    digest = state_digest(engine.model, gathered) if engine.main or not engine.fsdp else None
+    if engine.fsdp:  # the one full copy is rank 0's: every rank reports its digest
         box = [digest]
         torch.distributed.broadcast_object_list(box, src=0)
         digest = box[0]
     summary = PretrainSummary(
-        model_dir=str(model_dir), objective=params.objective, steps=step, tokens=tokens, tokens_per_s=round(tokens_per_s, 1),
+        model_dir=str(model_dir), objective=params.objective, steps=prog.step, tokens=prog.tokens, tokens_per_s=round(tokens_per_s, 1),
         train_loss=round(running, 4), eval_loss=round(eval_loss, 4), perplexity=round(math.exp(min(eval_loss, 50)), 3),
-        parameters=sum(p.numel() for p in model.parameters()), resumed_from_step=resumed_from, world_size=world,
-        device=str(device), precision=precision, mfu=mfu, steady_tokens_per_s=round(steady, 1) if steady else None,
-        flops_per_token=fpt, history=history, param_digest=digest,
+        parameters=sum(p.numel() for p in engine.model.parameters()), resumed_from_step=prog.resumed_from, world_size=engine.world,
+        device=str(engine.device), precision=engine.precision, mfu=mfu, steady_tokens_per_s=round(steady, 1) if steady else None,
+        flops_per_token=engine.flops_per_token, history=prog.history, param_digest=digest,
     )
-    if main:
+    if engine.main:
         tmp_dir = out_dir / ".model.tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        plain = model
-        if fsdp:  # an unsharded copy holding the gathered weights, saved like any HF model
-            plain = build_model(params, tokenizer, block_size)
+        plain = engine.model
+        if engine.fsdp:  # an unsharded copy holding the gathered weights, saved like any HF model
+            plain = build_model(params, engine.tokenizer, data.block_size)
             plain.load_state_dict({k: v.cpu() for k, v in gathered.items()})
         plain.save_pretrained(tmp_dir, safe_serialization=True)
-        tokenizer.save_pretrained(tmp_dir)
+        engine.tokenizer.save_pretrained(tmp_dir)
         shutil.rmtree(model_dir, ignore_errors=True)
         os.replace(tmp_dir, model_dir)
-        pts = [(h["step"], h["loss"]) for h in history]
-        held_out = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h] + [(step, eval_loss)]
+        pts = [(h["step"], h["loss"]) for h in prog.history]
+        held_out = [(h["step"], h["eval_loss"]) for h in prog.history if "eval_loss" in h] + [(prog.step, eval_loss)]
         summary.loss_plot = str(loss_curve({"train": pts, "held-out": held_out}, out_dir / "loss.png", f"{params.objective.upper()} pretraining loss"))
-        (out_dir / "history.json").write_text(json.dumps(history))
+        (out_dir / "history.json").write_text(json.dumps(prog.history))
         (out_dir / "pretrain.json").write_text(json.dumps(asdict(summary), indent=2))
-        _model_card(model_dir, params, summary, block_size)
-    if world > 1:
+        _model_card(model_dir, params, summary, data.block_size)
+    if engine.world > 1:
         torch.distributed.barrier()
     return summary
 

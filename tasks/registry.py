@@ -356,6 +356,29 @@ REQUIRED_FILES = ("config.json", "model.safetensors")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # soft-prompt versions: adapter + base reference
 
 
+def missing_files(present: set[str]) -> list[str]:
+    """What a registered model folder lacks (a soft-prompt version is an adapter that names its base)."""
+    wanted = ADAPTER_FILES if "adapter_config.json" in present else REQUIRED_FILES
+    return [f for f in wanted if f not in present]
+
+
+def download_version(mv, dst: Path) -> Path:
+    """A registered version's model folder, checked complete: a version whose artifacts are gone is a
+    registry inconsistency (exit 5), named with the way out, not a crash deep in model loading."""
+    from lmops.errors import RegistryError
+
+    try:
+        local = download_model(mv.source, dst)
+    except Exception as exc:  # noqa: BLE001 - stores fail in many library-specific ways
+        raise RegistryError(f"{mv.name} v{mv.version}: cannot download {mv.source}: {exc}; check with `lmops models verify {mv.name}`") from exc
+    missing = missing_files({p.name for p in local.iterdir()})
+    if missing:
+        raise RegistryError(f"{mv.name} v{mv.version} is registered but its artifacts lack {missing} ({mv.source}); "
+                            f"`lmops models verify {mv.name}` lists every broken version; move the champion with `lmops rollback` "
+                            "or `lmops promote`")
+    return local
+
+
 def verify(name: str | None = None) -> list[dict[str, Any]]:
     """Check every registered version's artifacts are present; returns one row per version."""
     import mlflow
@@ -371,7 +394,6 @@ def verify(name: str | None = None) -> list[dict[str, Any]]:
                 present, error = set(), str(exc)
             else:
                 error = None
-            wanted = ADAPTER_FILES if "adapter_config.json" in present else REQUIRED_FILES
-            missing = [f for f in wanted if f not in present]
+            missing = missing_files(present)
             rows.append({"name": n, "version": int(mv.version), "ok": not missing and error is None, "missing": missing, "error": error, "source": mv.source})
     return rows

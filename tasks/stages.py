@@ -22,6 +22,22 @@ def ingest(p: Params, run: RunLayout):
     return ingest_sources(p.ingest, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
 
 
+def adopt(run: RunLayout, snapshot: Snapshot):
+    """Take an existing snapshot (a restored ``data/``, one pushed from elsewhere) as this run's data instead of
+    ingesting the sources: its files are copied unchanged, so its DVC md5, and the data version, stay the same."""
+    import shutil
+
+    from lmops.tasks.ingest import IngestSummary
+    from lmops.tasks.version import SNAPSHOT_FILES
+
+    snapshot.require()
+    run.data.dir.mkdir(parents=True, exist_ok=True)
+    for name in SNAPSHOT_FILES:
+        if (snapshot.dir / name).is_file():
+            shutil.copy2(snapshot.dir / name, run.data.dir / name)
+    return IngestSummary.read(run.data.dir)
+
+
 def validate(p: Params, run: RunLayout, previous: Snapshot | None):
     """Great Expectations over ``run.data``; ``previous`` is the data version it would replace (label drift)."""
     from lmops.tasks.validate import validate_snapshot
@@ -79,7 +95,7 @@ def gate(p: Params, run: RunLayout, candidate):
     champ = registry.get_version(p.register_.model_name, registry.CHAMPION)
     champ_metrics = None
     if champ is not None:
-        local = registry.download_model(champ.source, run.gate / "champion")
+        local = registry.download_version(champ, run.gate / "champion")
         champ_metrics = evaluate(p, local, run.data.test, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split").headline()
     decision = decide(candidate.headline(), champ_metrics, p.gate, str(champ.version) if champ else None)
     run.gate.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,12 @@ os.environ["LMOPS_HOME"] = str(_SESSION_HOME)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Under pytest-xdist (make test runs two workers on two cores) every torch process gets one thread: two
+# processes with two OpenMP threads each on two cores spin against each other and run ~4x slower.
+# Subprocesses (CLI runs, torchrun ranks) inherit this.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402

@@ -1,12 +1,14 @@
 """Registry safety and the audit trail: manual actions, rollback, concurrency, verification, restore."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmops.config import load_params
 from lmops.errors import UserError
@@ -37,27 +39,31 @@ def test_manual_promote_and_rollback_are_recorded(lmops_home, tmp_path):
 
 def _race(tmp_path: Path, name: str, lock: bool) -> list[str]:
     """Two processes register a gated version against 'no champion' at the same moment. The interleaving is
-    forced: a file barrier starts both together, and each pauses between reading the champion and moving
-    the alias, so without a lock both read 'no champion' before either moves it."""
+    forced: a file barrier makes both read the champion together (waiting at most 3 s, since with the lock
+    the other process cannot get there), and each pauses between that read and moving the alias, so without
+    a lock both read 'no champion' before either moves it."""
     script = textwrap.dedent(f"""
         import contextlib, pathlib, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from lmops.tasks import registry
         from tests.registry_helpers import fake_version
+        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+        me.mkdir(parents=True)
         read = registry.get_version
         def slow_read(name, ref=None):
+            if ref == registry.CHAMPION:
+                # barrier: read together with the other process (unless it is held outside, by the lock)
+                (me / "at-read").touch()
+                deadline = time.time() + 3
+                while not (other / "at-read").exists() and time.time() < deadline:
+                    time.sleep(0.01)
             v = read(name, ref)
             if ref == registry.CHAMPION:
-                time.sleep(1.5)  # the window between compare and set, made wide
+                time.sleep(1.0)  # the window between compare and set, made wide
             return v
         registry.get_version = slow_read
         if sys.argv[3] == "nolock":
             registry.registry_lock = lambda *a, **k: contextlib.nullcontext()
-        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-        me.mkdir(parents=True)
-        (me / "ready").touch()
-        while not (other / "ready").exists():
-            time.sleep(0.01)
         print(fake_version(me, True, None, name={name!r}).promoted)
     """)
     dirs = [tmp_path / f"{name}{i}" for i in range(2)]
@@ -89,7 +95,16 @@ def test_verify_detects_missing_artifacts(lmops_home, tmp_path):
 @pytest.mark.integration
 def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, lmops_home, tmp_path):
     from lmops.flows.pipeline import pipeline
+    from tests.conftest import FIXTURES
 
+    # the labeled source lives in the project, so it can change after the model was made
+    (project / "sources").mkdir()
+    shutil.copy(FIXTURES / "sentfin_sample.csv", project / "sources" / "sentfin.csv")
+    tree = yaml.safe_load((project / "params.yaml").read_text())
+    tree["ingest"]["sources"][0]["path"] = "sources/sentfin.csv"
+    (project / "params.yaml").write_text(yaml.safe_dump(tree))
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "own source"], cwd=project, check=True)
     params = load_params(project / "params.yaml")
     first = pipeline(params=params.to_dict(), project_root=str(project))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
@@ -114,10 +129,17 @@ def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, l
     assert pd.read_parquet(dest / "data" / "test.parquet").equals(pd.read_parquet(Path(first["run_dir"]) / "ingest" / "test.parquet"))
     assert (dest / "code" / "params.yaml").exists() and "Reproduce" in (dest / "AUDIT.md").read_text()
 
-    # Re-running from the restored params reproduces the data version and the metrics.
-    again = pipeline(params=load_params(dest / "params.yaml").to_dict(), project_root=str(project))
-    assert again["data_version"] == first["data_version"]
-    assert again["metrics"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"], abs=0.02)
+    # The sources change afterwards (half the headlines are gone)...
+    src = project / "sources" / "sentfin.csv"
+    lines = src.read_text().splitlines(keepends=True)
+    src.write_text("".join(lines[: len(lines) // 2]))
+    # ...and the recorded recipe, run from the restored folder, still trains on the restored data: the same data
+    # version and, with the same params and seed, the same model
+    recipe = (dest / "AUDIT.md").read_text()
+    assert "lmops run --params ../params.yaml --data ../data" in recipe and "cd code" in recipe
+    again = pipeline(params=load_params(dest / "params.yaml").to_dict(), project_root=str(dest / "code"), snapshot=str(dest / "data"))
+    assert again["data_version"] == first["data_version"] and again["rows"] == first["rows"]
+    assert again["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
     cmp = run_cli("compare", "finance-sentiment@1", "finance-sentiment@2", "--json", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
     out = json.loads(cmp.stdout.splitlines()[-1])
     assert out["params_changed"] == {} and out["lineage"]["data_version"][0] == out["lineage"]["data_version"][1]

@@ -47,3 +47,11 @@ def test_init_creates_dvc_repo_with_local_default_remote(project, lmops_home):
     assert json.loads(r.stdout.strip().splitlines()[-1])["dvc_remote"] == "lmops-local"
     assert "analytics = False" in (project / ".dvc" / "config").read_text()
     assert str(lmops_home / "dvc-remote") in (project / ".dvc" / "config.local").read_text()
+
+
+def test_run_data_must_be_a_snapshot(project, tmp_path):
+    """`lmops run --data DIR` trains on an existing snapshot; a folder that is not one is refused up front."""
+    (tmp_path / "notdata").mkdir()
+    (tmp_path / "notdata" / "train.parquet").write_bytes(b"")
+    r = run_cli("run", "--data", str(tmp_path / "notdata"), cwd=project)
+    assert r.returncode == 2 and "is not an lmops data snapshot" in r.stderr and "validation.parquet" in r.stderr, r.stderr

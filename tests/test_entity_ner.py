@@ -11,7 +11,8 @@ import torch
 from lmops.config import params_from_dict
 from lmops.errors import ConfigError
 from lmops.kinds import KINDS
-from lmops.tasks.ingest import ingest, to_iob2
+from lmops.tasks.ingest import ingest
+from lmops.tasks.readers import to_iob2
 from tests.conftest import FIXTURES, tiny_params_dict
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]

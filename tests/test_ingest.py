@@ -5,7 +5,9 @@ import pytest
 
 from lmops.config import IngestParams, SourceParams
 from lmops.errors import UserError
-from lmops.tasks.ingest import chunk_text, ingest, normalize_text, parse_sentfin_decisions
+from lmops.tasks.ingest import chunk_text, ingest
+from lmops.tasks.readers import parse_sentfin_decisions
+from lmops.text import normalize_text
 
 LABELS = ["negative", "neutral", "positive"]
 

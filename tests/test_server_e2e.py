@@ -91,7 +91,15 @@ def test_lmops_run_cli_against_a_real_prefect_server(prefect_server, project, lm
     both = json.loads(cmp.stdout.strip().splitlines()[-1])
     assert both["metrics"]["macro_f1"][0] == pytest.approx(summary["metrics"]["macro_f1"]) and both["metrics"]["macro_f1"][1] == 0.5
 
-    # exit codes of `lmops run`: bad data is 3 (nothing trained), an unreachable DVC remote is 4 (transient)
+    # exit codes of `lmops run`: a champion whose artifacts are gone is 5 (the registry is inconsistent), bad
+    # data is 3 (nothing trained), an unreachable DVC remote is 4 (transient)
+    weights = Path(registry.show("finance-sentiment@champion")["source"].removeprefix("file://")) / "model.safetensors"
+    kept = weights.read_bytes()
+    weights.unlink()
+    broken = run_cli("run", "pretrain.max_steps=2", "finetune.epochs=1", cwd=project, env=env)
+    assert broken.returncode == 5 and "finance-sentiment v1 is registered but its artifacts lack ['model.safetensors']" in broken.stderr, \
+        broken.stderr[-2000:]
+    weights.write_bytes(kept)
     bad = run_cli("run", "validate.min_labeled_rows=100000", cwd=project, env=env)
     assert bad.returncode == 3 and "data validation failed" in bad.stderr, bad.stderr[-2000:]
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "remote", "modify", "--local", "lmops-local", "url", "/proc/lmops-no-such-remote"],

@@ -162,7 +162,14 @@ class TaskKind:
         def score(idx):
             return classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)
 
-        return report, [labels[p] for p in preds], probs.max(-1).values.tolist(), score
+        text, confidence = self.decode(logits, labels)
+        return report, text, confidence, score
+
+    class_noun: ClassVar[str] = "class"  # a row of the per-class table
+    confusion_title: ClassVar[str] = "Confusion matrix"
+
+    def report_headline(self, report: dict[str, Any], n: int) -> str:
+        return f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {n}"
 
     def paired_bootstrap(self, refs_text: list[str], preds_a: list[str], preds_b: list[str], labels: list[str], seed: int) -> dict[str, Any]:
         """(b − a) with 95% intervals over resampled test rows."""

@@ -137,6 +137,13 @@ class TokenKind(TaskKind):
         text, confidence = self.decode(logits, labels)
         return report, text, confidence, score
 
+    class_noun = "entity type"
+    confusion_title = "Tag-level confusion matrix"
+
+    def report_headline(self, report: dict[str, Any], n: int) -> str:
+        return (f"entity-level (seqeval, exact spans): micro-F1 **{report['micro_f1']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · "
+                f"token accuracy {report['accuracy']:.4f} · sentences = {n}")
+
     def paired_bootstrap(self, refs_text, preds_a, preds_b, labels, seed: int) -> dict[str, Any]:
         """Tag sequences: resample sentences, score entity spans."""
         from lmops.metrics import bootstrap_diff_entities
