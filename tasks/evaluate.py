@@ -115,8 +115,9 @@ def _format_of(path: Path, default: str) -> str:
     return "text_dir" if path.is_dir() else default
 
 
-def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
-    """Bring a user's labeled file through the same ingest rules (normalization, quarantine, label map)."""
+def load_labeled_file(path: Path, params, out_dir: Path):
+    """Bring a user's labeled file through the same ingest rules (normalization, quarantine, label map).
+    Returns (the rows kept, as Parquet; the file's row counts: rows_in = kept + quarantined + duplicates)."""
     from lmops.config import IngestParams, SourceParams
     from lmops.errors import DataError
     from lmops.tasks.ingest import ingest_labeled_only
@@ -130,20 +131,21 @@ def load_labeled_file(path: Path, params, out_dir: Path) -> Path:
         raise DataError(f"{path}: no usable labeled rows; see {out_dir / 'quarantine.parquet'}")
     out = out_dir / "eval.parquet"
     frame.to_parquet(out, index=False)
-    return out
+    return out, next(iter(summary.sources.values()))
 
 
-def load_text_file(path: Path, out_dir: Path) -> Path:
-    """Any text file or folder through the corpus ingest rules (normalization, quarantine), for LM evaluation."""
+def load_text_file(path: Path, out_dir: Path):
+    """Any text file or folder through the corpus ingest rules (normalization, quarantine), for LM evaluation.
+    Returns (the corpus Parquet, the row counts)."""
     from lmops.config import IngestParams, SourceParams
     from lmops.errors import DataError
     from lmops.tasks.ingest import ingest_corpus_only
 
     src = SourceParams(name=path.stem, role="unlabeled", format=_format_of(path, default="text_lines"), path=str(path))
-    frame, _ = ingest_corpus_only(IngestParams(sources=[src]), out_dir)
+    frame, summary = ingest_corpus_only(IngestParams(sources=[src]), out_dir)
     if frame.empty:
         raise DataError(f"{path}: no usable text; see {out_dir / 'quarantine.parquet'}")
-    return out_dir / "corpus.parquet"
+    return out_dir / "corpus.parquet", next(iter(summary.sources.values()))
 
 
 def language_model_objective(model_dir: Path) -> str | None:

@@ -131,7 +131,7 @@ def finetune(
     y_train, y_val = kind.targets(train, labels), kind.targets(val, labels)
     texts, val_inputs = kind.inputs(train), kind.inputs(val)
 
-    model, tokenizer = load_classifier(base, labels, kind)
+    model, tokenizer = load_classifier(base, labels, kind, train=True)
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model

@@ -9,8 +9,28 @@ from pathlib import Path
 from lmops.kinds import TaskKind
 
 
-def load_classifier(base: str, labels: list[str], kind: TaskKind):
+def saved_labels(model_dir: str | Path) -> list[str] | None:
+    """The label names a fine-tuned classifier was saved with (its config's id2label, in output order), or
+    None for a model without a trained head (a pretrained LM, a hub id, default ``LABEL_i`` names)."""
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return None
+    conf = json.loads(cfg.read_text())
+    if not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in conf.get("architectures") or []):
+        return None
+    names = [conf.get("id2label", {}).get(str(i)) for i in range(len(conf.get("id2label", {})))]
+    if not names or any(n is None or n.startswith("LABEL_") for n in names):
+        return None
+    return names
+
+
+def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = False):
     """A classifier (or tagger) and its tokenizer from a folder, a ``pkg:``-resolved path or a hub id.
+
+    To predict, a fine-tuned model is read with its own saved label mapping (the artifact is the truth, not
+    today's ``validate.labels``): its outputs are reordered into ``labels`` order by name
+    (``model.lmops_label_order``), and a model whose label names differ from ``labels`` is an error naming
+    both. To train (``train=True``) the head is laid out in ``labels`` order.
 
     A soft-prompt adapter folder loads its base model, then the adapter (and its trained head). Weights
     the checkpoint lacked (a fresh head, a BERT pooler absent from MLM checkpoints) are listed in
@@ -23,13 +43,21 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind):
         from peft import PeftModel
 
         ref = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        model, _ = load_classifier(ref, labels, kind)
+        model, _ = load_classifier(ref, labels, kind, train=True)  # the head lives in the adapter, saved in labels order
         return PeftModel.from_pretrained(model, base), load_tokenizer(base)
     tokenizer = load_tokenizer(base)
+    own = None if train else saved_labels(base)
+    if own is not None and sorted(own) != sorted(labels):
+        from lmops.errors import DataError
+
+        raise DataError(f"model {base} predicts the labels {own}, but validate.labels is {labels}: score it with its own labels "
+                        "(set validate.labels to them), or retrain it for the new label set")
+    mapping = {} if own is not None else {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
     model, info = kind.auto_model().from_pretrained(
-        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-        use_safetensors=True, trust_remote_code=False, output_loading_info=True,
+        base, num_labels=len(labels), **mapping, use_safetensors=True, trust_remote_code=False, output_loading_info=True,
     )
+    if own is not None and own != list(labels):
+        model.lmops_label_order = [own.index(l) for l in labels]  # logits column j is labels[j]
     model.lmops_new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -42,12 +70,16 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
 
     model.eval()
     fill = kind.fill_index(labels)
+    order = getattr(model, "lmops_label_order", None)  # a model saved with another label order, read by name
     units: list = []
     with torch.no_grad():
         for i in range(0, len(inputs), batch_size):
             batch = inputs[i : i + batch_size]
             enc = kind.encode(tokenizer, batch, max_length)
-            units.extend(kind.batch_logits(enc, model(**enc).logits.float(), batch, fill))
+            logits = model(**enc).logits.float()
+            if order is not None:
+                logits = logits[..., order]
+            units.extend(kind.batch_logits(enc, logits, batch, fill))
     return kind.stack(units, len(labels))
 
 

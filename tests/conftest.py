@@ -68,10 +68,23 @@ def tiny_params():
     return params_from_dict(tiny_params_dict())
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """A real, migrated, empty MLflow SQLite DB, made once per worker: creating one runs MLflow's schema
+    migrations (~5 s here), which every fresh home would otherwise repeat. The embedded default that
+    creates it on first use is still exercised by the fresh-home tests, which do not use this."""
+    home = tmp_path_factory.mktemp("mlflow-template")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from lmops.tasks import registry; registry.client()")
+    subprocess.run([sys.executable, "-c", code, str(REPO)], env={**os.environ, "LMOPS_HOME": str(home)}, check=True, capture_output=True)
+    return home / "mlflow" / "mlflow.db"
+
+
 @pytest.fixture
-def lmops_home(tmp_path, monkeypatch) -> Path:
+def lmops_home(tmp_path, monkeypatch, _empty_mlflow_db) -> Path:
     """A fresh LMOPS_HOME (MLflow DB, DVC remote, runs) for one test."""
     home = tmp_path / "home"
+    (home / "mlflow").mkdir(parents=True)
+    shutil.copy(_empty_mlflow_db, home / "mlflow" / "mlflow.db")
     monkeypatch.setenv("LMOPS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home

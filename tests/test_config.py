@@ -69,6 +69,13 @@ def test_bad_override_and_missing_file(tmp_path):
     base.write_text(yaml.safe_dump(tiny_params_dict()))
     with pytest.raises(ConfigError, match="pretrain.max_steps"):
         load_params(base, overrides=["pretrain.max_steps=lots"])
+    # malformed overrides are config errors (exit 2) naming the override, never a crash
+    with pytest.raises(ConfigError, match=r"the value '\[a, b' is not valid YAML"):
+        load_params(base, overrides=["finetune.lora.target_modules=[a, b"])
+    with pytest.raises(ConfigError, match="is not a dotted key path"):
+        load_params(base, overrides=["pretrain..max_steps=3"])
+    with pytest.raises(ConfigError, match="is not a dotted key path"):
+        load_params(base, overrides=["=3"])
 
 
 def test_params_hash_is_stable_and_sensitive():

@@ -246,3 +246,23 @@ def test_readback_refuses_a_logged_model_that_predicts_otherwise(lora_run, tmp_p
     flipped.to_parquet(tmp_path / "other.parquet", index=False)
     with pytest.raises(RegistryError, match=r"disagrees with the evaluated candidate on \d+/\d+ test rows"):
         check_readback(source, tmp_path / "other.parquet", data / "test.parquet", LABELS, fp.max_length, tmp_path / "bad", SEQ)
+
+
+def test_a_saved_model_is_read_with_its_own_label_order(lora_run, tmp_path):
+    """The gate scores the champion with today's validate.labels: a reordered list must not scramble a saved
+    model's predictions (it would score the champion near chance and let any candidate past it), and a
+    label set the model was not trained on is an error naming both."""
+    import pandas as pd
+
+    from lmops.errors import DataError
+
+    s, fp, data = lora_run
+    ref = evaluate_model(Path(s.model_dir), data / "test.parquet", LABELS, fp.max_length, 64, tmp_path / "a", SEQ)
+    reordered = ["positive", "negative", "neutral"]
+    other = evaluate_model(Path(s.model_dir), data / "test.parquet", reordered, fp.max_length, 64, tmp_path / "b", SEQ)
+    assert other.accuracy == ref.accuracy and other.macro_f1 == pytest.approx(ref.macro_f1, abs=1e-9)
+    assert pd.read_parquet(other.predictions_path)["prediction"].tolist() == pd.read_parquet(ref.predictions_path)["prediction"].tolist()
+    renamed = pd.read_parquet(data / "test.parquet").replace({"label": {"negative": "bearish", "positive": "bullish"}})
+    renamed.to_parquet(tmp_path / "renamed.parquet", index=False)
+    with pytest.raises(DataError, match=r"predicts the labels \['negative', 'neutral', 'positive'\], but validate.labels is \['bearish'"):
+        evaluate_model(Path(s.model_dir), tmp_path / "renamed.parquet", ["bearish", "neutral", "bullish"], fp.max_length, 64, tmp_path / "c", SEQ)

@@ -130,3 +130,15 @@ def test_normalize_and_chunk():
     chunks = chunk_text(text, 300)
     assert all(len(c) <= 300 for c in chunks) and " ".join(chunks) == text
     assert all(c.endswith(".") for c in chunks)  # cut on sentence boundaries
+
+
+def test_invisible_characters_cannot_hide_a_copy_of_a_test_row(tmp_path):
+    """A zero-width space or soft hyphen inside a copied headline makes it a different string to every hash;
+    normalization removes them, so the copy is a duplicate, and a copy in the corpus is caught as leakage."""
+    rows = [f"Company {i} reports quarterly results above estimates" for i in range(40)]
+    labeled = tmp_path / "labeled.csv"
+    sneaky = rows[0].replace(" ", "\u200b ", 1).replace("quarterly", "quar\u00adterly")
+    labeled.write_text("text,label\n" + "\n".join(f"{t},positive" for t in rows) + f"\n{sneaky},positive\n")
+    summary = ingest(_params(SourceParams(name="l", role="labeled", format="csv", path=str(labeled))), LABELS, tmp_path / "out", 0)
+    assert summary.sources["l"].duplicates == 1 and summary.sources["l"].kept == 40
+    assert normalize_text("Tata\u200b Motors\u2060 up\u00ad\ufeff") == "Tata Motors up"

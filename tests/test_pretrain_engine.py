@@ -316,20 +316,29 @@ def test_flops_per_token_of_gpt2_small_and_bert_base_match_the_usual_counts():
     assert dense - sparse == pytest.approx(6 * 0.85 * (30522 * 768 + 768 * 768 + 2 * 768 + 30522), rel=1e-3)
 
 
-def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lmops_home):
-    """FSDP2 (fully_shard per block) over 2 gloo processes: same loss as one process, a plain HF model saved,
-    and sharded checkpoints (each rank writes its own shards) that resume to the very same weights."""
+def _fsdp_run(root: Path, env: dict):
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "fsdp"]
+    run = subprocess.run(torchrun, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return torchrun, [json.loads(l) for l in run.stdout.splitlines() if l.startswith("{")]
+
+
+def _fsdp_project(tmp_path: Path, lmops_home: Path) -> tuple[Path, dict]:
     env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
     root = tmp_path / "proj"
     root.mkdir()
     _write_project(root, max_steps=8, checkpoint_every=4, batch_size=8, distributed="fsdp", keep_checkpoints=1, dropout=0.0)
+    return root, env
+
+
+def test_two_process_fsdp_on_cpu_matches_single_process(tmp_path, lmops_home):
+    """FSDP2 (fully_shard per block) over 2 gloo processes: the losses of one process, a plain HF model saved,
+    and sharded checkpoints (each rank writes its own shards, no full copy)."""
+    root, env = _fsdp_project(tmp_path, lmops_home)
     single = subprocess.run(_pretrain_cmd("--out", "single"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "fsdp"]
-    run = subprocess.run(torchrun, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _, lines = _fsdp_run(root, env)
     s1 = json.loads(single.stdout.splitlines()[-1])
-    lines = [json.loads(l) for l in run.stdout.splitlines() if l.startswith("{")]
     assert {l["world_size"] for l in lines} == {2} and lines[0]["param_digest"] == lines[1]["param_digest"]
     assert [h["loss"] for h in lines[0]["history"]] == pytest.approx([h["loss"] for h in s1["history"]], abs=TIGHT)
     assert lines[0]["eval_loss"] == pytest.approx(s1["eval_loss"], abs=TIGHT)
@@ -341,13 +350,20 @@ def test_two_process_fsdp_on_cpu_matches_single_process_and_resumes(tmp_path, lm
     assert (ckpt / "state.json").exists() and (ckpt / "shards" / ".metadata").exists()
     assert len(list((ckpt / "shards").glob("*.distcp"))) == 2  # one file of shards per rank, no full copy
     assert not list(ckpts.glob(".tmp-*"))
-    # the same command again resumes from the sharded step-4 checkpoint and ends with the same weights
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoints_resume_to_the_same_weights(tmp_path, lmops_home):
+    """Re-running the FSDP command resumes from the sharded step-4 checkpoint and ends with the very same
+    weights; a run without FSDP refuses that checkpoint and names the setting that wrote it. (Slow tier; the
+    default run keeps resumed = uninterrupted for one process, and FSDP = one process.)"""
+    root, env = _fsdp_project(tmp_path, lmops_home)
+    torchrun, lines = _fsdp_run(root, env)
     again = subprocess.run(torchrun, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = [json.loads(l) for l in again.stdout.splitlines() if l.startswith("{")]
     assert {l["resumed_from_step"] for l in resumed} == {4} and resumed[0]["steps"] == 8
     assert resumed[0]["param_digest"] == lines[0]["param_digest"]
-    # a run without FSDP refuses the sharded checkpoint and says which setting wrote it
     plain = subprocess.run(_pretrain_cmd("--out", "fsdp"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and "pretrain.distributed: fsdp" in plain.stderr, plain.stderr[-2000:]
 

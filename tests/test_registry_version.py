@@ -1,5 +1,7 @@
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -69,3 +71,31 @@ def test_dvc_snapshot_versions_and_pushes(project, lmops_home, ingested):
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     info = git_info(project)
     assert info["git_commit"] and info["git_dirty"] is True
+
+
+def test_a_champion_whose_artifacts_are_gone_stops_the_gate_as_a_registry_error(lmops_home, tmp_path, tiny_params):
+    """The gate downloads the champion to score it: missing weights are a registry inconsistency (exit 5)
+    with the way out, not a crash in model loading. `lmops run`'s exit 5 itself: the slow e2e test."""
+    from lmops.errors import RegistryError
+    from lmops.layout import RunLayout
+    from lmops.tasks.stages import gate
+    from tests.registry_helpers import fake_version
+
+    fake_version(tmp_path / "1", True, None, name=tiny_params.register_.model_name)
+    source = registry.show(f"{tiny_params.register_.model_name}@champion")["source"]
+    Path(source.removeprefix("file://"), "model.safetensors").unlink()
+    with pytest.raises(RegistryError, match=r"v1 is registered but its artifacts lack \['model.safetensors'\].*lmops models verify"):
+        gate(tiny_params, RunLayout(tmp_path / "run"), candidate=None)
+
+
+def test_an_unreachable_dvc_remote_is_a_transient_error(project, lmops_home, ingested):
+    """`lmops run` exits 4 (and the flow retries the version step) when the remote refuses the push."""
+    from lmops.errors import TransientError
+
+    data, _, _ = ingested
+    snapshot(project, data, lmops_home / "remote")  # sets up the repo and its default local remote
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([str(dvc), "remote", "modify", "--local", "lmops-local", "url", "/proc/lmops-no-such-remote"], cwd=project, check=True,
+                   capture_output=True, env=os.environ)
+    with pytest.raises(TransientError, match="dvc push to remote 'lmops-local' failed"):
+        snapshot(project, data, lmops_home / "remote")

@@ -74,6 +74,31 @@ def test_lmops_run_cli_against_a_real_prefect_server(prefect_server, project, lm
     assert ev.returncode == 0, ev.stderr[-3000:]
     scored = json.loads(ev.stdout.strip().splitlines()[-1])
     assert scored["macro_f1"] == pytest.approx(summary["metrics"]["macro_f1"], abs=1e-6) and scored["n"] == len(pd.read_csv(project / "heldout.csv"))
+    assert scored["data_rows"]["rows_in"] == scored["data_rows"]["kept"] == scored["n"]
+
+
+def test_lmops_run_on_a_fresh_home_with_the_embedded_prefect_api(project, tmp_path):
+    """What `make run` does on a new machine: no server, no state folder yet."""
+    home = tmp_path / "fresh" / ".lmops"
+    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_HOME", "PREFECT_API_URL"}}
+    env["LMOPS_HOME"] = str(home)
+    r = subprocess.run([sys.executable, "-m", "lmops.cli", "run", "--json", "pretrain.max_steps=4", "finetune.epochs=1"],
+                       cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["promoted"] and Path(summary["run_dir"]).is_relative_to(home)
+    assert (home / "prefect" / "prefect.db").exists() and (home / "mlflow" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_registry_commands_and_run_exit_codes_through_the_cli(prefect_server, project, lmops_home):
+    """Manual champion changes through the CLI, each recorded; and `lmops run`'s exit codes: a champion whose
+    artifacts are gone is 5, bad data 3, an unreachable DVC remote 4. (Slow tier: five flow runs. The
+    default run keeps faster checks of each: tests/test_registry_version.py, test_stage_cli.py, test_audit.py.)"""
+    env = {"PREFECT_API_URL": prefect_server, "LMOPS_HOME": str(lmops_home)}
+    r = run_cli("run", "--json", "pretrain.max_steps=2", "finetune.epochs=1", cwd=project, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
 
     # promote / rollback / compare through the CLI, each recorded
     from lmops.tasks import registry
@@ -106,16 +131,3 @@ def test_lmops_run_cli_against_a_real_prefect_server(prefect_server, project, lm
                    cwd=project, check=True, capture_output=True)
     down = run_cli("run", "pretrain.max_steps=2", cwd=project, env=env)
     assert down.returncode == 4 and "dvc push" in down.stderr, down.stderr[-2000:]
-
-
-def test_lmops_run_on_a_fresh_home_with_the_embedded_prefect_api(project, tmp_path):
-    """What `make run` does on a new machine: no server, no state folder yet."""
-    home = tmp_path / "fresh" / ".lmops"
-    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_HOME", "PREFECT_API_URL"}}
-    env["LMOPS_HOME"] = str(home)
-    r = subprocess.run([sys.executable, "-m", "lmops.cli", "run", "--json", "pretrain.max_steps=4", "finetune.epochs=1"],
-                       cwd=project, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["promoted"] and Path(summary["run_dir"]).is_relative_to(home)
-    assert (home / "prefect" / "prefect.db").exists() and (home / "mlflow" / "mlflow.db").exists()

@@ -45,6 +45,8 @@ def test_pretrain_finetune_evaluate_chain(project, env, tmp_path):
                     "Sensex ends flat ahead of policy,neutral\nRupee trades in a narrow range,neutral\nbad row with a label nobody knows,bullish\n")
     ev = _last_json(run_cli("evaluate", ft["model_dir"], "--data", str(data), "--json", cwd=project, env=env))
     assert ev["n"] == 4 and 0 <= ev["macro_f1"] <= 1 and set(ev["per_class"]) == {"negative", "neutral", "positive"}
+    # the bad row is counted, not silently dropped
+    assert ev["data_rows"] == {"rows_in": 5, "kept": 4, "quarantined": 1, "duplicates": 0, "near_duplicates": 0}
 
 
 def test_compare_bases_reports_a_bootstrap_interval(project, env, tiny_lm):
