@@ -108,3 +108,14 @@ def test_installed_package_names_do_not_collide():
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert all(p == "lmops" or p.startswith("lmops.") for p in cfg["packages"])
     assert cfg["package-dir"]["lmops.tasks"] == "tasks" and cfg["package-dir"]["lmops.flows"] == "flows"
+
+
+def test_nothing_imports_the_folders_by_their_top_level_names():
+    """`tasks` and `flows` are lmops.tasks and lmops.flows: a bare `from tasks...` works only from a checkout's
+    root and loads a second copy of the module (two error classes, two registries)."""
+    import re
+
+    bare = re.compile(r"^\s*(from|import) (tasks|flows)\b|[\"'](from|import) (tasks|flows)\b", re.M)
+    found = [f"{p.relative_to(REPO)}" for folder in ("lmops", "tasks", "flows", "tests", "benchmarks")
+             for p in (REPO / folder).rglob("*.py") if bare.search(p.read_text())]
+    assert not found, found

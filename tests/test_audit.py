@@ -77,14 +77,17 @@ def test_two_processes_cannot_both_become_champion(lmops_home, tmp_path):
     assert _race(tmp_path, "race", lock=True) == ["False", "True"]
     assert len(registry.show("race@1")["aliases"] + registry.show("race@2")["aliases"]) == 2
     assert [e["to_version"] for e in registry.history("race")] in (["1"], ["2"])
-    # the interleaving is real: with the lock taken away, both processes promote (the test would catch it)
+
+
+@pytest.mark.slow
+def test_without_the_lock_the_forced_race_promotes_both(lmops_home, tmp_path):
+    """The test above can fail: the same forced interleaving with the lock taken away promotes both."""
     assert _race(tmp_path, "nolock", lock=False) == ["True", "True"]
 
 
 def test_verify_detects_missing_artifacts(lmops_home, tmp_path):
     _fake_version(tmp_path / "1", True, None)
-    r = run_cli("models", "verify", "--json", env={"LMOPS_HOME": str(lmops_home)}, cwd=tmp_path)
-    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["broken"] == []
+    assert [r["ok"] for r in registry.verify()] == [True]
     source = registry.show("m@1")["source"]
     Path(source.removeprefix("file://"), "model.safetensors").unlink()
     r = run_cli("models", "verify", "--json", env={"LMOPS_HOME": str(lmops_home)}, cwd=tmp_path)

@@ -96,9 +96,11 @@ def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, 
     _assert_same_run(s, ref)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_then_resumes_to_the_same_result(tmp_path, uninterrupted):
     """SIGTERM (an eviction or preemption) checkpoints the step it arrives at, exits as a transient error
-    naming that step, and the same command resumes from exactly there."""
+    naming that step, and the same command resumes from exactly there. (Slow tier; the default run keeps
+    SIGKILL → resume = uninterrupted, and the stop logic's agreement check in-process.)"""
     env, ref = uninterrupted
     _write_project(tmp_path)
     proc = _interrupt_after_first_checkpoint(tmp_path, env, signal.SIGTERM)
@@ -380,3 +382,34 @@ def test_gpu_mfu_script_runs_its_variants_on_cpu(tmp_path):
     assert all("error" not in x and x["steps"] == 3 for x in runs), runs
     assert all(x["over_base"] > 0 for x in runs if x["variant"] == "lean")
     assert runs[1]["params"]["dropout"] == 0.0 and runs[1]["flops_per_token"] < runs[0]["flops_per_token"]  # sparse head
+
+
+def test_sigterm_in_process_checkpoints_the_step_it_arrives_at(tiny_lm, tmp_path):
+    """The default run's check of the SIGTERM path (the slow tier runs it through the CLI and resumes):
+    the step in flight finishes, is checkpointed, and pretraining stops as a transient error naming it."""
+    import threading
+
+    from lmops.tasks.pretrain import Preempted, pretrain
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")
+    tok, _, p = tiny_lm
+    params = p.pretrain.model_copy(update={"max_steps": 100_000, "checkpoint_every": 3, "log_every": 1})
+    ckpts = tmp_path / "run" / "checkpoints"
+    training = threading.Event()
+    training.set()
+
+    def terminate_after_first_checkpoint():
+        while training.is_set() and not list(ckpts.glob("step-*")):
+            time.sleep(0.005)
+        if training.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_after_first_checkpoint, daemon=True).start()
+    try:
+        with pytest.raises(Preempted, match=r"stopped by SIGTERM at step (\d+) of 100000: saved checkpoint step \1") as err:
+            pretrain(Path(tok.blocks_path), Path(tok.tokenizer_dir), params, 0, tmp_path / "run", progress=False)
+    finally:
+        training.clear()
+    stopped = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    assert stopped >= 3 and (ckpts / f"step-{stopped:08d}" / "state.json").exists() and err.value.exit_code == 4

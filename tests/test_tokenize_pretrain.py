@@ -83,20 +83,20 @@ def test_tiny_clm_with_bpe(ingested, tmp_path):
     assert model.config.model_type == "gpt2"
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
-def test_tokenizer_training_is_deterministic_across_processes(kind, ingested):
-    """Same corpus → same vocabulary in a new process (tokenizers#1794 made WordPiece vary)."""
+def test_tokenizer_training_is_deterministic_across_processes(ingested):
+    """Same corpus → same vocabulary in a new process (tokenizers#1794 made WordPiece vary), both kinds."""
     import subprocess
     import sys
 
     data = ingested[0]
     code = (
-        "import sys, json, hashlib, pandas as pd; from lmops.config import TokenizeParams; from tasks.tokenize import train_tokenizer;"
-        f"t = train_tokenizer(pd.read_parquet({str(data / 'corpus.parquet')!r})['text'].tolist(), TokenizeParams(kind={kind!r}, vocab_size=600));"
-        "print(hashlib.md5(json.dumps(sorted(t.get_vocab().items())).encode()).hexdigest())"
+        "import sys, json, hashlib, pandas as pd; from lmops.config import TokenizeParams; from lmops.tasks.tokenize import train_tokenizer;"
+        f"texts = pd.read_parquet({str(data / 'corpus.parquet')!r})['text'].tolist();"
+        "print(*[hashlib.md5(json.dumps(sorted(train_tokenizer(texts, TokenizeParams(kind=k, vocab_size=600)).get_vocab().items())).encode())"
+        ".hexdigest() for k in ('wordpiece', 'bpe')])"
     )
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1] for _ in range(3)}
-    assert len(digests) == 1
+    assert len(digests) == 1 and len(next(iter(digests)).split()) == 2
 
 
 def test_datasets_map_tokenization_streams_caches_and_matches_in_memory_packing(ingested, tmp_path):
