@@ -117,21 +117,30 @@ def test_sigterm_checkpoints_the_current_step_then_resumes_to_the_same_result(tm
     _assert_same_run(s, ref)
 
 
-def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home):
-    """torchrun --nproc_per_node 2 with gloo: both ranks end identical, loss ≈ the single-process run."""
-    env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
-    root = tmp_path / "proj"
-    root.mkdir()
-    # dropout off: the two runs then differ only by float summation order, so a tight tolerance catches a
-    # rank that trains on the wrong slice of the batch or masks differently
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """The one-process reference the DDP and FSDP runs must match: 8 steps at batch 8, dropout off (the runs then
+    differ only by float summation order, so a tight tolerance catches a rank that trains on the wrong slice of
+    the batch or masks differently). Checkpointing and pretrain.distributed do not change a one-process run."""
+    root = tmp_path_factory.mktemp("single")
+    env = {**os.environ, "LMOPS_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
     _write_project(root, max_steps=8, checkpoint_every=0, batch_size=8, dropout=0.0)
     single = subprocess.run(_pretrain_cmd("--out", "single"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
+    return json.loads(single.stdout.splitlines()[-1])
+
+
+def test_two_process_ddp_on_cpu_matches_single_process(tmp_path, lmops_home, single_process):
+    """torchrun --nproc_per_node 2 with gloo: both ranks end identical, with the single-process losses."""
+    env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "proj"
+    root.mkdir()
+    _write_project(root, max_steps=8, checkpoint_every=0, batch_size=8, dropout=0.0)
     torchrun = Path(sys.executable).parent / "torchrun"
     ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lmops.cli", "pretrain", "--json", "--out", "ddp"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    s1 = json.loads(single.stdout.splitlines()[-1])
+    s1 = single_process
     lines = [json.loads(l) for l in ddp.stdout.splitlines() if l.startswith("{")]
     assert {l["world_size"] for l in lines} == {2} and len(lines) == 2
     assert lines[0]["param_digest"] == lines[1]["param_digest"]  # both ranks hold identical weights
@@ -333,14 +342,12 @@ def _fsdp_project(tmp_path: Path, lmops_home: Path) -> tuple[Path, dict]:
     return root, env
 
 
-def test_two_process_fsdp_on_cpu_matches_single_process(tmp_path, lmops_home):
+def test_two_process_fsdp_on_cpu_matches_single_process(tmp_path, lmops_home, single_process):
     """FSDP2 (fully_shard per block) over 2 gloo processes: the losses of one process, a plain HF model saved,
     and sharded checkpoints (each rank writes its own shards, no full copy)."""
     root, env = _fsdp_project(tmp_path, lmops_home)
-    single = subprocess.run(_pretrain_cmd("--out", "single"), cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
     _, lines = _fsdp_run(root, env)
-    s1 = json.loads(single.stdout.splitlines()[-1])
+    s1 = single_process
     assert {l["world_size"] for l in lines} == {2} and lines[0]["param_digest"] == lines[1]["param_digest"]
     assert [h["loss"] for h in lines[0]["history"]] == pytest.approx([h["loss"] for h in s1["history"]], abs=TIGHT)
     assert lines[0]["eval_loss"] == pytest.approx(s1["eval_loss"], abs=TIGHT)

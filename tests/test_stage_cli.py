@@ -29,7 +29,10 @@ def test_data_ingest_failed_validation_exits_3(project, env):
     assert r.returncode == 3 and "expect_table_row_count_to_be_between" in r.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_evaluate_chain(project, env, tmp_path):
+    """The three stage commands chained as a user would (slow tier: the default run drives `lmops pretrain` in
+    tests/test_pretrain_engine.py, `lmops finetune` below and `lmops evaluate` in test_server_e2e.py)."""
     pre = _last_json(run_cli("pretrain", "--json", "pretrain.max_steps=4", cwd=project, env=env))
     for key in ("steps", "tokens", "tokens_per_s", "eval_loss", "perplexity", "resumed_from_step"):
         assert key in pre
