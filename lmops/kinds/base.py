@@ -20,7 +20,6 @@ class TaskKind:
     class_weighting: ClassVar[bool] = True
     soft_prompts: ClassVar[bool] = True  # prompt / prefix tuning apply
     label_drift: ClassVar[bool] = True  # the label mix can be compared with the previous data version
-    selection_metric: ClassVar[str] = "macro_f1"  # early stopping on validation
 
     # --- params --------------------------------------------------------------------------------------
     def check_params(self, labeled_formats: list[str], method: str, owners: dict[str, "TaskKind"]) -> list[str]:

@@ -19,7 +19,6 @@ class TokenKind(TaskKind):
     class_weighting = False  # "O" dominates; weighting it down costs precision
     soft_prompts = False
     label_drift = False  # labels are tag sequences
-    selection_metric = "micro_f1"  # entity-level micro F1: rare types make macro noisy
 
     # --- ingest --------------------------------------------------------------------------------------
     def labeled_rows(self, item, src, params, labels: list[str]):
@@ -116,6 +115,7 @@ class TokenKind(TaskKind):
         gold = [t for tags in targets for t in tags]
         val_loss = float(loss_fn(flat, torch.as_tensor(gold, dtype=torch.long))) if gold else float("nan")
         scores = seqeval_scores(targets, [l.argmax(-1).tolist() for l in logits], labels)
+        # early stopping on entity-level micro F1, the usual NER headline: rare types make macro noisy
         return {"val_loss": val_loss, "macro": scores["macro_f1"], "select": scores["micro_f1"], "entity_f1": scores["micro_f1"]}
 
     def report(self, logits, refs: list, labels: list[str]) -> tuple[dict[str, Any], list[str], list[float], Any]:
