@@ -291,7 +291,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from lmops.tasks.registry import set_champion
 
-    event = set_champion(args.name, str(args.version), "promote (manual)", args.reason)
+    event = set_champion(args.name, str(args.version), "promote (manual)", args.reason, force=args.force)
     _emit(event, args.json, lambda e: f"{args.name}@champion: v{e['from_version']} → v{e['to_version']} ({e['who']}, {e['when']})")
     return 0
 
@@ -391,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("version")
     p.add_argument("--reason", required=True)
+    p.add_argument("--force", action="store_true", help="promote a version that failed its gate (the override is recorded)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rollback", help="restore the previous champion (recorded with who/when/why)")

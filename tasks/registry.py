@@ -196,6 +196,7 @@ def register_version(name: str, run_id: str, source: str, tags: dict[str, str], 
 
     c = client()
     with registry_lock():
+        reconcile(name)
         try:
             c.get_registered_model(name)
         except MlflowException as exc:
@@ -213,13 +214,14 @@ def register_version(name: str, run_id: str, source: str, tags: dict[str, str], 
             reason = "gate passed"
         else:
             reason = "gate failed"
-        alias = CHAMPION if promote else CHALLENGER
-        c.set_registered_model_alias(name, alias, mv.version)
         c.set_model_version_tag(name, mv.version, "lmops.promoted", str(promote).lower())
         c.set_model_version_tag(name, mv.version, "lmops.registration", reason)
         c.set_model_version_tag(name, mv.version, "lmops.status", "ready")
+        alias = CHAMPION if promote else CHALLENGER
         if promote:
-            record_event(name, "promote (gate)", str(mv.version), current_v, description or reason)
+            _move_champion(name, str(mv.version), current_v, "promote (gate)", description or reason)
+        else:
+            c.set_registered_model_alias(name, alias, mv.version)
     return Registration(name=name, version=str(mv.version), run_id=run_id, promoted=promote, aliases=[alias], reason=reason)
 
 
@@ -290,53 +292,123 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def record_event(name: str, action: str, to_version: str | None, from_version: str | None, reason: str) -> dict[str, Any]:
-    """Append who/when/why to the registered model's history (tags keyed by a sortable timestamp)."""
-    event = {
-        "action": action, "to_version": to_version, "from_version": from_version, "reason": reason,
-        "who": _who(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+def _event(action: str, to_version: str | None, from_version: str | None, reason: str, state: str) -> dict[str, Any]:
+    return {"action": action, "to_version": to_version, "from_version": from_version, "reason": reason,
+            "who": _who(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "state": state}
+
+
+def _move_champion(name: str, version: str, current_v: str | None, action: str, reason: str) -> dict[str, Any]:
+    """Move ``champion`` with a write-ahead record: the event is written ``pending`` first, the alias moves,
+    then the event is marked ``done``. A crash at any point leaves a record that :func:`reconcile` settles
+    from the alias itself, so no champion change is ever unrecorded. Call under :func:`registry_lock`."""
+    from lmops.faults import fault_point
+
+    c = client()
     key = f"{EVENT_PREFIX}{time.time_ns()}"
-    client().set_registered_model_tag(name, key, json.dumps(event))
+    event = _event(action, version, current_v, reason, "pending")
+    c.set_registered_model_tag(name, key, json.dumps(event))
+    fault_point("registry.before_alias")
+    c.set_registered_model_alias(name, CHAMPION, version)
+    c.set_model_version_tag(name, version, "lmops.promoted", "true")
+    fault_point("registry.after_alias")
+    event["state"] = "done"
+    c.set_registered_model_tag(name, key, json.dumps(event))
     return event
 
 
-def history(name: str) -> list[dict[str, Any]]:
+def reconcile(name: str) -> list[dict[str, Any]]:
+    """Settle champion changes a crash left ``pending``: done if the alias points at the event's target (the
+    move happened), else aborted (it never did). Returns the events it settled. Call under :func:`registry_lock`."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        rm = c.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return []
+        raise
+    champion = (rm.aliases or {}).get(CHAMPION)
+    settled = []
+    for key, value in (rm.tags or {}).items():
+        if not key.startswith(EVENT_PREFIX):
+            continue
+        event = json.loads(value)
+        if event.get("state") != "pending":
+            continue
+        moved = champion is not None and str(champion) == str(event["to_version"])
+        event["state"] = "done" if moved else "aborted"
+        event["settled"] = "after a crash: " + ("the alias had moved" if moved else "the alias never moved")
+        if moved:
+            c.set_model_version_tag(name, str(event["to_version"]), "lmops.promoted", "true")
+        elif event["action"] == "promote (gate)":
+            c.set_model_version_tag(name, str(event["to_version"]), "lmops.promoted", "false")
+            c.set_model_version_tag(name, str(event["to_version"]), "lmops.registration", "crashed before the champion alias moved; re-run to gate it again")
+        c.set_registered_model_tag(name, key, json.dumps(event))
+        settled.append(event)
+    return settled
+
+
+def history(name: str, include_aborted: bool = False) -> list[dict[str, Any]]:
+    """Champion changes, oldest first (pending records settled first, so a crash never hides a change)."""
+    with registry_lock():
+        reconcile(name)
     rm = client().get_registered_model(name)
     tags = rm.tags or {}
-    return [json.loads(tags[k]) for k in sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX):]))]
+    events = [json.loads(tags[k]) for k in sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX):]))]
+    return [e for e in events if include_aborted or e.get("state", "done") == "done"]
 
 
-def set_champion(name: str, version: str, action: str, reason: str) -> dict[str, Any]:
-    """Manual promotion (or rollback): move ``champion`` to ``version`` and record it."""
+def set_champion(name: str, version: str, action: str, reason: str, force: bool = False) -> dict[str, Any]:
+    """Manual promotion: move ``champion`` to ``version`` and record it. A version that failed its gate is
+    refused unless ``force`` (the override is written into the record)."""
+    with registry_lock():
+        reconcile(name)
+        return _set_champion_locked(name, version, action, reason, force)
+
+
+def _set_champion_locked(name: str, version: str, action: str, reason: str, force: bool) -> dict[str, Any]:
     if not reason.strip():
         raise UserError("a reason is required for manual registry actions: --reason TEXT")
-    c = client()
-    with registry_lock():
-        if get_version(name, str(version)) is None:
-            raise UserError(f"{name} has no version {version}; see `lmops models list`")
-        current = get_version(name, CHAMPION)
-        current_v = str(current.version) if current else None
-        c.set_registered_model_alias(name, CHAMPION, str(version))
-        c.set_model_version_tag(name, str(version), "lmops.promoted", "true")
-        return record_event(name, action, str(version), current_v, reason)
+    mv = get_version(name, str(version))
+    if mv is None:
+        raise UserError(f"{name} has no version {version}; see `lmops models list`")
+    tags = dict(mv.tags or {})
+    if tags.get("gate_promote") == "false" and action != "rollback":
+        reasons = "; ".join(json.loads(tags.get("gate_reasons", "[]")))
+        if not force:
+            raise UserError(f"{name} v{version} failed its gate ({reasons}); promoting it could make a worse model champion. "
+                            "Pass --force to override (the override is recorded with your reason)")
+        reason = f"{reason} [override: v{version} failed its gate: {reasons}]"
+    current = get_version(name, CHAMPION)
+    current_v = str(current.version) if current else None
+    return _move_champion(name, str(version), current_v, action, reason)
 
 
 def rollback(name: str, reason: str) -> dict[str, Any]:
-    """Put back the champion that the current one replaced (champion history is a stack)."""
-    current = get_version(name, CHAMPION)
-    if current is None:
-        raise UserError(f"{name} has no champion to roll back")
-    stack: list[str] = []
-    for event in history(name):
-        if event["action"] == "rollback":
-            if stack:
-                stack.pop()
-        elif event["from_version"]:
-            stack.append(event["from_version"])
-    if not stack:
-        raise UserError(f"{name}@champion (v{current.version}) replaced no earlier champion; nothing to roll back to")
-    return set_champion(name, stack[-1], "rollback", reason)
+    """Put back the champion that the current one replaced (champion history is a stack). The target is
+    computed under the same lock that moves the alias, so a promotion in between cannot be skipped."""
+    with registry_lock():
+        reconcile(name)
+        current = get_version(name, CHAMPION)
+        if current is None:
+            raise UserError(f"{name} has no champion to roll back")
+        stack: list[str] = []
+        for event in _done_events(name):
+            if event["action"] == "rollback":
+                if stack:
+                    stack.pop()
+            elif event["from_version"]:
+                stack.append(event["from_version"])
+        if not stack:
+            raise UserError(f"{name}@champion (v{current.version}) replaced no earlier champion; nothing to roll back to")
+        return _set_champion_locked(name, stack[-1], "rollback", reason, force=True)
+
+
+def _done_events(name: str) -> list[dict[str, Any]]:
+    tags = client().get_registered_model(name).tags or {}
+    events = [json.loads(tags[k]) for k in sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX):]))]
+    return [e for e in events if e.get("state", "done") == "done"]
 
 
 def run_params(run_id: str) -> dict[str, str]:

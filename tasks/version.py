@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -53,47 +55,81 @@ def ensure_dvc_repo(root: Path, default_remote: Path) -> str:
         repo.close()
 
 
-def snapshot(root: Path, ingest_dir: Path, default_remote: Path, data_dir: str = "data") -> DataVersion:
-    """Replace ``root/data`` with the ingested snapshot, ``dvc add`` it and push it."""
-    from dvc.repo import Repo
+@contextmanager
+def data_lock(root: Path, data_dir: str = "data", timeout_s: float = 600) -> Iterator[None]:
+    """One writer of ``root/data`` + ``data.dvc`` at a time (swap, ``dvc add``, push, reading the md5, checkout):
+    without it a run can record another run's md5, or die on DVC's own lock half-way."""
+    from filelock import FileLock, Timeout
 
-    remote = ensure_dvc_repo(root, default_remote)
+    path = root / f".{data_dir}.lock"
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout as exc:
+        raise TransientError(f"{path} held for over {timeout_s:.0f}s by another run versioning data; retry") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _recover(root: Path, data_dir: str) -> None:
+    """Finish or undo a swap a killed run left half-done: ``data/`` moved aside but the new one not in place."""
+    target, old = root / data_dir, root / f".{data_dir}.old"
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(f".{data_dir}.staging*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def snapshot(root: Path, ingest_dir: Path, default_remote: Path, data_dir: str = "data") -> DataVersion:
+    """Replace ``root/data`` with the ingested snapshot, ``dvc add`` it and push it, under :func:`data_lock`."""
     target = root / data_dir
     if target.exists() and not target.is_dir():
         raise UserError(f"{target} exists and is not a folder; move it away so lmops can version data there")
+    with data_lock(root, data_dir):
+        remote = ensure_dvc_repo(root, default_remote)
+        _recover(root, data_dir)
+        md5, pushed = _swap_add_push(root, ingest_dir, target, remote, data_dir)
+    return DataVersion(md5=md5, path=str(target), dvc_file=str(root / f"{data_dir}.dvc"), remote=remote, pushed=pushed)
+
+
+def _swap_add_push(root: Path, ingest_dir: Path, target: Path, remote: str, data_dir: str) -> tuple[str, bool]:
+    import logging
+
+    from dvc.repo import Repo
+
+    from lmops.faults import fault_point
+
     staging = root / f".{data_dir}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     for name in SNAPSHOT_FILES:
         if (ingest_dir / name).exists():
             shutil.copy2(ingest_dir / name, staging / name)
     # Swap in one rename so a crash never leaves a half-copied data/ behind.
     old = root / f".{data_dir}.old"
-    shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
+    fault_point("version.swap")
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
-
-    import logging
 
     # DVC's "git add data.dvc" hints are for interactive use; the pipeline records the version itself.
     logging.getLogger("dvc").setLevel(logging.WARNING)
     repo = Repo(str(root))
     try:
         repo.add(str(target))
-        pushed = False
+        fault_point("version.added")
         try:
             repo.push(remote=remote)
-            pushed = True
         except Exception as exc:  # noqa: BLE001 - remotes fail in many library-specific ways
             raise TransientError(f"dvc push to remote {remote!r} failed: {exc}; check the remote with `dvc remote list`") from exc
     finally:
         repo.close()
-    dvc_file = root / f"{data_dir}.dvc"
-    md5 = read_data_version(dvc_file)
+    md5 = read_data_version(root / f"{data_dir}.dvc")
     _log_version(md5, target)
-    return DataVersion(md5=md5, path=str(target), dvc_file=str(dvc_file), remote=remote, pushed=pushed)
+    return md5, True
 
 
 def _versions_log() -> Path:
@@ -144,15 +180,16 @@ def checkout(root: Path, version: str, data_dir: str = "data") -> str:
     dvc_file = root / f"{data_dir}.dvc"
     meta = yaml.safe_load(dvc_file.read_text()) if dvc_file.exists() else {"outs": [{"path": data_dir, "hash": "md5"}]}
     meta["outs"][0] = {"md5": md5, "path": data_dir, "hash": "md5"}
-    dvc_file.write_text(yaml.safe_dump(meta, sort_keys=False))
-    repo = Repo(str(root))
-    try:
+    with data_lock(root, data_dir):
+        dvc_file.write_text(yaml.safe_dump(meta, sort_keys=False))
+        repo = Repo(str(root))
         try:
-            repo.checkout(targets=[str(dvc_file)], force=True)
-        except Exception:  # noqa: BLE001 - not in the local cache: fetch from the remote
-            repo.pull(targets=[str(dvc_file)], force=True)
-    finally:
-        repo.close()
+            try:
+                repo.checkout(targets=[str(dvc_file)], force=True)
+            except Exception:  # noqa: BLE001 - not in the local cache: fetch from the remote
+                repo.pull(targets=[str(dvc_file)], force=True)
+        finally:
+            repo.close()
     return md5
 
 

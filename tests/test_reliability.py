@@ -1,0 +1,145 @@
+"""Reliability: crashes between writes that must not split, concurrent writers, and manual overrides.
+
+Crashes are real: ``LMOPS_FAULT=<point>`` makes the process SIGKILL itself at that point (``lmops/faults.py``).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lmops.errors import UserError
+from lmops.tasks import registry
+from tests.conftest import REPO
+from tests.registry_helpers import fake_version
+
+
+def _killed_at(point: str, script: str, lmops_home: Path) -> None:
+    code = textwrap.dedent(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n") + textwrap.dedent(script)
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LMOPS_HOME": str(lmops_home), "LMOPS_FAULT": point},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, f"expected SIGKILL at {point}, got {r.returncode}: {r.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("point,moved", [("registry.before_alias", False), ("registry.after_alias", True)])
+def test_a_champion_change_killed_midway_is_recorded_or_undone(lmops_home, tmp_path, point, moved):
+    """The alias and its history record are one step: killed between them, the next registry action settles
+    the record from the alias, so history and champion agree and rollback goes to the right version."""
+    fake_version(tmp_path / "1", True, None)
+    _killed_at(point, f"""
+        import pathlib
+        from tests.registry_helpers import fake_version
+        fake_version(pathlib.Path({str(tmp_path / '2')!r}), True, "1")
+    """, lmops_home)
+    champion = registry.show("m@champion")["version"]
+    events = registry.history("m")
+    assert champion == (2 if moved else 1)
+    assert [(e["from_version"], e["to_version"]) for e in events] == [(None, "1")] + ([("1", "2")] if moved else [])
+    assert registry.show("m@2")["promoted"] is moved
+    if moved:
+        assert "after a crash" in events[-1]["settled"]
+        registry.rollback("m", "killed promotion")
+        assert registry.show("m@champion")["version"] == 1
+    else:
+        aborted = [e for e in registry.history("m", include_aborted=True) if e["state"] == "aborted"]
+        assert [e["to_version"] for e in aborted] == ["2"]
+
+
+def test_a_manual_promotion_killed_after_the_alias_is_recorded(lmops_home, tmp_path):
+    fake_version(tmp_path / "1", True, None)
+    fake_version(tmp_path / "2", False, "1")
+    _killed_at("registry.after_alias", """
+        from lmops.tasks import registry
+        registry.set_champion("m", "2", "promote (manual)", "approved")
+    """, lmops_home)
+    assert [(e["action"], e["to_version"]) for e in registry.history("m")] == [("promote (gate)", "1"), ("promote (manual)", "2")]
+
+
+def test_promote_refuses_a_version_that_failed_its_gate_unless_forced(lmops_home, tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"x")
+    fake_version(tmp_path / "1", True, None)
+    run_id, source = registry.log_candidate("exp", "r", {}, {"macro_f1": 0.4}, {}, {"model": d})
+    registry.register_version("m", run_id, source, {"gate_promote": "false", "gate_reasons": '["macro_f1 0.40 < champion 0.50"]'}, False, "1")
+    with pytest.raises(UserError, match="failed its gate.*--force"):
+        registry.set_champion("m", "2", "promote (manual)", "looks fine")
+    assert registry.show("m@champion")["version"] == 1
+    event = registry.set_champion("m", "2", "promote (manual)", "risk signed off", force=True)
+    assert "override" in event["reason"] and "macro_f1 0.40 < champion 0.50" in event["reason"]
+    # rolling back to a version is always allowed: it was the champion before
+    registry.rollback("m", "override reverted")
+    assert registry.show("m@champion")["version"] == 1
+
+
+def _snapshot_dir(path: Path, n: int) -> Path:
+    import pandas as pd
+
+    path.mkdir(parents=True)
+    pd.DataFrame({"id": [f"s:{i}" for i in range(n)], "text": [f"row {i} of {n}" for i in range(n)]}).to_parquet(path / "train.parquet")
+    return path
+
+
+def test_concurrent_versioning_records_each_runs_own_data(lmops_home, tmp_path):
+    """Two processes version different snapshots into one checkout at the same moment: each records the md5
+    of its own data, and data/ ends up matching data.dvc (the lock spans swap, dvc add, push and the read)."""
+    import json
+
+    from lmops.tasks.version import snapshot
+
+    expected = {}
+    for n in (50, 60):
+        ref = tmp_path / f"ref{n}"
+        ref.mkdir()
+        expected[n] = snapshot(ref, _snapshot_dir(tmp_path / f"in{n}", n), tmp_path / "ref-remote").md5
+    root = tmp_path / "repo"
+    root.mkdir()
+    script = textwrap.dedent(f"""
+        import json, pathlib, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from lmops.tasks.version import snapshot
+        n, go = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+        while not go.exists():
+            time.sleep(0.01)
+        v = snapshot(pathlib.Path({str(root)!r}), pathlib.Path({str(tmp_path)!r}) / f"in{{n}}", pathlib.Path({str(tmp_path / 'remote')!r}))
+        print(json.dumps([n, v.md5]))
+    """)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(n), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "LMOPS_HOME": str(lmops_home)}) for n in (50, 60)]
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    recorded = dict(json.loads(o[0].strip().splitlines()[-1]) for o in outs)
+    assert recorded == expected
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "data.dvc"], cwd=root, capture_output=True, text=True)
+    assert status.returncode == 0 and ("up to date" in status.stdout.lower() or "in sync" in status.stdout or not status.stdout.strip()), status.stdout
+
+
+@pytest.mark.parametrize("point", ["version.swap", "version.added"])
+def test_a_versioning_killed_midway_is_repaired_by_the_next_one(lmops_home, tmp_path, point):
+    """SIGKILL after data/ was moved aside, or after dvc add but before the push: the next version of the
+    same checkout completes, data/ agrees with data.dvc and the remote holds what data.dvc names."""
+    from lmops.tasks.version import read_data_version, snapshot
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    remote = tmp_path / "remote"
+    first = snapshot(root, _snapshot_dir(tmp_path / "a", 40), remote)
+    _snapshot_dir(tmp_path / "b", 45)
+    _killed_at(point, f"""
+        import pathlib
+        from lmops.tasks.version import snapshot
+        snapshot(pathlib.Path({str(root)!r}), pathlib.Path({str(tmp_path / 'b')!r}), pathlib.Path({str(remote)!r}))
+    """, lmops_home)
+    # killed between the two renames, the old data/ waits in .data.old; the next writer puts it back first
+    assert (root / "data").is_dir() or (root / ".data.old").is_dir()
+    again = snapshot(root, tmp_path / "b", remote)
+    assert again.md5 != first.md5 and read_data_version(root / "data.dvc") == again.md5
+    assert not list(root.glob(".data.staging*")) and not (root / ".data.old").exists()
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "data.dvc"], cwd=root, capture_output=True, text=True)
+    assert status.returncode == 0 and ("up to date" in status.stdout.lower() or "in sync" in status.stdout or not status.stdout.strip()), status.stdout
