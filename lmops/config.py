@@ -89,6 +89,9 @@ class ValidateParams(Section):
     # Share of texts that may contain HTML/XML markup (tags, entities) or match a boilerplate pattern.
     max_markup_share: float = Field(default=0.02, ge=0, le=1)
     max_boilerplate_share: float = Field(default=0.05, ge=0, le=1)
+    # Share of a source's rows that ingest may quarantine before the snapshot is refused: a wrong column, label
+    # spelling or encoding quarantines a whole source, and training on the rest would pass unnoticed.
+    max_quarantine_share: float = Field(default=0.5, ge=0, le=1)
     boilerplate_patterns: list[str] = Field(default_factory=lambda: [
         r"(?i)table of contents", r"(?i)\bpage \d+ of \d+\b", r"(?i)all rights reserved", r"(?i)click here",
         r"(?i)this page intentionally left blank", r"(?i)subscribe to our newsletter", r"(?i)cookie (?:policy|settings)",

@@ -24,6 +24,7 @@ from lmops.text import normalize_text
 
 COLUMNS = ["id", "text", "label", "source", "date", "entities"]
 QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "text"]
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 
@@ -127,6 +128,7 @@ def _write_quarantine(quarantine: list[dict[str, Any]], params: IngestParams, ou
     roots = {src.name: Path(src.path) for src in params.sources}
     for rec in quarantine:
         rec["file"] = _relative(Path(rec["file"]), roots[rec["source"]])
+        rec["text"] = _SURROGATE.sub("\ufffd", rec.get("text") or "")
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
 
 
@@ -229,6 +231,9 @@ def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]
     """Return (reason to quarantine, []) or (None, normalized rows); the task kind shapes labeled rows."""
     if "\ufffd" in item.text:
         return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", []
+    if _SURROGATE.search(item.text):
+        # JSON can spell half a UTF-16 pair (\\ud800); no UTF-8 file can hold it, so Parquet would refuse the row
+        return "invalid Unicode: a lone surrogate (half of a UTF-16 pair); fix the escape in the source", []
     if src.role == "labeled":
         return kind.labeled_rows(item, src, params, labels)
     text = normalize_text(item.text)

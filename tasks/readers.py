@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,7 +20,8 @@ from typing import Any, Callable, Iterator
 from lmops.config import SourceParams
 from lmops.errors import UserError
 
-_SENTFIN_PAIR = re.compile(r"(?:^\{|,)\s*'(.+?)'\s*:\s*'(positive|negative|neutral)'")
+_SENTFIN_VALUE = re.compile(r"'\s*:\s*'(positive|negative|neutral)'")
+_SENTFIN_MAX_CHARS = 100_000
 _FOMC_DATE = re.compile(r"MeetingDate=(\d{4}-\d{2}-\d{2})")
 
 
@@ -57,8 +59,32 @@ def source_reader(fmt: str):
 
 
 def _label(value: Any) -> str | None:
-    """A raw label as the string label_map keys are written in (Parquet/JSON ints and strings alike)."""
-    return None if value is None else str(value)
+    """A raw label as the string label_map keys are written in (Parquet/JSON ints and strings alike). An integer
+    column with a missing value loads as floats: 1.0 is the label "1", NaN is no label."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _csv_records(reader, path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(row number, record, None) per CSV row, or (row number, None, reason) for a row the csv module cannot
+    parse (a field over its size limit): that row is quarantined and reading goes on with the next one."""
+    i = 0
+    while True:
+        i += 1
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield i, None, f"malformed CSV row: {exc}"
+            continue
+        yield i, rec, None
 
 
 def _open_text(path: Path):
@@ -68,17 +94,29 @@ def _open_text(path: Path):
 
 
 def parse_sentfin_decisions(raw: str) -> dict[str, str]:
-    """SEntFiN's ``Decisions`` is a Python dict literal; 13 rows have unescaped apostrophes."""
+    """SEntFiN's ``Decisions`` is a Python dict literal; 13 rows have unescaped apostrophes in a key, so those
+    are split on the ``': 'label'`` separators instead: one pass, linear in the input (a lazy ``'(.+?)'``
+    regex retried from every comma was quadratic on long hostile input)."""
+    if len(raw) > _SENTFIN_MAX_CHARS:
+        raise ValueError(f"Decisions is {len(raw)} characters long (more than {_SENTFIN_MAX_CHARS})")
     try:
         value = ast.literal_eval(raw)
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         pass
-    pairs = _SENTFIN_PAIR.findall(raw.strip())
+    body = raw.strip()
+    pairs: dict[str, str] = {}
+    start = 0
+    for m in _SENTFIN_VALUE.finditer(body):
+        key = body[start : m.start()].lstrip()
+        key = key[1:].lstrip() if key[:1] in "{," else key
+        if key[:1] == "'" and len(key) > 1:
+            pairs[key[1:]] = m.group(1)
+        start = m.end()
     if not pairs:
         raise ValueError(f"cannot parse Decisions {raw[:80]!r}")
-    return dict(pairs)
+    return pairs
 
 
 @source_reader("sentfin")
@@ -89,7 +127,10 @@ def _read_sentfin(src: SourceParams) -> Iterator[Row | Rejected]:
         missing = {"Title", "Decisions"} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{path}: SEntFiN format needs columns Title and Decisions; missing {sorted(missing)}")
-        for i, rec in enumerate(reader, start=1):
+        for i, rec, bad in _csv_records(reader, path):
+            if bad:
+                yield Rejected(str(path), i, bad)
+                continue
             title = rec.get("Title") or ""
             try:
                 entities = parse_sentfin_decisions(rec.get("Decisions") or "")
@@ -117,7 +158,10 @@ def _read_csv(src: SourceParams) -> Iterator[Row | Rejected]:
                 f"{path}: column(s) {sorted(need - cols)} not found (columns: {sorted(cols)}); "
                 f"set text_column/label_column of source {src.name!r} in params.yaml"
             )
-        for i, rec in enumerate(reader, start=1):
+        for i, rec, bad in _csv_records(reader, path):
+            if bad:
+                yield Rejected(str(path), i, bad)
+                continue
             if None in rec:  # more fields than the header: a malformed line
                 yield Rejected(str(path), i, "malformed CSV line: more fields than the header", str(rec.get(src.text_column, "")))
                 continue
@@ -205,12 +249,22 @@ def _read_hf(src: SourceParams) -> Iterator[Row | Rejected]:
 @source_reader("text_dir")
 def _read_text_dir(src: SourceParams, date_from_name: bool = False) -> Iterator[Row | Rejected]:
     root = Path(src.path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".txt", ".gz"})
+    files = sorted(p for p in root.rglob("*") if p.suffix in {".txt", ".gz"} and (p.is_file() or p.is_symlink()))
     if not files:
         raise UserError(f"{root}: no .txt files found for source {src.name!r}")
+    inside = root.resolve()
     for i, path in enumerate(files, start=1):
-        with _open_text(path) as fh:
-            text = fh.read()
+        # A link may point anywhere (another user's files, /etc): only what resolves inside the folder is read.
+        real = path.resolve()
+        if not real.is_relative_to(inside):
+            yield Rejected(str(path), i, f"symbolic link to {real}, outside the source folder {root}; copy the file in instead")
+            continue
+        try:
+            with _open_text(path) as fh:
+                text = fh.read()
+        except (OSError, EOFError, zlib.error) as exc:  # vanished since the listing, unreadable, not gzip
+            yield Rejected(str(path), i, f"unreadable file: {type(exc).__name__}: {exc}")
+            continue
         date = None
         if date_from_name:
             m = _FOMC_DATE.search(path.name)
@@ -280,9 +334,16 @@ def _read_fomc(src: SourceParams) -> Iterator[Row | Rejected]:
 
 
 def read_source(src: SourceParams) -> Iterator[Row | Rejected]:
+    """The source's rows. A file that fails part-way (not gzip after all, truncated, removed, unreadable)
+    keeps the rows read before the failure and quarantines the rest as one record naming the row and cause."""
     path = Path(src.path)
     if src.format != "hf" and not path.exists():
         raise UserError(f"source {src.name!r}: {path} does not exist; fix ingest.sources[].path in params.yaml")
-    yield from READERS[src.format](src)
-
-
+    n = 0
+    try:
+        for item in READERS[src.format](src):
+            n += 1
+            yield item
+    except (OSError, EOFError, zlib.error, csv.Error, UnicodeError) as exc:
+        yield Rejected(str(path), n + 1, f"file unreadable from row {n + 1} on ({type(exc).__name__}: {exc}); "
+                       f"the {n} row(s) before it were read; replace the file and re-run")

@@ -92,6 +92,21 @@ def _corpus_suite(gx, p: ValidateParams, kind: TaskKind, previous=None):
     ]
 
 
+def _sources_suite(gx, p: ValidateParams, kind: TaskKind, previous=None):
+    """One row per source (from the snapshot's summary.json): how much of it ingest quarantined."""
+    E = gx.expectations
+    return [E.ExpectColumnValuesToBeBetween(column="quarantined_share", min_value=0, max_value=p.max_quarantine_share)]
+
+
+def sources_frame(summary: dict[str, Any]):
+    import pandas as pd
+
+    rows = [{"source": name, "rows_in": c["rows_in"], "quarantined": c["quarantined"],
+             "quarantined_share": round(c["quarantined"] / c["rows_in"], 6) if c["rows_in"] else 0.0}
+            for name, c in sorted(summary.get("sources", {}).items())]
+    return pd.DataFrame(rows, columns=["source", "rows_in", "quarantined", "quarantined_share"])
+
+
 def _observed(res: dict[str, Any]) -> Any:
     for key in ("observed_value", "unexpected_percent"):
         if key in res and res[key] is not None:
@@ -122,7 +137,7 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = 
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
     source = ctx.data_sources.add_pandas("lmops")
     report = ValidationReport(success=True)
-    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite}
+    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite, "sources": _sources_suite}
     for name, frame in frames.items():
         asset = source.add_dataframe_asset(name=name)
         definition = asset.add_batch_definition_whole_dataframe(f"{name}_all")
@@ -179,7 +194,15 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
     corpus = pd.read_parquet(data_dir / "corpus.parquet")
     previous, note = previous_label_counts(previous_dir, p.labels, kind)
-    report = validate_frames({"labeled": labeled, "corpus": corpus}, p, kind, previous, docs_dir=out_dir / "data_docs")
+    frames = {"labeled": labeled, "corpus": corpus}
+    if (data_dir / "summary.json").exists():
+        frames["sources"] = sources_frame(json.loads((data_dir / "summary.json").read_text()))
+    report = validate_frames(frames, p, kind, previous, docs_dir=out_dir / "data_docs")
+    if "sources" in frames:
+        over = frames["sources"][frames["sources"]["quarantined_share"] > p.max_quarantine_share]
+        report.notes += [f"source {r.source!r}: {r.quarantined} of {r.rows_in} rows quarantined ({r.quarantined_share:.0%} > "
+                         f"validate.max_quarantine_share {p.max_quarantine_share}); see quarantine.parquet for the reasons"
+                         for r in over.itertuples()]
     index = out_dir / "data_docs" / "index.html"
     report.data_docs = str(index) if index.exists() else None
     report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]
@@ -188,6 +211,7 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     (out_dir / "validation.md").write_text(report.to_markdown())
     if not report.success:
         lines = [f"- {f.suite}: {f.expectation}({f.column or ''}) observed {f.observed}" for f in report.failures]
+        lines += [f"- {n}" for n in report.notes if "max_quarantine_share" in n]
         raise DataError(
             f"data validation failed for {data_dir} ({len(report.failures)} expectation(s)); no training was started:\n"
             + "\n".join(lines)

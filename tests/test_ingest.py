@@ -142,3 +142,89 @@ def test_invisible_characters_cannot_hide_a_copy_of_a_test_row(tmp_path):
     summary = ingest(_params(SourceParams(name="l", role="labeled", format="csv", path=str(labeled))), LABELS, tmp_path / "out", 0)
     assert summary.sources["l"].duplicates == 1 and summary.sources["l"].kept == 40
     assert normalize_text("Tata\u200b Motors\u2060 up\u00ad\ufeff") == "Tata Motors up"
+
+
+def _quarantine(tmp_path):
+    return pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+
+
+def test_hostile_rows_are_quarantined_not_fatal(tmp_path):
+    """Each of these aborted the whole ingest (exit 1, no counts): a CSV field over the csv module's size limit,
+    a lone surrogate escaped in JSONL, a .gz that is not gzip, a gzip cut short. Now each is one counted
+    quarantine record naming its file and row, and the good rows around it are kept."""
+    import gzip
+
+    rows = _ok_rows()
+    big = "Huge " + "x" * 200_000
+    csv_path = tmp_path / "big.csv"
+    csv_path.write_text("text,label\n" + "\n".join(rows[:20] + [f'"{big}",1'] + rows[20:]) + "\n")
+    jsonl = tmp_path / "surrogate.jsonl"
+    jsonl.write_text("\n".join([json.dumps({"text": f"Company {i} posts strong earnings growth", "label": 1}) for i in range(5)]
+                               + ['{"text": "Bad half pair \\ud800 in the headline", "label": 1}']) + "\n")
+    fake_gz = tmp_path / "notgzip.jsonl.gz"
+    fake_gz.write_bytes(b"this is plain text pretending to be gzip\n" * 10)
+    cut = tmp_path / "truncated.jsonl.gz"
+    full = gzip.compress("".join(json.dumps({"text": f"Bank {i} raises its dividend again", "label": 1}) + "\n" for i in range(2000)).encode())
+    cut.write_bytes(full[: len(full) // 2])
+    lm = {"0": "negative", "1": "positive", "2": "neutral"}
+    sources = [SourceParams(name="big", role="labeled", format="csv", path=str(csv_path), label_map=lm)] + [
+        SourceParams(name=p.name.split(".")[0], role="labeled", format="jsonl", path=str(p), label_map=lm) for p in (jsonl, fake_gz, cut)]
+    summary = ingest(_params(*sources), LABELS, tmp_path / "out", 0)
+    _check_invariant(summary)
+    q = _quarantine(tmp_path)
+    by = {s: " | ".join(q[q["source"] == s]["reason"]) for s in ("big", "surrogate", "notgzip", "truncated")}
+    assert summary.sources["big"].kept == 40 and "field larger than field limit" in by["big"]
+    assert q[q["source"] == "big"]["row"].tolist() == [21]
+    assert summary.sources["surrogate"].kept == 5 and "lone surrogate" in by["surrogate"]
+    assert summary.sources["notgzip"].kept == 0 and "BadGzipFile" in by["notgzip"]
+    assert 0 < summary.sources["truncated"].kept < 2000 and "unreadable from row" in by["truncated"]
+
+
+def test_sentfin_parser_is_linear_on_hostile_input():
+    """The old regex retried a lazy match from every comma: 8,000 commas took 4 s, 64,000 would take minutes."""
+    import time
+
+    raw = "{" + ",".join(["'a'"] * 20_000)
+    start = time.perf_counter()
+    with pytest.raises(ValueError):
+        parse_sentfin_decisions(raw)
+    assert time.perf_counter() - start < 2.0
+    with pytest.raises(ValueError, match="characters long"):
+        parse_sentfin_decisions("{'a': 'positive', " * 20_000)
+
+
+def test_float_and_case_variant_labels_are_read_as_labels(tmp_path):
+    """Integer labels in a Parquet column with a missing value load as floats (1.0); labels may differ only by
+    case ("Positive"). Both used to quarantine the whole source."""
+    frame = pd.DataFrame({"text": [f"Firm {i} beats its quarterly profit forecast" for i in range(30)],
+                          "label": [float(i % 3) for i in range(29)] + [None]})
+    frame.to_parquet(tmp_path / "floats.parquet")
+    cased = tmp_path / "cased.csv"
+    cased.write_text("text,label\n" + "\n".join(f"Lender {i} cuts its outlook for the year,{['Negative', 'POSITIVE', 'Neutral'][i % 3]}"
+                                                for i in range(30)) + "\n")
+    lm = {"0": "negative", "1": "positive", "2": "neutral"}
+    summary = ingest(_params(SourceParams(name="floats", role="labeled", format="parquet", path=str(tmp_path / "floats.parquet"), label_map=lm),
+                             SourceParams(name="cased", role="labeled", format="csv", path=str(cased))), LABELS, tmp_path / "out", 0)
+    assert (summary.sources["floats"].kept, summary.sources["floats"].quarantined) == (29, 1)
+    assert summary.sources["cased"].kept == 30
+    assert summary.label_counts == {"negative": 20, "neutral": 19, "positive": 20}
+
+
+def test_text_dir_does_not_follow_links_out_of_its_folder(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.txt").write_text("The Committee decided to keep the target range unchanged this month.")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("Private notes that must never be ingested, versioned or pushed anywhere.")
+    (docs / "leak.txt").symlink_to(secret)
+    (docs / "inner.txt").symlink_to(docs / "good.txt")  # a link inside the folder is fine
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "more.txt").write_text("More private text outside the source folder, also never read.")
+    (docs / "sub").symlink_to(tmp_path / "outside", target_is_directory=True)
+    corpus = SourceParams(name="docs", role="unlabeled", format="text_dir", path=str(docs))
+    summary = ingest(_params(_labeled_csv(tmp_path / "lab.csv", _ok_rows()), corpus), LABELS, tmp_path / "out", 0)
+    _check_invariant(summary)
+    text = " ".join(pd.read_parquet(tmp_path / "out" / "corpus.parquet")["text"])
+    assert "Private" not in text
+    q = _quarantine(tmp_path)
+    assert q[q["source"] == "docs"]["reason"].str.contains("outside the source folder").sum() >= 1

@@ -9,11 +9,12 @@ from lmops.tasks.validate import validate_frames, validate_snapshot
 def test_ingested_snapshot_passes(ingested, tmp_path):
     out, _, p = ingested
     report = validate_snapshot(out, p.validate_, tmp_path)
-    assert report.success and len(report.outcomes) == 15  # 9 labeled (2 text-quality) + 6 corpus (2 text-quality); no drift: no previous version
+    # 9 labeled (2 text-quality) + 6 corpus (2 text-quality) + 1 per-source quarantine share; no drift: no previous version
+    assert report.success and len(report.outcomes) == 16
     assert (tmp_path / "validation.md").read_text().startswith("**All expectations passed.**")
     # the HTML Data Docs are rendered into the run folder: an index and one validation page per suite
     assert report.data_docs == str(tmp_path / "data_docs" / "index.html") and "<html" in (tmp_path / "data_docs" / "index.html").read_text().lower()
-    assert {p.parent.parent.parent.name for p in (tmp_path / "data_docs" / "validations").rglob("*.html")} == {"labeled_suite", "corpus_suite"}
+    assert {p.parent.parent.parent.name for p in (tmp_path / "data_docs" / "validations").rglob("*.html")} == {"labeled_suite", "corpus_suite", "sources_suite"}
     assert "no previous data version" in " ".join(report.notes)
 
 
@@ -69,3 +70,21 @@ def test_markup_and_boilerplate_share_are_bounded():
                       "expect_column_values_to_not_match_regex_list": "5.00% unexpected"}
     lenient = validate_frames({"corpus": corpus}, ValidateParams(min_corpus_rows=1, max_markup_share=0.1, max_boilerplate_share=0.1))
     assert lenient.success
+
+
+def test_a_mostly_quarantined_source_fails_validation(ingested, tmp_path):
+    """A wrong label spelling or column quarantines most of a source; the run used to train on the rest."""
+    import json
+    import shutil
+
+    out, _, p = ingested
+    snap = tmp_path / "snap"
+    shutil.copytree(out, snap)
+    summary = json.loads((snap / "summary.json").read_text())
+    name = next(iter(summary["sources"]))
+    c = summary["sources"][name]
+    c["quarantined"], c["kept"] = c["rows_in"] - c["duplicates"] - 3, 3
+    (snap / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(DataError, match=rf"source '{name}': \d+ of \d+ rows quarantined .*max_quarantine_share 0.5"):
+        validate_snapshot(snap, p.validate_, tmp_path / "v")
+    assert validate_snapshot(snap, p.validate_.model_copy(update={"max_quarantine_share": 1.0}), tmp_path / "v2").success

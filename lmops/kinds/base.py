@@ -58,11 +58,19 @@ class TaskKind:
                 return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
             return "missing label", []
         raw = str(item.label).strip()
-        label = self.map_label(src, raw)
+        label = self.label_in(self.map_label(src, raw), labels)
         if label not in labels:
             return f"unknown label {raw!r}: map it in ingest.sources[{src.name}].label_map or add it to validate.labels {labels}", []
         entities = json.dumps(item.entities, sort_keys=True) if item.entities else None
         return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
+
+    @staticmethod
+    def label_in(label: str, labels: list[str]) -> str:
+        """``label`` as spelled in ``labels`` when it differs only by case ("Positive" → "positive")."""
+        if label in labels:
+            return label
+        folded = {x.casefold(): x for x in labels}
+        return folded.get(label.casefold(), label) if len(folded) == len(labels) else label
 
     @staticmethod
     def map_label(src, raw: str) -> str:

@@ -22,7 +22,7 @@ class EntityKind(TaskKind):
             return "no entity labels: the entity task needs (text, entity, label) triples", []
         rows = []
         for k, (entity, raw) in enumerate(sorted(item.entities.items())):
-            label = self.map_label(src, raw)
+            label = self.label_in(self.map_label(src, raw), labels)
             if label not in labels:
                 return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
             if not normalize_text(entity):
