@@ -63,13 +63,14 @@ def tokenize(p: Params, run: RunLayout):
 
 @step
 def pretrain(p: Params, run: RunLayout, tok):
-    from lmops.tasks.checkpoints import resume_dir, resume_key
+    from lmops.tasks.checkpoints import claim, resume_dir, resume_key
 
     # Checkpoints outside the run folder, keyed by data + params: re-running a killed flow resumes here. The
     # tokenize step's cache key already hashes the corpus (the key stages.pretrain_key computes for the CLI).
     ckpt = resume_dir(resume_key(tok.cache_key, p.pretrain, p.project.seed))
-    s = stages.pretrain(p, tok, run.stage("pretrain"), checkpoint_dir=ckpt)
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
+    with claim(ckpt):  # one run at a time owns these checkpoints
+        s = stages.pretrain(p, tok, run.stage("pretrain"), checkpoint_dir=ckpt)
+        shutil.rmtree(ckpt, ignore_errors=True)  # finished: nothing left to resume
     artifact("pretrain-loss", f"# Pretraining ({s.objective})\n\nsteps {s.steps} · tokens {s.tokens} · {s.tokens_per_s} tokens/s · "
              f"held-out loss {s.eval_loss} · perplexity {s.perplexity}" + (f" · MFU {s.mfu:.1%}" if s.mfu else "") + "\n\n"
              + png_markdown(s.loss_plot, "loss"), "pretraining loss curve")

@@ -155,7 +155,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         torch.distributed.barrier()
         if rank != 0:
             tok = stages.tokenize(params, data, run.stage("tokenize"))
-    s = stages.pretrain(params, tok, run.stage("pretrain"))
+    from contextlib import nullcontext
+
+    from lmops.tasks.checkpoints import claim
+
+    # rank 0 owns the folder for the whole job; the other ranks wait for it at the barrier
+    with claim(run.stage("pretrain") / "checkpoints") if rank == 0 else nullcontext():
+        if world > 1:
+            torch.distributed.barrier()
+        s = stages.pretrain(params, tok, run.stage("pretrain"))
     out = dict(s.__dict__)
     out["rank"] = rank
     # Under torchrun every rank writes to the same stdout: one write() per line keeps two ranks' lines from

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from lmops.config import PretrainParams
 from lmops.errors import UserError
@@ -26,6 +28,33 @@ def resume_dir(key: str) -> Path:
     from lmops.env import lmops_home
 
     return lmops_home() / "checkpoints" / f"pretrain-{key}"
+
+
+@contextmanager
+def claim(ckpt_dir: Path, timeout_s: float = 24 * 3600) -> Iterator[None]:
+    """Own ``ckpt_dir`` for one pretraining: two runs with the same key would prune each other's temporary
+    checkpoints and the first to finish would delete the folder under the other. The second waits (its resume
+    then finds the folder gone, or the first run's checkpoints if it was killed) and names who holds it."""
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    from lmops.errors import TransientError
+
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(ckpt_dir) + ".lock"), Path(str(ckpt_dir) + ".owner")
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout as exc:
+        holder = owner.read_text() if owner.exists() else "another process"
+        raise TransientError(f"checkpoints {ckpt_dir} are in use by {holder} (the same data and params are pretraining); "
+                             "retry when it finishes") from exc
+    try:
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -213,8 +213,10 @@ def finetune(
         model.save_pretrained(model_dir, safe_serialization=True)
         tokenizer.save_pretrained(model_dir)
     else:
-        # Soft prompts cannot be merged: the model folder is the adapter, which names its base model.
+        # Soft prompts cannot be merged: the model folder is the adapter plus its base, so the registered version
+        # still loads when the run folder (or pretraining output) it was trained from is pruned.
         shutil.copytree(adapter_dir, model_dir)
+        _embed_base(model_dir, base)
     plot = loss_curve({"train": train_pts, "validation": val_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
     summary = FinetuneSummary(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,
@@ -223,3 +225,23 @@ def finetune(
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+BASE_SUBDIR = "base"
+
+
+def _embed_base(adapter_dir: Path, base: str) -> None:
+    """Copy a local base model into ``adapter_dir/base`` and point the adapter at it by that relative name. A hub
+    id stays a reference (the hub is its store)."""
+    src = Path(base)
+    if not src.is_dir():
+        return
+    dst = adapter_dir / BASE_SUBDIR
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".txt", ".model"}:
+            shutil.copy2(f, dst / f.name)
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = BASE_SUBDIR
+    cfg_path.write_text(json.dumps(cfg, indent=2))

@@ -43,6 +43,8 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
         from peft import PeftModel
 
         ref = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        if (Path(base) / ref).is_dir():  # the base travels inside the registered folder (finetune._embed_base)
+            ref = str(Path(base) / ref)
         model, _ = load_classifier(ref, labels, kind, train=True)  # the head lives in the adapter, saved in labels order
         return PeftModel.from_pretrained(model, base), load_tokenizer(base)
     tokenizer = load_tokenizer(base)

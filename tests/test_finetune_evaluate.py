@@ -178,13 +178,18 @@ def test_evaluation_report_has_ece_and_slices(lora_run, tmp_path):
 def test_other_peft_methods_train_save_and_reload_identically(method, tiny_lm, ingested, tmp_path):
     import pandas as pd
 
+    import shutil
+
     _, pre, p = tiny_lm
     data = ingested[0]
+    base = tmp_path / "pretrain-run" / "model"  # a run folder that retention may prune later
+    shutil.copytree(pre.model_dir, base)
     fp = p.finetune.model_copy(update={"method": method, "epochs": 1, "lr": 1e-2, "virtual_tokens": 4})
-    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path, progress=False)
+    s = finetune(data / "train.parquet", data / "validation.parquet", str(base), LABELS, fp, 0, tmp_path / "ft", progress=False)
     assert s.method == method and 0 < s.trainable_params < s.total_params
     texts = pd.read_parquet(data / "test.parquet")["text"].tolist()[:40]
     a = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), texts, SEQ, LABELS, fp.max_length, 16)
+    shutil.rmtree(tmp_path / "pretrain-run")  # the model folder is self-contained: it loads the same without its base run
     b = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), texts, SEQ, LABELS, fp.max_length, 16)
     torch.testing.assert_close(a, b)
 

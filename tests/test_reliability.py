@@ -143,3 +143,30 @@ def test_a_versioning_killed_midway_is_repaired_by_the_next_one(lmops_home, tmp_
     assert not list(root.glob(".data.staging*")) and not (root / ".data.old").exists()
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "data.dvc"], cwd=root, capture_output=True, text=True)
     assert status.returncode == 0 and ("up to date" in status.stdout.lower() or "in sync" in status.stdout or not status.stdout.strip()), status.stdout
+
+
+def test_a_checkpoint_folder_has_one_owner(tmp_path):
+    """Two runs with the same pretraining key: the second waits for the first instead of pruning its
+    checkpoints, and a bounded wait names the holder."""
+    from lmops.errors import TransientError
+    from lmops.tasks.checkpoints import claim
+
+    ckpt = tmp_path / "pretrain-abc"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from lmops.tasks.checkpoints import claim
+        with claim(pathlib.Path({str(ckpt)!r})):
+            print("held", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TransientError, match=rf"in use by pid {holder.pid} on "):
+            with claim(ckpt, timeout_s=0.5):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim(ckpt, timeout_s=5):  # released when its owner dies (an OS file lock)
+        pass
