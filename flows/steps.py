@@ -6,6 +6,7 @@ Retries apply only to TransientError (a remote, a lock); user and data errors fa
 from __future__ import annotations
 
 import base64
+import functools
 from pathlib import Path
 
 from prefect import task
@@ -13,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lmops.errors import TransientError
+from lmops.faults import fault_point
 
 
 def only_transient(task_obj, task_run, state) -> bool:
@@ -29,8 +31,14 @@ def step(fn=None, *, retries: int = 0, name: str | None = None):
     """``@task`` with the project's defaults: no result persistence/caching of big local objects."""
 
     def wrap(f):
+        @functools.wraps(f)
+        def with_fault_point(*args, **kwargs):
+            out = f(*args, **kwargs)
+            fault_point(f"stage.{f.__name__}.done")  # the fault-injection tests' stage boundaries
+            return out
+
         return task(
-            f, name=name or f.__name__, retries=retries, retry_delay_seconds=3, retry_condition_fn=only_transient if retries else None,
+            with_fault_point, name=name or f.__name__, retries=retries, retry_delay_seconds=3, retry_condition_fn=only_transient if retries else None,
             persist_result=False, cache_policy=NO_CACHE, log_prints=True,
         )
 

@@ -170,3 +170,72 @@ def test_a_checkpoint_folder_has_one_owner(tmp_path):
         holder.wait()
     with claim(ckpt, timeout_s=5):  # released when its owner dies (an OS file lock)
         pass
+
+
+def _api_env(lmops_home: Path) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    return {"LMOPS_HOME": str(lmops_home), "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def _consistent(project: Path, lmops_home: Path) -> dict:
+    """What must hold after any crash and re-run: every registered version complete, the champion's last
+    change recorded, data/ agreeing with data.dvc and the remote, and the champion trained on data.dvc's data."""
+    from tests.conftest import run_cli
+
+    env = _api_env(lmops_home)
+    verify = run_cli("models", "verify", "--json", cwd=project, env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    champion = registry.show("finance-sentiment@champion")
+    events = registry.history("finance-sentiment")
+    assert events and events[-1]["to_version"] == str(champion["version"])
+    promoted = {str(v["version"]) for v in (registry.show(f"finance-sentiment@{n}") for n in range(1, champion["version"] + 5)
+                                               if registry.get_version("finance-sentiment", str(n))) if v["promoted"]}
+    assert promoted <= {e["to_version"] for e in events}, "a version marked promoted has no history record"
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=project, capture_output=True, text=True)
+    assert status.returncode == 0 and "in sync" in status.stdout, status.stdout + status.stderr
+    from lmops.tasks.version import read_data_version
+
+    assert champion["data_version"] == read_data_version(project / "data.dvc")
+    # one record per promotion decision, and no champion change ever to a worse model
+    assert len(events) == len(promoted)
+    scores = [registry.show(f"finance-sentiment@{e['to_version']}")["metrics"]["macro_f1"] for e in events]
+    assert scores == sorted(scores), f"a champion change went to a worse model: {scores}"
+    return champion
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("point", ["stage.ingest.done", "version.swap", "version.added", "stage.pretrain.done",
+                                   "stage.finetune.done", "stage.gate.done", "registry.before_alias", "registry.after_alias"])
+def test_a_pipeline_killed_at_each_fault_point_recovers_on_rerun(prefect_api, project, lmops_home, point):
+    """SIGKILL at a stage boundary or between two writes that must not split; the same command re-run completes
+    and leaves data, lineage and registry consistent, with exactly one champion."""
+    from tests.conftest import run_cli
+
+    killed = run_cli("run", cwd=project, env={**_api_env(lmops_home), "LMOPS_FAULT": point})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    again = run_cli("run", cwd=project, env=_api_env(lmops_home))
+    assert again.returncode == 0, again.stderr[-3000:]
+    _consistent(project, lmops_home)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("checkouts", [1, 2])
+def test_two_pipelines_started_together_make_one_consistent_champion(prefect_api, project, lmops_home, checkouts):
+    """Two `lmops run` at the same moment, on one checkout (sharing data/ and data.dvc) or on two checkouts
+    sharing one registry: both complete, every champion change is recorded and none goes to a worse model."""
+    import shutil
+
+    roots = [project]
+    if checkouts == 2:
+        shutil.copytree(project, project.parent / "proj2")
+        roots.append(project.parent / "proj2")
+    procs = [subprocess.Popen([sys.executable, "-m", "lmops.cli", "run"], cwd=roots[i % len(roots)], env={**os.environ, **_api_env(lmops_home)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    for root in roots:
+        _consistent(root, lmops_home)
+    assert len(registry.list_models()[0:1]) == 1 and registry.list_models()[0]["versions"] == 2
