@@ -283,6 +283,18 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
     return 0 if not bad else 5
 
 
+def cmd_runs_prune(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from lmops.env import runs_dir
+    from lmops.tasks.retention import prune_runs
+
+    r = prune_runs(runs_dir(), keep=args.keep, min_age_days=args.min_age_days, dry_run=args.dry_run)
+    _emit(asdict(r), args.json, lambda o: f"{'would remove' if o['dry_run'] else 'removed'} {len(o['removed'])} run folder(s), "
+          f"{o['freed_bytes'] / 1e6:.1f} MB; kept {len(o['kept'])}" + "".join(f"\n  kept {k}: {v}" for k, v in o["kept"].items() if "registry" in v))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from lmops.env import project_root
     from lmops.tasks import audit
@@ -377,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "`lmops audit --restore`) instead of ingesting the sources in params")
     p.set_defaults(func=cmd_run)
 
+    runs = sub.add_parser("runs", help="run folders under LMOPS_HOME/runs").add_subparsers(dest="runs_command", required=True)
+    p = runs.add_parser("prune", help="remove old run folders; never the newest, the recent or those the registry's aliases point to")
+    p.add_argument("--keep", type=int, default=10, help="always keep this many newest runs (default 10)")
+    p.add_argument("--min-age-days", type=float, default=7.0, help="never remove a run younger than this (default 7)")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs_prune)
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="registered models")
     p.add_argument("--json", action="store_true")

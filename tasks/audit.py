@@ -7,6 +7,7 @@ md5 from the remote), the exact resolved params, and the code at the recorded co
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -60,7 +61,9 @@ def to_text(lin: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _remote_url(root: Path) -> str:
+def _remote_config(root: Path) -> dict[str, Any]:
+    """The default DVC remote's whole section (url, endpoint, region, credentials, …) as the project sees it,
+    every config level merged: a URL alone does not reach an S3-compatible store with its own endpoint."""
     from dvc.repo import Repo
 
     repo = Repo(str(root))
@@ -69,7 +72,7 @@ def _remote_url(root: Path) -> str:
         name = conf["core"].get("remote")
         if not name:
             raise UserError(f"{root}: no default DVC remote; run `lmops init` or `dvc remote add -d`")
-        return conf["remote"][name]["url"]
+        return dict(conf["remote"][name])
     finally:
         repo.close()
 
@@ -81,21 +84,34 @@ def restore(ref: str, dest: Path, project_root: Path) -> dict[str, Any]:
     lin = lineage(ref)
     if lin["params"] is None:
         raise UserError(f"{ref}: no params recorded with this version; it cannot be restored")
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
+    if dest.exists() and any(dest.iterdir()):
         raise UserError(f"{dest} is not empty; pass a new folder to --restore")
-    (dest / "params.yaml").write_text(yaml.safe_dump(lin["params"], sort_keys=False))
-    Repo.init(str(dest), no_scm=True)
-    repo = Repo(str(dest))
+    remote = _remote_config(project_root)
+    dest.mkdir(parents=True, exist_ok=True)
     try:
-        with repo.config.edit(level="repo") as conf:
-            conf["core"]["analytics"] = False
-            conf["remote"]["origin"] = {"url": _remote_url(project_root)}
-            conf["core"]["remote"] = "origin"
-        (dest / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": lin["data_version"], "path": "data", "hash": "md5"}]}))
-        repo.pull()
-    finally:
-        repo.close()
+        (dest / "params.yaml").write_text(yaml.safe_dump(lin["params"], sort_keys=False))
+        Repo.init(str(dest), no_scm=True)
+        repo = Repo(str(dest))
+        try:
+            with repo.config.edit(level="repo") as conf:
+                conf["core"]["analytics"] = False
+                conf["core"]["remote"] = "origin"
+            # the remote's section may hold credentials: config.local, as `dvc remote modify --local` keeps them
+            with repo.config.edit(level="local") as conf:
+                conf["remote"]["origin"] = remote
+            (dest / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": lin["data_version"], "path": "data", "hash": "md5"}]}))
+            repo.pull()
+        finally:
+            repo.close()
+    except Exception as exc:
+        # nothing half-restored stays behind: a retry must not be refused as "not empty"
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(exc, UserError):
+            raise
+        from lmops.errors import TransientError
+
+        raise TransientError(f"restoring {ref}: pulling data {lin['data_version']} from the DVC remote {remote.get('url')} failed ({exc}); "
+                             f"{dest} was removed, retry when the remote is reachable") from exc
     code = None
     if lin["git_commit"]:
         code = dest / "code"

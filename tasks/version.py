@@ -209,5 +209,7 @@ def git_info(root: Path) -> dict[str, str | bool | None]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # Untracked files count: a new module the run imported is code the commit does not hold. What lmops itself
+    # writes next to the code (the data pointer, DVC's folder) is recorded as the data version instead.
+    status = git("status", "--porcelain", "--untracked-files=normal", "--", ".", ":!data.dvc", ":!.dvc", ":!.dvcignore", ":!.gitignore")
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}

@@ -131,6 +131,8 @@ def test_audit_matches_the_run_and_restore_reproduces_it(prefect_api, project, l
 
     assert pd.read_parquet(dest / "data" / "test.parquet").equals(pd.read_parquet(Path(first["run_dir"]) / "ingest" / "test.parquet"))
     assert (dest / "code" / "params.yaml").exists() and "Reproduce" in (dest / "AUDIT.md").read_text()
+    # the whole remote section travels (in config.local: it may hold credentials), not only its URL
+    assert str(lmops_home / "dvc-remote") in (dest / ".dvc" / "config.local").read_text()
 
     # The sources change afterwards (half the headlines are gone)...
     src = project / "sources" / "sentfin.csv"
@@ -198,3 +200,28 @@ def test_models_load_from_safetensors_only(tmp_path, tiny_lm):
     (pickled / "model.safetensors").unlink()
     with pytest.raises(OSError):
         load_classifier(str(pickled), ["negative", "neutral", "positive"], KINDS["sequence"])
+
+
+def test_a_failed_restore_leaves_nothing_behind_and_can_be_retried(lmops_home, tmp_path, monkeypatch):
+    """A pull from an unreachable S3-compatible remote (its endpoint and credentials in the project's config):
+    the error names the remote, the half-filled folder is removed, and the retry fails the same way rather
+    than being refused as 'not empty'."""
+    from lmops.errors import TransientError
+    from lmops.tasks import audit
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    subprocess.run([*dvc, "init", "-q"], cwd=proj, check=True)
+    subprocess.run([*dvc, "remote", "add", "-d", "store", "s3://bucket/lmops"], cwd=proj, check=True, capture_output=True)
+    subprocess.run([*dvc, "remote", "modify", "store", "endpointurl", "http://127.0.0.1:9"], cwd=proj, check=True)
+    subprocess.run([*dvc, "remote", "modify", "--local", "store", "access_key_id", "KEY"], cwd=proj, check=True)
+    assert {"url": "s3://bucket/lmops", "endpointurl": "http://127.0.0.1:9", "access_key_id": "KEY"}.items() <= audit._remote_config(proj).items()
+    monkeypatch.setattr(audit, "lineage", lambda ref: {"name": "m", "version": 1, "params": {"project": {"seed": 0}},
+                                                       "data_version": "0" * 32 + ".dir", "git_commit": None})
+    dest = tmp_path / "restored"
+    for _ in range(2):
+        with pytest.raises(TransientError, match="s3://bucket/lmops.*removed, retry"):
+            audit.restore("m@1", dest, proj)
+        assert not dest.exists()

@@ -239,3 +239,59 @@ def test_two_pipelines_started_together_make_one_consistent_champion(prefect_api
     for root in roots:
         _consistent(root, lmops_home)
     assert len(registry.list_models()[0:1]) == 1 and registry.list_models()[0]["versions"] == 2
+
+
+def test_pruning_keeps_the_newest_the_recent_and_what_the_registry_points_to(lmops_home, tmp_path):
+    import json
+    import time
+
+    from tests.conftest import run_cli
+
+    runs = lmops_home / "runs"
+    old = time.time() - 30 * 86400
+    for i in range(5):
+        d = runs / f"2026010{i}-run"
+        (d / "finetune" / "model").mkdir(parents=True)
+        (d / "finetune" / "model" / "model.safetensors").write_bytes(b"w" * 1000)
+        os.utime(d, (old + i, old + i))
+    champion_run = runs / "20260100-run"
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "config.json").write_text("{}")
+    (m / "model.safetensors").write_bytes(b"x")
+    run_id, source = registry.log_candidate("exp", "r", {}, {"macro_f1": 0.5}, {}, {"model": m})
+    registry.register_version("m", run_id, source, {"run_dir": str(champion_run)}, True, None)
+    fresh = runs / "20261129-running"
+    fresh.mkdir()
+    env = {"LMOPS_HOME": str(lmops_home)}
+    dry = json.loads(run_cli("runs", "prune", "--keep", "2", "--dry-run", "--json", cwd=tmp_path, env=env).stdout.splitlines()[-1])
+    assert sorted(dry["removed"]) == ["20260101-run", "20260102-run", "20260103-run"] and len(list(runs.iterdir())) == 6
+    r = run_cli("runs", "prune", "--keep", "2", "--json", cwd=tmp_path, env=env)
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 0 and out["freed_bytes"] >= 3000
+    assert sorted(p.name for p in runs.iterdir()) == ["20260100-run", "20260104-run", "20261129-running"]
+    assert out["kept"]["20260100-run"] == "registry: m v1 (champion)"
+
+
+def test_the_team_stack_is_not_open_to_the_network():
+    """Every published port binds to loopback, no credential is written in the compose file (each comes from
+    infra/.env, which git ignores), and the Prefect API requires an auth string."""
+    import re
+
+    import yaml
+
+    text = (REPO / "infra" / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+        env = svc.get("environment", {})
+        for key, value in env.items():
+            if re.search(r"PASSWORD|SECRET|ACCESS_KEY|AUTH_STRING", key):
+                assert str(value).startswith("${"), f"{name}: {key} is written in the file"
+    for url in re.findall(r"postgres(?:ql)?(?:\+asyncpg)?://\S+", text):
+        assert "${POSTGRES_PASSWORD" in url, url
+    assert "PREFECT_SERVER_API_AUTH_STRING" in compose["services"]["prefect-server"]["environment"]
+    assert "/infra/.env" in (REPO / ".gitignore").read_text().splitlines()
+    example = dict(line.split("=", 1) for line in (REPO / "infra" / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert set(example) == set(re.findall(r"\$\{(\w+):\?", text))
