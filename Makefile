@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-minilm run test test-slow test-all bench clean clean-all help
+.PHONY: setup setup-minilm run server server-stop test test-slow test-all bench clean clean-all help
 
 help:
 	@echo "make run | make test | make test-slow | make test-all | make bench | make clean | make clean-all"
@@ -37,6 +37,13 @@ setup: $(VENV)/.installed
 
 run: setup
 	$(BIN)/lmops run $(ARGS)
+
+# a local control plane: Prefect server (UI, scheduler, automations) + MLflow UI on 127.0.0.1; `make server-stop`
+server: setup
+	$(BIN)/lmops server start
+
+server-stop:
+	$(BIN)/lmops server stop
 
 # two workers on two cores (pytest-xdist; tests/conftest.py gives each torch process one thread)
 test: $(VENV)/.installed

@@ -111,18 +111,22 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
 
     ``snapshot``: train on this existing data snapshot (e.g. one restored by ``lmops audit --restore``)
     instead of ingesting the sources in params."""
+    from lmops.tasks.locks import exclusive
+
     p, root, run = params_from_dict(params), Path(project_root), RunLayout(new_run_dir())
     try:
-        data_summary = adopt(run, snapshot) if snapshot else ingest(p, run)
-        report = validate(p, run, root)
-        data = version(run, root)
-        pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
-        ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
-        ev = evaluate(p, run, ft.model_dir)
-        decision = gate(p, run, ev)
-        reg = register(p, run, root, data, report, pre, ft, ev, decision)
-    except Exception:
-        run.failed_marker.write_text("see the Prefect flow run logs\n")
+        # one training of a model name at a time: never two runs racing on data/ and the registry
+        with exclusive(f"train-{p.register_.model_name}", p.register_.wait_for_other_run_s, what=f"training {p.register_.model_name}"):
+            data_summary = adopt(run, snapshot) if snapshot else ingest(p, run)
+            report = validate(p, run, root)
+            data = version(run, root)
+            pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
+            ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
+            ev = evaluate(p, run, ft.model_dir)
+            decision = gate(p, run, ev)
+            reg = register(p, run, root, data, report, pre, ft, ev, decision)
+    except Exception as exc:
+        run.failed_marker.write_text(f"{type(exc).__name__}: {exc}\nSee the Prefect flow run logs.\n")
         raise
     summary = {
         "run_dir": str(run.root), "data_version": data.md5, "rows": {k: v.kept for k, v in data_summary.sources.items()},

@@ -251,6 +251,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from lmops.flows import server
+
+    if args.server_command == "start":
+        st = server.start(prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+    elif args.server_command == "stop":
+        st = server.stop()
+    else:
+        st = server.status()
+
+    def text(o):
+        if not any(s["running"] for s in o.values()):
+            return "control plane stopped (lmops commands use the embedded Prefect API); start it with `lmops server start`"
+        lines = [f"{name}: {'running' if s['running'] else 'NOT running'}" + (f" at {s['url']} (pid {s['pid']}, log {s['log']})" if s.get("url") else "")
+                 for name, s in o.items()]
+        if o["prefect"]["running"]:
+            lines += [f"Prefect UI  {o['prefect']['url']}", f"MLflow UI   {o['mlflow'].get('url', '-')}",
+                      f"lmops commands here now use it; elsewhere: export PREFECT_API_URL={o['prefect']['api_url']}"]
+        return "\n".join(lines)
+
+    _emit(st, args.json, text)
+    running = all(s["running"] for s in st.values())
+    return 0 if (running or args.server_command == "stop") else 1
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from lmops.tasks.registry import list_models
 
@@ -389,6 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "`lmops audit --restore`) instead of ingesting the sources in params")
     p.set_defaults(func=cmd_run)
 
+    srv = sub.add_parser("server", help="a local control plane: Prefect server + MLflow UI on 127.0.0.1, state under LMOPS_HOME")
+    srv_sub = srv.add_subparsers(dest="server_command", required=True)
+    for name, text in (("start", "start what is not running and print the UI URLs"), ("stop", "stop it"), ("status", "what is running")):
+        p = srv_sub.add_parser(name, help=text)
+        if name == "start":
+            p.add_argument("--prefect-port", type=int, default=4200)
+            p.add_argument("--mlflow-port", type=int, default=5000)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_server)
     runs = sub.add_parser("runs", help="run folders under LMOPS_HOME/runs").add_subparsers(dest="runs_command", required=True)
     p = runs.add_parser("prune", help="remove old run folders; never the newest, the recent or those the registry's aliases point to")
     p.add_argument("--keep", type=int, default=10, help="always keep this many newest runs (default 10)")

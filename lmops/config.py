@@ -244,6 +244,9 @@ class GateParams(Section):
 class RegisterParams(Section):
     model_name: str = "finance-sentiment"
     experiment: str = "lmops"
+    # One training run per model name at a time (on this machine; with a Prefect server, across machines): a
+    # second run waits this long for the first, then fails as transient with the reason in its log.
+    wait_for_other_run_s: float = Field(default=6 * 3600, ge=0)
 
 
 class Params(Section):

@@ -82,9 +82,29 @@ def new_run_dir(kind: str = "") -> Path:
     return run
 
 
+def control_plane_api_url() -> str | None:
+    """The Prefect API of a running ``lmops server start`` (its record under LMOPS_HOME/server), else None."""
+    import json
+
+    rec = lmops_home() / "server" / "prefect.json"
+    if not rec.is_file():
+        return None
+    try:
+        data = json.loads(rec.read_text())
+        os.kill(int(data["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return data.get("api_url")
+
+
 def apply_defaults() -> None:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # A local control plane is running: talk to it instead of starting a throw-away embedded API.
+    if "PREFECT_API_URL" not in os.environ:
+        url = control_plane_api_url()
+        if url:
+            os.environ["PREFECT_API_URL"] = url
     # Prefect reads PREFECT_HOME at import; an ephemeral local API keeps its SQLite DB there.
     os.environ.setdefault("PREFECT_HOME", str(lmops_home() / "prefect"))
 

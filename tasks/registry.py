@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lmops.errors import UserError
 
@@ -57,26 +56,11 @@ def client():
     return _CLIENTS[uri]
 
 
-@contextmanager
-def registry_lock(timeout_s: float = 120) -> Iterator[None]:
-    """Serialize champion changes between processes on this machine (local SQLite registry)."""
-    from filelock import FileLock, Timeout
+def registry_lock(name: str, timeout_s: float = 120):
+    """Serialize champion changes of model ``name`` on this machine and, with a Prefect server, across machines."""
+    from lmops.tasks.locks import exclusive
 
-    from lmops.env import lmops_home
-
-    path = lmops_home() / "registry.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=timeout_s)
-    except Timeout as exc:
-        from lmops.errors import TransientError
-
-        raise TransientError(f"registry lock {path} held for over {timeout_s}s by another run; retry") from exc
-    try:
-        yield
-    finally:
-        lock.release()
+    return exclusive(f"registry-{name}", timeout_s, what="the registry")
 
 
 def _is_missing(exc: Exception) -> bool:
@@ -130,7 +114,13 @@ def _experiment_id(name: str) -> str:
     # a team's tracking server chooses its own artifact store.
     uri = c.tracking_uri
     location = f"{mlflow_artifact_root()}/{name}" if uri.startswith(("sqlite:", "file:", "/")) else None
-    return c.create_experiment(name, artifact_location=location)
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - another run (another machine) created it first: use theirs
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -195,14 +185,17 @@ def register_version(name: str, run_id: str, source: str, tags: dict[str, str], 
     from mlflow.exceptions import MlflowException
 
     c = client()
-    with registry_lock():
+    with registry_lock(name):
         reconcile(name)
         try:
             c.get_registered_model(name)
         except MlflowException as exc:
             if not _is_missing(exc):
                 raise
-            c.create_registered_model(name, description="Managed by lmops; see `lmops models show`.")
+            try:
+                c.create_registered_model(name, description="Managed by lmops; see `lmops models show`.")
+            except MlflowException:
+                c.get_registered_model(name)  # created by another run in between; anything else re-raises
         current = get_version(name, CHAMPION)
         current_v = str(current.version) if current else None
         expected_champion = str(expected_champion) if expected_champion is not None else None
@@ -351,7 +344,7 @@ def reconcile(name: str) -> list[dict[str, Any]]:
 
 def history(name: str, include_aborted: bool = False) -> list[dict[str, Any]]:
     """Champion changes, oldest first (pending records settled first, so a crash never hides a change)."""
-    with registry_lock():
+    with registry_lock(name):
         reconcile(name)
     rm = client().get_registered_model(name)
     tags = rm.tags or {}
@@ -362,7 +355,7 @@ def history(name: str, include_aborted: bool = False) -> list[dict[str, Any]]:
 def set_champion(name: str, version: str, action: str, reason: str, force: bool = False) -> dict[str, Any]:
     """Manual promotion: move ``champion`` to ``version`` and record it. A version that failed its gate is
     refused unless ``force`` (the override is written into the record)."""
-    with registry_lock():
+    with registry_lock(name):
         reconcile(name)
         return _set_champion_locked(name, version, action, reason, force)
 
@@ -388,7 +381,7 @@ def _set_champion_locked(name: str, version: str, action: str, reason: str, forc
 def rollback(name: str, reason: str) -> dict[str, Any]:
     """Put back the champion that the current one replaced (champion history is a stack). The target is
     computed under the same lock that moves the alias, so a promotion in between cannot be skipped."""
-    with registry_lock():
+    with registry_lock(name):
         reconcile(name)
         current = get_version(name, CHAMPION)
         if current is None:

@@ -238,6 +238,10 @@ def test_two_pipelines_started_together_make_one_consistent_champion(prefect_api
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     for root in roots:
         _consistent(root, lmops_home)
+    # one training of a model name at a time: the second run's ingest starts after the first run finished
+    spans = sorted((min(f.stat().st_mtime for f in (run / "ingest").iterdir()), (run / "run.json").stat().st_mtime)
+                   for run in (lmops_home / "runs").iterdir())
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
     assert len(registry.list_models()[0:1]) == 1 and registry.list_models()[0]["versions"] == 2
 
 
@@ -295,3 +299,90 @@ def test_the_team_stack_is_not_open_to_the_network():
     assert "/infra/.env" in (REPO / ".gitignore").read_text().splitlines()
     example = dict(line.split("=", 1) for line in (REPO / "infra" / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#"))
     assert set(example) == set(re.findall(r"\$\{(\w+):\?", text))
+
+
+def _race_across_homes(tmp_path: Path, mlflow_db: Path, lease: bool) -> list[str]:
+    """Two processes with separate LMOPS_HOMEs (two machines: separate file locks) share one registry and one
+    Prefect server, and register a gated version against 'no champion' at the same moment. A file barrier makes
+    both read the champion together and each pauses before moving the alias (as in test_audit's race)."""
+    import contextlib  # noqa: F401 - used by the child script
+    import shutil
+
+    from prefect.settings import PREFECT_API_URL
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(mlflow_db, shared / "mlflow.db")
+    script = textwrap.dedent(f"""
+        import contextlib, pathlib, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from lmops.tasks import registry
+        from tests.registry_helpers import fake_version
+        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+        me.mkdir(parents=True)
+        read = registry.get_version
+        def slow_read(name, ref=None):
+            if ref == registry.CHAMPION:
+                (me / "at-read").touch()
+                deadline = time.time() + 3
+                while not (other / "at-read").exists() and time.time() < deadline:
+                    time.sleep(0.01)
+            v = read(name, ref)
+            if ref == registry.CHAMPION:
+                time.sleep(1.0)
+            return v
+        registry.get_version = slow_read
+        if sys.argv[3] == "nolease":
+            from lmops.tasks import locks
+            locks.shared_lease = lambda *a, **k: contextlib.nullcontext()
+        print(fake_version(me / "w", True, None, name="shared").promoted)
+    """)
+    dirs = [tmp_path / f"machine{i}" for i in range(2)]
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "LMOPS_HOME": str(dirs[i] / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}",
+               "PREFECT_API_URL": PREFECT_API_URL.value()}
+        procs.append(subprocess.Popen([sys.executable, "-c", script, str(dirs[i]), str(dirs[1 - i]), "lease" if lease else "nolease"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    return sorted(o[0].strip().splitlines()[-1] for o in outs)
+
+
+@pytest.mark.integration
+def test_two_machines_sharing_a_registry_cannot_both_become_champion(prefect_api, _empty_mlflow_db, tmp_path):
+    """With a Prefect server configured, the registry lock is also a lease on that server, so workers with
+    separate LMOPS_HOMEs (separate file locks) still change the champion one at a time."""
+    assert _race_across_homes(tmp_path, _empty_mlflow_db, lease=True) == ["False", "True"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_without_the_lease_two_machines_both_promote(prefect_api, _empty_mlflow_db, tmp_path):
+    """The test above can fail: the same race with the lease taken away promotes both."""
+    assert _race_across_homes(tmp_path, _empty_mlflow_db, lease=False) == ["True", "True"]
+
+
+def test_a_second_training_of_the_same_model_waits_then_fails_as_transient(lmops_home):
+    """`register.wait_for_other_run_s` bounds the wait; the error names what is held."""
+    from lmops.errors import TransientError
+    from lmops.tasks.locks import exclusive
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from lmops.tasks.locks import exclusive
+        with exclusive("train-m", 5, what="training m"):
+            print("held", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "LMOPS_HOME": str(lmops_home)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TransientError, match="training m .* held for over 0s by another run"):
+            with exclusive("train-m", 0.3, what="training m"):
+                pass
+        with exclusive("train-other", 0.3, what="training other"):  # another model name is not blocked
+            pass
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,66 @@
+"""Exclusive sections that hold across processes and, with a Prefect server, across machines.
+
+A file lock under LMOPS_HOME serializes the processes of one machine; a worker that runs each flow in a fresh
+clone has its own LMOPS_HOME, so when a Prefect server is configured the section is also a lease on it (a
+global concurrency limit of 1) that every machine of the team sees. The embedded per-process Prefect API has
+nothing to share: no lease then.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+
+@contextmanager
+def exclusive(key: str, timeout_s: float, what: str = "this section") -> Iterator[None]:
+    """Hold ``key`` (a file lock, then the server lease); a wait over ``timeout_s`` is a TransientError naming it."""
+    from filelock import FileLock, Timeout
+
+    from lmops.env import lmops_home
+    from lmops.errors import TransientError
+
+    path = lmops_home() / "locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout as exc:
+        raise TransientError(f"{what} ({path}) held for over {timeout_s:.0f}s by another run; retry") from exc
+    try:
+        with shared_lease(f"lmops-{key}", timeout_s, what=what):
+            yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def shared_lease(key: str, timeout_s: float, lease_s: float = 60, what: str = "this section") -> Iterator[None]:
+    """One holder of ``key`` across machines: a Prefect global concurrency limit of 1 on the configured server.
+    The slot is a lease the holder renews; a holder killed with SIGKILL loses it after ``lease_s``."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from lmops.errors import TransientError
+
+    with get_client(sync_client=True) as c:
+        try:
+            c.upsert_global_concurrency_limit_by_name(key, 1)
+        except ObjectAlreadyExists:  # another machine created it between the read and the create
+            pass
+    entered = False
+    try:
+        with concurrency(key, occupy=1, timeout_seconds=timeout_s, lease_duration=lease_s, strict=True):
+            entered = True
+            yield
+    except TimeoutError as exc:
+        if entered:
+            raise
+        raise TransientError(f"{what}: the lease {key!r} on the Prefect server was held for over {timeout_s:.0f}s by another run; "
+                             "retry") from exc
