@@ -141,13 +141,15 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
 
 
 @flow(name="lmops-scheduled", log_prints=True)
-def scheduled(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".") -> dict[str, Any]:
-    """Deployment entry point (schedules, data triggers): params are read where the flow runs.
+def scheduled(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".",
+              layers: list[str] | None = None) -> dict[str, Any]:
+    """Deployment entry point (schedules, data triggers): params are read where the flow runs, from
+    ``params_file`` with ``layers`` (relative to ``project_root``) and ``overrides`` on top.
 
-    ``prefect deploy --prefect-file infra/prefect.yaml`` or ``lmops serve --cron "0 2 * * *"``.
+    ``lmops serve`` (cron and time zone from the ``schedule`` section) or ``prefect deploy --prefect-file infra/prefect.yaml``.
     """
     from lmops.config import load_params
 
     root = Path(project_root).resolve()
-    p = load_params(root / params_file, overrides=overrides)
+    p = load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
     return pipeline(params=p.to_dict(), project_root=str(root))

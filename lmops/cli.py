@@ -242,12 +242,26 @@ def _model_dir(ref: str, run: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the pipeline as a Prefect deployment on a schedule (runs until interrupted)."""
-    from lmops.flows.pipeline import scheduled
+    """Serve the pipeline as a Prefect deployment on the ``schedule`` section's cron (runs until interrupted)."""
     from lmops.env import project_root
+    from lmops.errors import UserError
 
-    scheduled.serve(name=args.name, cron=args.cron,
-                    parameters={"params_file": "params.yaml", "overrides": args.overrides, "project_root": str(project_root())})
+    params = _params(args)  # validated here, so a bad layer or override fails now, not at 2 a.m.
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError("no Prefect server: the embedded API has no scheduler, so nothing would run. Start one with "
+                        "`lmops server start` (or export PREFECT_API_URL=http://HOST:4200/api), then run `lmops serve` again")
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from lmops.flows.pipeline import scheduled
+
+    root = project_root()
+    cron = args.cron or params.schedule.cron
+    layers = [str(Path(layer).resolve().relative_to(root)) if Path(layer).resolve().is_relative_to(root) else str(Path(layer).resolve())
+              for layer in args.params or []]
+    print(f"serving deployment lmops-scheduled/{args.name}: cron {cron!r} ({params.schedule.timezone}), params.yaml"
+          + "".join(f" + {layer}" for layer in layers) + "".join(f" {o}" for o in args.overrides), flush=True)
+    scheduled.serve(name=args.name, schedules=[CronSchedule(cron=cron, timezone=params.schedule.timezone)],
+                    parameters={"params_file": "params.yaml", "layers": layers, "overrides": args.overrides, "project_root": str(root)})
     return 0
 
 
@@ -400,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "sentiment), or any text for a language model, ingested with the same rules")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (needs a Prefect server)")
-    p.add_argument("--cron", default="0 2 * * *")
+    p = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (needs a Prefect server: lmops server start)")
+    p.add_argument("--cron", default=None, help="override schedule.cron from params")
     p.add_argument("--name", default="nightly")
+    p.add_argument("--params", type=Path, action="append", help="a YAML file layered over params.yaml (repeatable, later wins)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.set_defaults(func=cmd_serve)
 

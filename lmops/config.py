@@ -249,8 +249,38 @@ class RegisterParams(Section):
     wait_for_other_run_s: float = Field(default=6 * 3600, ge=0)
 
 
+class ScheduleParams(Section):
+    """When ``lmops serve`` runs the pipeline unattended (a Prefect cron schedule)."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        import re
+
+        # the shape only (Prefect validates the values when it schedules): five fields, or an @alias
+        if not (re.fullmatch(r"@(yearly|annually|monthly|weekly|daily|hourly)", v.strip())
+                or re.fullmatch(r"[\w*/,?#-]+(\s+[\w*/,?#-]+){4}", v.strip())):
+            raise ValueError(f"{v!r} is not a cron expression (minute hour day month weekday, e.g. '0 2 * * *')")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone (e.g. UTC, Europe/London, America/New_York)") from None
+        return v
+
+
 class Params(Section):
     project: ProjectParams = Field(default_factory=ProjectParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     ingest: IngestParams
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     tokenize: TokenizeParams = Field(default_factory=TokenizeParams)

@@ -28,7 +28,51 @@ def _get(url: str) -> int:
         return 0
 
 
-def test_server_start_is_idempotent_serves_both_uis_and_stop_stops_them(lmops_home, tmp_path):
+def _serve_and_check_the_schedule(project, env, api_url):
+    """`lmops serve --params LAYER` against the running server: the deployment carries the schedule section's cron
+    and time zone and the layer, and the server has its next run scheduled."""
+    import time
+
+    import yaml
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tree = yaml.safe_load((project / "params.yaml").read_text())
+    tree["schedule"] = {"cron": "30 3 * * 1-5", "timezone": "Europe/London"}
+    (project / "params.yaml").write_text(yaml.safe_dump(tree))
+    (project / "fast.yaml").write_text("finetune: {epochs: 1}\n")
+    serve = subprocess.Popen([sys.executable, "-m", "lmops.cli", "serve", "--params", "fast.yaml", "pretrain.max_steps=3"], cwd=project,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            from prefect import get_client
+            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+            deadline, dep, runs = time.time() + 120, None, []
+            with get_client(sync_client=True) as client:
+                while time.time() < deadline and not runs:
+                    time.sleep(2)
+                    try:
+                        dep = client.read_deployment_by_name("lmops-scheduled/nightly")
+                    except Exception:  # noqa: BLE001 - not served yet
+                        continue
+                    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+        assert dep is not None, serve.stdout.read() if serve.poll() is not None else "no deployment"
+        sched = dep.schedules[0].schedule
+        assert (sched.cron, sched.timezone) == ("30 3 * * 1-5", "Europe/London")
+        assert dep.parameters["layers"] == ["fast.yaml"] and dep.parameters["overrides"] == ["pretrain.max_steps=3"]
+        assert runs and runs[0].state.type.value == "SCHEDULED" and runs[0].expected_start_time.hour in (2, 3)  # 03:30 London = 02:30/03:30 UTC
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+
+
+def test_serve_without_a_server_is_a_user_error_not_a_silent_no_op(project):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    r = subprocess.run([sys.executable, "-m", "lmops.cli", "serve"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "lmops server start" in r.stderr
+
+
+def test_server_start_is_idempotent_serves_both_uis_and_stop_stops_them(lmops_home, project, tmp_path):
     env = {"LMOPS_HOME": str(lmops_home)}
     env_without_api = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     ports = [str(_free_port()), str(_free_port())]
@@ -53,6 +97,7 @@ def test_server_start_is_idempotent_serves_both_uis_and_stop_stops_them(lmops_ho
         probe = subprocess.run([sys.executable, "-c", "import lmops, os; print(os.environ.get('PREFECT_API_URL'))"], env={**env_without_api, **env},
                                capture_output=True, text=True, cwd=tmp_path)
         assert probe.stdout.strip() == f"http://127.0.0.1:{ports[0]}/api"
+        _serve_and_check_the_schedule(project, {**env_without_api, **env}, f"http://127.0.0.1:{ports[0]}/api")
     finally:
         stopped = cli("stop", "--json")
     assert stopped.returncode == 0
