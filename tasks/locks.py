@@ -4,6 +4,11 @@ A file lock under LMOPS_HOME serializes the processes of one machine; a worker t
 clone has its own LMOPS_HOME, so when a Prefect server is configured the section is also a lease on it (a
 global concurrency limit of 1) that every machine of the team sees. The embedded per-process Prefect API has
 nothing to share: no lease then.
+
+A holder killed with SIGKILL keeps its lease until the server's repossessor service revokes it (lease expiry,
+60 s at least). Prefect's *ephemeral* servers (the embedded API, ``prefect_test_harness``) run no repossessor,
+so there a dead holder's lease is never returned: ``LMOPS_SERVER_LEASES=off`` turns leases off where all runs
+share one LMOPS_HOME anyway (the file lock then does the job).
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ def exclusive(key: str, timeout_s: float, what: str = "this section") -> Iterato
 def shared_lease(key: str, timeout_s: float, lease_s: float = 60, what: str = "this section") -> Iterator[None]:
     """One holder of ``key`` across machines: a Prefect global concurrency limit of 1 on the configured server.
     The slot is a lease the holder renews; a holder killed with SIGKILL loses it after ``lease_s``."""
+    import os
+
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    if not PREFECT_API_URL.value() or os.environ.get("LMOPS_SERVER_LEASES", "auto").lower() in {"off", "0", "false"}:
         yield
         return
     from prefect.client.orchestration import get_client

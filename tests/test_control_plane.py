@@ -72,6 +72,7 @@ def test_serve_without_a_server_is_a_user_error_not_a_silent_no_op(project):
     assert r.returncode == 2 and "lmops server start" in r.stderr
 
 
+@pytest.mark.slow
 def test_server_start_is_idempotent_serves_both_uis_and_stop_stops_them(lmops_home, project, tmp_path):
     env = {"LMOPS_HOME": str(lmops_home)}
     env_without_api = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -117,3 +118,26 @@ def test_a_taken_port_is_a_user_error_naming_it(lmops_home, tmp_path):
         r = run_cli("server", "start", "--prefect-port", str(port), "--mlflow-port", str(_free_port()), cwd=tmp_path,
                     env={"LMOPS_HOME": str(lmops_home)})
     assert r.returncode == 2 and f"port {port}" in r.stderr and "--prefect-port" in r.stderr
+
+
+def test_commands_use_a_running_control_plane_and_ignore_a_dead_one(lmops_home, tmp_path):
+    """The default run's quick check of the pick-up (the slow test above starts the real servers): a record
+    whose process lives sets PREFECT_API_URL for every lmops command; a stale one (dead pid) does not, and an
+    explicit PREFECT_API_URL always wins."""
+    server = lmops_home / "server"
+    server.mkdir(parents=True)
+    probe = "import lmops, os; print(os.environ.get('PREFECT_API_URL'))"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"LMOPS_HOME": str(lmops_home)}
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (server / "prefect.json").write_text(json.dumps({"pid": sleeper.pid, "api_url": "http://127.0.0.1:4999/api"}))
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+        assert out == "http://127.0.0.1:4999/api"
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, "PREFECT_API_URL": "http://elsewhere/api"}, capture_output=True,
+                             text=True, cwd=tmp_path).stdout.strip()
+        assert out == "http://elsewhere/api"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+    assert out == "None"
