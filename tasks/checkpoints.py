@@ -37,24 +37,19 @@ def claim(ckpt_dir: Path, timeout_s: float = 24 * 3600) -> Iterator[None]:
     then finds the folder gone, or the first run's checkpoints if it was killed) and names who holds it."""
     import socket
 
-    from filelock import FileLock, Timeout
+    from lmops.tasks.locks import file_lock
 
-    from lmops.errors import TransientError
+    owner = Path(str(ckpt_dir) + ".owner")
 
-    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock, owner = FileLock(str(ckpt_dir) + ".lock"), Path(str(ckpt_dir) + ".owner")
-    try:
-        lock.acquire(timeout=timeout_s)
-    except Timeout as exc:
-        holder = owner.read_text() if owner.exists() else "another process"
-        raise TransientError(f"checkpoints {ckpt_dir} are in use by {holder} (the same data and params are pretraining); "
-                             "retry when it finishes") from exc
-    try:
+    def holder() -> str:
+        return owner.read_text() if owner.exists() else "another process"
+
+    with file_lock(Path(str(ckpt_dir) + ".lock"), timeout_s, f"checkpoints {ckpt_dir} (the same data and params pretraining)", holder):
         owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}")
-        yield
-    finally:
-        owner.unlink(missing_ok=True)
-        lock.release()
+        try:
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -14,29 +14,38 @@ share one LMOPS_HOME anyway (the file lock then does the job).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 
 @contextmanager
-def exclusive(key: str, timeout_s: float, what: str = "this section") -> Iterator[None]:
-    """Hold ``key`` (a file lock, then the server lease); a wait over ``timeout_s`` is a TransientError naming it."""
+def file_lock(path: Path, timeout_s: float, what: str, holder: Callable[[], str] | None = None) -> Iterator[None]:
+    """An OS file lock on ``path`` (released by the kernel when its process dies); a wait over ``timeout_s`` is a
+    TransientError naming ``what`` and, when ``holder`` says, who holds it."""
     from filelock import FileLock, Timeout
 
-    from lmops.env import lmops_home
     from lmops.errors import TransientError
 
-    path = lmops_home() / "locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=timeout_s)
     except Timeout as exc:
-        raise TransientError(f"{what} ({path}) held for over {timeout_s:.0f}s by another run; retry") from exc
+        by = holder() if holder else "another run"
+        raise TransientError(f"{what} ({path}) held for over {timeout_s:.0f}s by {by}; retry") from exc
     try:
-        with shared_lease(f"lmops-{key}", timeout_s, what=what):
-            yield
+        yield
     finally:
         lock.release()
+
+
+@contextmanager
+def exclusive(key: str, timeout_s: float, what: str = "this section") -> Iterator[None]:
+    """Hold ``key`` (a file lock under LMOPS_HOME, then the server lease)."""
+    from lmops.env import lmops_home
+
+    with file_lock(lmops_home() / "locks" / f"{key}.lock", timeout_s, what), shared_lease(f"lmops-{key}", timeout_s, what=what):
+        yield
 
 
 @contextmanager

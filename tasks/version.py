@@ -59,18 +59,10 @@ def ensure_dvc_repo(root: Path, default_remote: Path) -> str:
 def data_lock(root: Path, data_dir: str = "data", timeout_s: float = 600) -> Iterator[None]:
     """One writer of ``root/data`` + ``data.dvc`` at a time (swap, ``dvc add``, push, reading the md5, checkout):
     without it a run can record another run's md5, or die on DVC's own lock half-way."""
-    from filelock import FileLock, Timeout
+    from lmops.tasks.locks import file_lock
 
-    path = root / f".{data_dir}.lock"
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=timeout_s)
-    except Timeout as exc:
-        raise TransientError(f"{path} held for over {timeout_s:.0f}s by another run versioning data; retry") from exc
-    try:
+    with file_lock(root / f".{data_dir}.lock", timeout_s, f"versioning {data_dir}/"):
         yield
-    finally:
-        lock.release()
 
 
 def _recover(root: Path, data_dir: str) -> None:

@@ -15,6 +15,7 @@ from lmops.errors import UserError
 from lmops.tasks import registry
 from tests.conftest import REPO, run_cli
 from tests.registry_helpers import fake_version as _fake_version
+from tests.registry_helpers import start_race
 
 
 def test_manual_promote_and_rollback_are_recorded(lmops_home, tmp_path):
@@ -38,38 +39,8 @@ def test_manual_promote_and_rollback_are_recorded(lmops_home, tmp_path):
 
 
 def _race(tmp_path: Path, name: str, lock: bool) -> list[str]:
-    """Two processes register a gated version against 'no champion' at the same moment. The interleaving is
-    forced: a file barrier makes both read the champion together (waiting at most 3 s, since with the lock
-    the other process cannot get there), and each pauses between that read and moving the alias, so without
-    a lock both read 'no champion' before either moves it."""
-    script = textwrap.dedent(f"""
-        import contextlib, pathlib, sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from lmops.tasks import registry
-        from tests.registry_helpers import fake_version
-        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-        me.mkdir(parents=True)
-        read = registry.get_version
-        def slow_read(name, ref=None):
-            if ref == registry.CHAMPION:
-                # barrier: read together with the other process (unless it is held outside, by the lock)
-                (me / "at-read").touch()
-                deadline = time.time() + 3
-                while not (other / "at-read").exists() and time.time() < deadline:
-                    time.sleep(0.01)
-            v = read(name, ref)
-            if ref == registry.CHAMPION:
-                time.sleep(1.0)  # the window between compare and set, made wide
-            return v
-        registry.get_version = slow_read
-        if sys.argv[3] == "nolock":
-            registry.registry_lock = lambda *a, **k: contextlib.nullcontext()
-        print(fake_version(me, True, None, name={name!r}).promoted)
-    """)
-    dirs = [tmp_path / f"{name}{i}" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(dirs[i]), str(dirs[1 - i]), "lock" if lock else "nolock"],
-                              stdout=subprocess.PIPE, text=True) for i in range(2)]
-    return sorted(p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs)
+    """Two processes register a gated version against 'no champion' at the same moment (tests.registry_helpers.race_child)."""
+    return start_race([tmp_path / f"{name}{i}" for i in range(2)], "" if lock else "lock", name)
 
 
 def test_two_processes_cannot_both_become_champion(lmops_home, tmp_path):

@@ -162,7 +162,7 @@ def test_a_checkpoint_folder_has_one_owner(tmp_path):
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(TransientError, match=rf"in use by pid {holder.pid} on "):
+        with pytest.raises(TransientError, match=rf"held for over 0s by pid {holder.pid} on "):
             with claim(ckpt, timeout_s=0.5):
                 pass
     finally:
@@ -305,50 +305,20 @@ def test_the_team_stack_is_not_open_to_the_network():
 
 def _race_across_homes(tmp_path: Path, mlflow_db: Path, lease: bool) -> list[str]:
     """Two processes with separate LMOPS_HOMEs (two machines: separate file locks) share one registry and one
-    Prefect server, and register a gated version against 'no champion' at the same moment. A file barrier makes
-    both read the champion together and each pauses before moving the alias (as in test_audit's race)."""
-    import contextlib  # noqa: F401 - used by the child script
+    Prefect server, and race to register a gated version against 'no champion' (tests.registry_helpers.race_child)."""
     import shutil
 
     from prefect.settings import PREFECT_API_URL
 
+    from tests.registry_helpers import start_race
+
     shared = tmp_path / "shared"
     shared.mkdir()
     shutil.copy(mlflow_db, shared / "mlflow.db")
-    script = textwrap.dedent(f"""
-        import contextlib, pathlib, sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from lmops.tasks import registry
-        from tests.registry_helpers import fake_version
-        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-        me.mkdir(parents=True)
-        read = registry.get_version
-        def slow_read(name, ref=None):
-            if ref == registry.CHAMPION:
-                (me / "at-read").touch()
-                deadline = time.time() + 3
-                while not (other / "at-read").exists() and time.time() < deadline:
-                    time.sleep(0.01)
-            v = read(name, ref)
-            if ref == registry.CHAMPION:
-                time.sleep(1.0)
-            return v
-        registry.get_version = slow_read
-        if sys.argv[3] == "nolease":
-            from lmops.tasks import locks
-            locks.shared_lease = lambda *a, **k: contextlib.nullcontext()
-        print(fake_version(me / "w", True, None, name="shared").promoted)
-    """)
     dirs = [tmp_path / f"machine{i}" for i in range(2)]
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "LMOPS_HOME": str(dirs[i] / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}",
-               "PREFECT_API_URL": PREFECT_API_URL.value()}
-        procs.append(subprocess.Popen([sys.executable, "-c", script, str(dirs[i]), str(dirs[1 - i]), "lease" if lease else "nolease"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    return sorted(o[0].strip().splitlines()[-1] for o in outs)
+    envs = [{"LMOPS_HOME": str(d / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}", "PREFECT_API_URL": PREFECT_API_URL.value()}
+            for d in dirs]
+    return start_race(dirs, "" if lease else "lease", "shared", envs)
 
 
 @pytest.mark.slow
