@@ -24,7 +24,7 @@ def _killed_at(point: str, script: str, lmops_home: Path) -> None:
     assert r.returncode == -9, f"expected SIGKILL at {point}, got {r.returncode}: {r.stderr[-2000:]}"
 
 
-@pytest.mark.parametrize("point,moved", [("registry.before_alias", False), ("registry.after_alias", True)])
+@pytest.mark.parametrize("point,moved", [pytest.param("registry.before_alias", False, marks=pytest.mark.slow), ("registry.after_alias", True)])
 def test_a_champion_change_killed_midway_is_recorded_or_undone(lmops_home, tmp_path, point, moved):
     """The alias and its history record are one step: killed between them, the next registry action settles
     the record from the alias, so history and champion agree and rollback goes to the right version."""

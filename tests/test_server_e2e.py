@@ -50,6 +50,7 @@ def prefect_server(tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.slow  # the default run keeps the CLI on the embedded API (below) and test_flow's pipeline on a real Prefect API
 def test_lmops_run_cli_against_a_real_prefect_server(prefect_server, project, lmops_home):
     env = {"PREFECT_API_URL": prefect_server, "LMOPS_HOME": str(lmops_home)}
     r = run_cli("run", "--json", "pretrain.max_steps=6", "finetune.epochs=1", cwd=project, env=env)

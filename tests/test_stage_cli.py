@@ -52,6 +52,7 @@ def test_pretrain_finetune_evaluate_chain(project, env, tmp_path):
     assert ev["data_rows"] == {"rows_in": 5, "kept": 4, "quarantined": 1, "duplicates": 0, "near_duplicates": 0}
 
 
+@pytest.mark.slow  # the default run keeps test_entity_ner's compare-base check (the same code, NER's resampling)
 def test_compare_bases_reports_a_bootstrap_interval(project, env, tiny_lm):
     _, pre, _ = tiny_lm
     out = _last_json(run_cli("finetune", "--json", "--base", pre.model_dir, "--compare-base", pre.model_dir, "finetune.epochs=1",
