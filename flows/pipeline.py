@@ -17,7 +17,7 @@ from prefect import flow, runtime
 
 from lmops.config import Params, params_from_dict
 from lmops.env import new_run_dir
-from lmops.flows.steps import artifact, png_markdown, step
+from lmops.flows.steps import artifact, notify, png_markdown, step
 from lmops.layout import RunLayout, Snapshot
 from lmops.models import resolve_model_ref
 from lmops.tasks import stages
@@ -126,7 +126,11 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
             decision = gate(p, run, ev)
             reg = register(p, run, root, data, report, pre, ft, ev, decision)
     except Exception as exc:
+        from lmops.errors import DataError
+
         run.failed_marker.write_text(f"{type(exc).__name__}: {exc}\nSee the Prefect flow run logs.\n")
+        notify(p, "data_rejected" if isinstance(exc, DataError) else "failed",
+               {"run_dir": str(run.root), "error": f"{type(exc).__name__}: {exc}", "flow_run_id": str(runtime.flow_run.id or "")})
         raise
     summary = {
         "run_dir": str(run.root), "data_version": data.md5, "rows": {k: v.kept for k, v in data_summary.sources.items()},
@@ -137,6 +141,9 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
         "flow_run_id": str(runtime.flow_run.id or ""),
     }
     run.summary.write_text(json.dumps(summary, indent=2))
+    notify(p, "promoted" if reg.promoted else "not_promoted",
+           {"version": int(reg.version), "metrics": summary["metrics"], "data_version": data.md5, "reasons": decision.reasons,
+            "run_dir": str(run.root), "flow_run_id": summary["flow_run_id"]})
     return summary
 
 

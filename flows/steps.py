@@ -54,3 +54,22 @@ def png_markdown(path: str | Path, caption: str) -> str:
 def artifact(key: str, markdown: str, description: str) -> None:
     """A markdown artifact on the flow run (the Prefect UI's Artifacts tab)."""
     create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+EVENTS = {"promoted": "lmops.model.promoted", "not_promoted": "lmops.model.not-promoted", "data_rejected": "lmops.data.rejected",
+          "failed": "lmops.run.failed"}
+
+
+def notify(p, kind: str, payload: dict) -> None:
+    """A ``lmops.<kind>`` Prefect event (automations can act on it) and, when ``notify.webhook_url`` is set and
+    ``kind`` is in ``notify.events``, the same as a JSON POST to the webhook."""
+    from prefect.events import emit_event
+
+    from lmops.tasks.notify import post
+
+    event = EVENTS[kind]
+    model = p.register_.model_name
+    emit_event(event=event, resource={"prefect.resource.id": f"lmops.model.{model}", "prefect.resource.name": model},
+               payload={k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))})
+    if p.notify.webhook_url and kind in p.notify.events:
+        post(p.notify.webhook_url, event, {"model": model, **payload}, p.notify.timeout_s)

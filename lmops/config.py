@@ -278,9 +278,20 @@ class ScheduleParams(Section):
         return v
 
 
+class NotifyParams(Section):
+    """Who hears about a run: every event is also a Prefect event (``lmops.*``, for automations); with
+    ``webhook_url`` it is POSTed there as JSON (a chat incoming webhook, an alerting endpoint)."""
+
+    webhook_url: str | None = None
+    events: list[Literal["promoted", "not_promoted", "data_rejected", "failed"]] = Field(
+        default_factory=lambda: ["promoted", "data_rejected", "failed"])
+    timeout_s: float = Field(default=10, gt=0)
+
+
 class Params(Section):
     project: ProjectParams = Field(default_factory=ProjectParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
+    notify: NotifyParams = Field(default_factory=NotifyParams)
     ingest: IngestParams
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     tokenize: TokenizeParams = Field(default_factory=TokenizeParams)

@@ -18,12 +18,39 @@ def _flow_run_state(flow_run_id: str) -> str:
         return client.read_flow_run(flow_run_id).state.type.value
 
 
-def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home):
+@pytest.fixture
+def webhook():
+    """A local HTTP receiver on 127.0.0.1 that keeps every JSON body POSTed to it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+
+
+def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home, webhook):
     from lmops.flows.pipeline import pipeline
 
-    good = load_params(project / "params.yaml")
+    url, received = webhook
+    good = load_params(project / "params.yaml", overrides=[f"notify.webhook_url={url}"])
     first = pipeline(params=good.to_dict(), project_root=str(project))
     assert first["promoted"] and first["model"]["version"] == 1
+    # the promotion was announced to the webhook (notify.events default: promoted, data_rejected, failed)
+    assert [(m["event"], m["model"], m["version"], m["data_version"]) for m in received] == [
+        ("lmops.model.promoted", "finance-sentiment", 1, first["data_version"])]
 
     info = registry.show("finance-sentiment@champion")
     assert info["version"] == 1 and "champion" in info["aliases"]
@@ -46,8 +73,10 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     assert (local / "model.safetensors").exists() and (local / "config.json").exists()
 
     # A deliberately worse config: the learning rate is so small the classifier stays at its init.
-    worse = load_params(project / "params.yaml", overrides=["finetune.lr=1e-9", "finetune.epochs=1", "finetune.class_weighting=false"])
+    worse = load_params(project / "params.yaml", overrides=["finetune.lr=1e-9", "finetune.epochs=1", "finetune.class_weighting=false",
+                                                            f"notify.webhook_url={url}"])
     second = pipeline(params=worse.to_dict(), project_root=str(project))
+    assert len(received) == 1  # not promoted: not in notify.events by default
     assert second["metrics"]["macro_f1"] < first["metrics"]["macro_f1"]
     assert not second["promoted"] and second["model"]["version"] == 2
     assert any("< champion v1" in r for r in second["gate_reasons"])
@@ -58,13 +87,15 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     assert gate["champion"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"], abs=1e-6)
 
 
-def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home):
+def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home, webhook):
     from lmops.flows.pipeline import pipeline
     from lmops.errors import DataError
 
-    bad = load_params(project / "params.yaml", overrides=["validate.min_labeled_rows=100000"])
+    url, received = webhook
+    bad = load_params(project / "params.yaml", overrides=["validate.min_labeled_rows=100000", f"notify.webhook_url={url}"])
     with pytest.raises(DataError, match="expect_table_row_count_to_be_between"):
         pipeline(params=bad.to_dict(), project_root=str(project))
+    assert [m["event"] for m in received] == ["lmops.data.rejected"] and "expect_table_row_count_to_be_between" in received[0]["error"]
     runs = list((lmops_home / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "FAILED").exists()
     assert not (runs[0] / "pretrain").exists() and not (runs[0] / "tokenize").exists()

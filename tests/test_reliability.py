@@ -360,3 +360,26 @@ def test_a_second_training_of_the_same_model_waits_then_fails_as_transient(lmops
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_unreachable_webhook_is_logged_not_raised(caplog):
+    """A chat server that is down must not fail, or hide the result of, a training run."""
+    from lmops.tasks.notify import post
+
+    with socket_closed_port() as port:
+        assert post(f"http://127.0.0.1:{port}/hook", "lmops.model.promoted", {"version": 1}, timeout_s=2) is False
+    assert "notification lmops.model.promoted" in caplog.text
+
+
+def socket_closed_port():
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def closed():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        yield port  # bound then released: nothing listens there
+
+    return closed()
