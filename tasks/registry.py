@@ -346,8 +346,11 @@ def history(name: str, include_aborted: bool = False) -> list[dict[str, Any]]:
     """Champion changes, oldest first (pending records settled first, so a crash never hides a change)."""
     with registry_lock(name):
         reconcile(name)
-    rm = client().get_registered_model(name)
-    tags = rm.tags or {}
+    return _events(name, include_aborted)
+
+
+def _events(name: str, include_aborted: bool = False) -> list[dict[str, Any]]:
+    tags = client().get_registered_model(name).tags or {}
     events = [json.loads(tags[k]) for k in sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX):]))]
     return [e for e in events if include_aborted or e.get("state", "done") == "done"]
 
@@ -387,7 +390,7 @@ def rollback(name: str, reason: str) -> dict[str, Any]:
         if current is None:
             raise UserError(f"{name} has no champion to roll back")
         stack: list[str] = []
-        for event in _done_events(name):
+        for event in _events(name):
             if event["action"] == "rollback":
                 if stack:
                     stack.pop()
@@ -396,12 +399,6 @@ def rollback(name: str, reason: str) -> dict[str, Any]:
         if not stack:
             raise UserError(f"{name}@champion (v{current.version}) replaced no earlier champion; nothing to roll back to")
         return _set_champion_locked(name, stack[-1], "rollback", reason, force=True)
-
-
-def _done_events(name: str) -> list[dict[str, Any]]:
-    tags = client().get_registered_model(name).tags or {}
-    events = [json.loads(tags[k]) for k in sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX):]))]
-    return [e for e in events if e.get("state", "done") == "done"]
 
 
 def run_params(run_id: str) -> dict[str, str]:

@@ -83,11 +83,11 @@ def snapshot(root: Path, ingest_dir: Path, default_remote: Path, data_dir: str =
     with data_lock(root, data_dir):
         remote = ensure_dvc_repo(root, default_remote)
         _recover(root, data_dir)
-        md5, pushed = _swap_add_push(root, ingest_dir, target, remote, data_dir)
-    return DataVersion(md5=md5, path=str(target), dvc_file=str(root / f"{data_dir}.dvc"), remote=remote, pushed=pushed)
+        md5 = _swap_add_push(root, ingest_dir, target, remote, data_dir)
+    return DataVersion(md5=md5, path=str(target), dvc_file=str(root / f"{data_dir}.dvc"), remote=remote, pushed=True)
 
 
-def _swap_add_push(root: Path, ingest_dir: Path, target: Path, remote: str, data_dir: str) -> tuple[str, bool]:
+def _swap_add_push(root: Path, ingest_dir: Path, target: Path, remote: str, data_dir: str) -> str:
     import logging
 
     from dvc.repo import Repo
@@ -121,7 +121,7 @@ def _swap_add_push(root: Path, ingest_dir: Path, target: Path, remote: str, data
         repo.close()
     md5 = read_data_version(root / f"{data_dir}.dvc")
     _log_version(md5, target)
-    return md5, True
+    return md5
 
 
 def _versions_log() -> Path:
