@@ -41,6 +41,17 @@ def adopt(run: RunLayout, snapshot: str):
 
 
 @step
+def unchanged(p: Params, run: RunLayout, root: Path):
+    same = stages.unchanged(p, run, root)
+    if same:
+        artifact("no-change", f"# No change\n\nData version `{same['data_version']}`, params (hash `{p.model_hash()}`) and code "
+                 f"(`{same['code_version']}`) are those of **{same['name']} v{same['version']}** (aliases: "
+                 f"{', '.join(same['aliases']) or 'none'}). Nothing was retrained and nothing registered.\n",
+                 "the run found nothing new to train on")
+    return same
+
+
+@step
 def validate(p: Params, run: RunLayout, root: Path):
     try:
         # the previous data version is the snapshot data.dvc points at now, before this run replaces it
@@ -118,6 +129,9 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
         # one training of a model name at a time: never two runs racing on data/ and the registry
         with exclusive(f"train-{p.register_.model_name}", p.register_.wait_for_other_run_s, what=f"training {p.register_.model_name}"):
             data_summary = adopt(run, snapshot) if snapshot else ingest(p, run)
+            same = unchanged(p, run, root) if p.cache.enabled else None
+            if same:
+                return _no_change(p, run, same)
             report = validate(p, run, root)
             data = version(run, root)
             pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
@@ -138,12 +152,26 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
         "finetune": {"method": ft.method, "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params},
         "metrics": ev.headline(), "promoted": reg.promoted, "gate_reasons": decision.reasons,
         "model": {"name": reg.name, "version": int(reg.version), "aliases": reg.aliases, "run_id": reg.run_id},
-        "flow_run_id": str(runtime.flow_run.id or ""),
+        "flow_run_id": str(runtime.flow_run.id or ""), "no_change": False, "reused": stages.reused(run),
     }
     run.summary.write_text(json.dumps(summary, indent=2))
     notify(p, "promoted" if reg.promoted else "not_promoted",
            {"version": int(reg.version), "metrics": summary["metrics"], "data_version": data.md5, "reasons": decision.reasons,
             "run_dir": str(run.root), "flow_run_id": summary["flow_run_id"]})
+    return summary
+
+
+def _no_change(p: Params, run: RunLayout, same: dict) -> dict[str, Any]:
+    summary = {
+        "run_dir": str(run.root), "data_version": same["data_version"], "no_change": True, "promoted": False,
+        "reason": f"data, params and code unchanged since {same['name']} v{same['version']}: nothing retrained or registered",
+        "model": {"name": same["name"], "version": same["version"], "aliases": same["aliases"], "run_id": same["run_id"]},
+        "metrics": {k: v for k, v in same["metrics"].items() if k in ("accuracy", "macro_f1", "micro_f1")},
+        "flow_run_id": str(runtime.flow_run.id or ""), "reused": stages.reused(run),
+    }
+    run.summary.write_text(json.dumps(summary, indent=2))
+    notify(p, "no_change", {"version": same["version"], "data_version": same["data_version"], "run_dir": str(run.root),
+                            "flow_run_id": summary["flow_run_id"]})
     return summary
 
 

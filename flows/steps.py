@@ -57,7 +57,7 @@ def artifact(key: str, markdown: str, description: str) -> None:
 
 
 EVENTS = {"promoted": "lmops.model.promoted", "not_promoted": "lmops.model.not-promoted", "data_rejected": "lmops.data.rejected",
-          "failed": "lmops.run.failed"}
+          "failed": "lmops.run.failed", "no_change": "lmops.run.no-change"}
 
 
 def notify(p, kind: str, payload: dict) -> None:

@@ -54,6 +54,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prewarm() -> None:
+    """Starting the embedded Prefect API takes seconds, mostly spent waiting for its process: meanwhile import the
+    registry and DVC and open the registry's database, which every run needs (a run with nothing new needs little else)."""
+    import threading
+
+    def work():
+        try:
+            import dvc.repo  # noqa: F401
+
+            from lmops.tasks import registry
+
+            registry.client()
+        except Exception:  # noqa: BLE001 - only a head start: the run itself reports any real problem
+            pass
+
+    threading.Thread(target=work, name="lmops-prewarm", daemon=True).start()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     params = _params(args)
     from lmops.flows.pipeline import pipeline
@@ -61,8 +79,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # checked before the flow (and its API) starts: a wrong folder is a user error at once
     snapshot = str(Snapshot(Path(args.data).resolve()).require().dir) if args.data else None
+    if not os.environ.get("PREFECT_API_URL"):
+        _prewarm()
     summary = pipeline(params=params.to_dict(), project_root=str(project_root()), snapshot=snapshot)
-    if not args.json:
+    if not args.json and summary.get("no_change"):
+        print(f"\nlmops run finished — no change: {summary['reason']}\n  run directory:   {summary['run_dir']}\n"
+              f"  recompute anyway: lmops run cache.enabled=false\n")
+    elif not args.json:
         m = summary["model"]
         verdict = "PROMOTED to champion" if summary["promoted"] else "not promoted (champion unchanged)"
         print(

@@ -283,13 +283,26 @@ class NotifyParams(Section):
     ``webhook_url`` it is POSTed there as JSON (a chat incoming webhook, an alerting endpoint)."""
 
     webhook_url: str | None = None
-    events: list[Literal["promoted", "not_promoted", "data_rejected", "failed"]] = Field(
+    events: list[Literal["promoted", "not_promoted", "no_change", "data_rejected", "failed"]] = Field(
         default_factory=lambda: ["promoted", "data_rejected", "failed"])
     timeout_s: float = Field(default=10, gt=0)
 
 
+class CacheParams(Section):
+    """Reuse of stage results across runs (``tasks/stagecache.py``): a stage whose inputs (data bytes, its params,
+    base model, seed, code version) are unchanged is linked from an earlier run instead of recomputed."""
+
+    enabled: bool = True
+    max_gb: float | None = Field(default=20, gt=0)  # least recently used results go first; null = unbounded
+
+
+# Sections that say how and when a run happens, not what it computes: a change there is no reason to retrain.
+OPERATIONAL_SECTIONS = ("schedule", "notify", "cache")
+
+
 class Params(Section):
     project: ProjectParams = Field(default_factory=ProjectParams)
+    cache: CacheParams = Field(default_factory=CacheParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     notify: NotifyParams = Field(default_factory=NotifyParams)
     ingest: IngestParams
@@ -331,6 +344,12 @@ class Params(Section):
         """Stable hash of the fully resolved params (lineage: which params made a model)."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def model_hash(self) -> str:
+        """Hash of what a run computes from: every section except the operational ones (schedule, notify, cache)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_SECTIONS}
+        d["register"] = {k: v for k, v in d["register"].items() if k != "wait_for_other_run_s"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _parse_scalar(text: str) -> Any:

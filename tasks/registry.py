@@ -86,6 +86,20 @@ def get_version(name: str, ref: str | None = None):
         raise
 
 
+def find_version(name: str, **tags: str) -> dict[str, Any] | None:
+    """The newest version of ``name`` whose lineage tags have all these values (``lmops models show`` shape), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client().search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    hits = [v for v in versions if all((v.tags or {}).get(k) == val for k, val in tags.items())]
+    return describe(max(hits, key=lambda v: int(v.version))) if hits else None
+
+
 def parse_ref(text: str) -> tuple[str, str | None]:
     """``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION`` / ``NAME/VERSION``."""
     for sep in ("@", "/"):
@@ -233,6 +247,7 @@ def describe(mv) -> dict[str, Any]:
         "metrics": dict(run.data.metrics) if run else {},
         "data_version": tags.get("data_version"),
         "params_hash": tags.get("params_hash"),
+        "code_version": tags.get("code_version"),
         "git_commit": tags.get("git_commit"),
         "git_dirty": {"true": True, "false": False}.get(tags.get("git_dirty", ""), None),
         "flow_run_id": tags.get("flow_run_id"),

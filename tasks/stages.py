@@ -15,11 +15,39 @@ from lmops.config import Params
 from lmops.layout import RunLayout, Snapshot
 
 
+def _reuse(p: Params, stage: str, inputs: dict, out: Path, compute, load):
+    """``compute()`` unless an earlier run computed this stage from the same inputs (``tasks/stagecache.py``)."""
+    from lmops.tasks import stagecache
+
+    if not p.cache.enabled:
+        return compute()
+    summary, reused = stagecache.reuse(stage, stagecache.stage_key(stage, inputs), out, compute, load, p.cache.max_gb)
+    if reused:
+        (out / "REUSED.json").write_text(json.dumps({"stage": stage, "key": reused.key, "origin": reused.origin}))
+        print(f"{stage}: inputs unchanged since {reused.origin}; its result is reused (cache key {reused.key})")
+    return summary
+
+
+def reused(run: RunLayout) -> list[str]:
+    """The stages of ``run`` whose results came from an earlier run."""
+    return sorted({json.loads(f.read_text())["stage"] for f in run.root.rglob("REUSED.json")})
+
+
 def ingest(p: Params, run: RunLayout):
     """Read, normalize, quarantine and split the sources in params into ``run.data``."""
+    from lmops.tasks.ingest import IngestSummary
     from lmops.tasks.ingest import ingest as ingest_sources
+    from lmops.tasks.stagecache import tree_digest
 
-    return ingest_sources(p.ingest, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
+    def compute():
+        return ingest_sources(p.ingest, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
+
+    paths = [Path(s.path) for s in p.ingest.sources]
+    if any(s.format == "hf" for s in p.ingest.sources) or not all(path.exists() for path in paths):
+        return compute()  # a hub dataset has no local bytes to key on; a missing path fails with its own message
+    inputs = {"ingest": p.ingest, "labels": p.validate_.labels, "seed": p.project.seed, "task": p.finetune.task,
+              "sources": [tree_digest(path) for path in paths]}
+    return _reuse(p, "ingest", inputs, run.data.dir, compute, lambda d: IngestSummary.read(run.data.dir))
 
 
 def adopt(run: RunLayout, snapshot: Snapshot):
@@ -36,6 +64,20 @@ def adopt(run: RunLayout, snapshot: Snapshot):
         if (snapshot.dir / name).is_file():
             shutil.copy2(snapshot.dir / name, run.data.dir / name)
     return IngestSummary.read(run.data.dir)
+
+
+def unchanged(p: Params, run: RunLayout, root: Path):
+    """The registered version this run would repeat, or None: ``run.data`` is byte for byte the current data version
+    and a version of the model was trained on it with the same params (schedule, notify and cache aside) and the
+    same code. A nightly run with nothing new records "no change" instead of registering a duplicate."""
+    from lmops.tasks import registry
+    from lmops.tasks.stagecache import code_version
+    from lmops.tasks.version import current_version_of
+
+    md5 = current_version_of(root, run.data.dir)
+    if md5 is None:
+        return None
+    return registry.find_version(p.register_.model_name, data_version=md5, model_params_hash=p.model_hash(), code_version=code_version())
 
 
 def validate(p: Params, run: RunLayout, previous: Snapshot | None):
@@ -69,22 +111,45 @@ def pretrain_key(p: Params, data: Snapshot) -> str:
 
 
 def pretrain(p: Params, tok, out: Path, checkpoint_dir: Path | None = None):
+    import os
+
+    from lmops.tasks.pretrain import PretrainSummary
     from lmops.tasks.pretrain import pretrain as train_lm
 
-    return train_lm(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out, checkpoint_dir=checkpoint_dir)
+    def compute():
+        return train_lm(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out, checkpoint_dir=checkpoint_dir)
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        return compute()  # under torchrun every rank must take the same path; the ranks train together
+    # tok.cache_key already hashes the corpus bytes, the tokenizer settings, the objective and the base model
+    inputs = {"tokenize": tok.cache_key, "pretrain": p.pretrain, "seed": p.project.seed}
+    return _reuse(p, "pretrain", inputs, out, compute, lambda d: PretrainSummary(**d))
 
 
 def finetune(p: Params, data: Snapshot, base: str, out: Path):
+    from lmops.tasks.finetune import FinetuneSummary
     from lmops.tasks.finetune import finetune as train_head
+    from lmops.tasks.stagecache import file_digest, model_identity
 
-    return train_head(data.train, data.validation, base, p.validate_.labels, p.finetune, p.project.seed, out)
+    def compute():
+        return train_head(data.train, data.validation, base, p.validate_.labels, p.finetune, p.project.seed, out)
+
+    inputs = {"train": file_digest(data.train), "validation": file_digest(data.validation), "base": model_identity(base),
+              "labels": p.validate_.labels, "finetune": p.finetune, "seed": p.project.seed}
+    return _reuse(p, "finetune", inputs, out, compute, lambda d: FinetuneSummary(**{**d, "base_model": base}))
 
 
 def evaluate(p: Params, model_dir: str | Path, data_path: Path, out: Path, title: str):
-    from lmops.tasks.evaluate import evaluate_model
+    from lmops.tasks.evaluate import EvalResult, evaluate_model
+    from lmops.tasks.stagecache import file_digest, model_identity
 
-    return evaluate_model(Path(model_dir), data_path, p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size, out,
-                          p.finetune.kind, title=title)
+    def compute():
+        return evaluate_model(Path(model_dir), data_path, p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size, out,
+                              p.finetune.kind, title=title)
+
+    inputs = {"model": model_identity(model_dir), "data": file_digest(data_path), "labels": p.validate_.labels, "task": p.finetune.task,
+              "max_length": p.finetune.max_length, "title": title}
+    return _reuse(p, "evaluate", inputs, out, compute, lambda d: EvalResult(**d))
 
 
 def gate(p: Params, run: RunLayout, candidate):
@@ -108,11 +173,14 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
     from lmops.tasks import registry
     from lmops.tasks.modelcard import write_model_card
     from lmops.tasks.readback import check_readback
+    from lmops.tasks.stagecache import code_version
     from lmops.tasks.version import git_info
 
     lineage = {
         "data_version": data.md5,
         "params_hash": p.hash(),
+        "model_params_hash": p.model_hash(),
+        "code_version": code_version(),
         **{k: str(v).lower() if isinstance(v, bool) else str(v or "") for k, v in git_info(root).items()},
         "flow_run_id": flow_run_id,
         "deployment_id": deployment_id,

@@ -185,6 +185,49 @@ def checkout(root: Path, version: str, data_dir: str = "data") -> str:
     return md5
 
 
+def manifest(root: Path, md5: str) -> dict[str, str] | None:
+    """``{relative path: md5}`` of the files of data version ``md5``, from the local DVC cache (None if not there)."""
+    import json
+
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(root))
+    except Exception:  # noqa: BLE001 - not a DVC repo yet
+        return None
+    try:
+        path = Path(repo.cache.local.oid_to_path(md5))
+    finally:
+        repo.close()
+    if not path.is_file():
+        return None
+    return {e["relpath"]: e["md5"] for e in json.loads(path.read_text())}
+
+
+def snapshot_files(snapshot_dir: Path) -> list[str]:
+    """The files that make a snapshot (what versioning copies into data/), relative to it."""
+    return [name for name in SNAPSHOT_FILES if (snapshot_dir / name).is_file()]
+
+
+def current_version_of(root: Path, snapshot_dir: Path, data_dir: str = "data") -> str | None:
+    """The md5 of the data version ``data.dvc`` names if ``snapshot_dir`` holds exactly its files (DVC's own
+    manifest, file md5s compared), else None."""
+    import hashlib
+
+    dvc_file = root / f"{data_dir}.dvc"
+    if not dvc_file.is_file():
+        return None
+    md5 = read_data_version(dvc_file)
+    recorded = manifest(root, md5)
+    if recorded is None:
+        return None
+    ours = {}
+    for name in snapshot_files(snapshot_dir):
+        with open(snapshot_dir / name, "rb") as fh:
+            ours[name] = hashlib.file_digest(fh, "md5").hexdigest()
+    return md5 if ours == recorded else None
+
+
 def read_data_version(dvc_file: Path) -> str:
     meta = yaml.safe_load(dvc_file.read_text())
     return meta["outs"][0]["md5"]
