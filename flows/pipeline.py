@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from lmops.tasks import stages
 
 
 @step
-def ingest(p: Params, run: RunLayout):
-    summary = stages.ingest(p, run)
+def ingest(p: Params, run: RunLayout, root: Path):
+    summary = stages.ingest(p, run, carry_from=Snapshot(root / "data"))
     rows = "\n".join(f"| {n} | {c.rows_in} | {c.kept} | {c.quarantined} | {c.duplicates} |" for n, c in summary.sources.items())
     artifact("ingest-summary", "| source | rows in | kept | quarantined | duplicates |\n|---|---:|---:|---:|---:|\n" + rows
              + f"\n\nsplits: {summary.splits} · corpus rows: {summary.corpus_rows}\n", "rows in = kept + quarantined + duplicates, per source")
@@ -112,33 +113,48 @@ def gate(p: Params, run: RunLayout, candidate):
 
 @step(retries=2)
 def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, decision):
+    # under a deployment the pipeline is a subflow of `scheduled`: the deployment is its parent's
     return stages.register(p, run, root, data, report, pre, ft, ev, decision, flow_run_id=str(runtime.flow_run.id or ""),
-                           deployment_id=str(runtime.deployment.id or ""))
+                           deployment_id=str(runtime.deployment.id or runtime.flow_run.parent_deployment_id or ""),
+                           root_flow_run_id=str(runtime.flow_run.root_flow_run_id or ""))
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = None) -> dict[str, Any]:
+def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = None, data_version: str | None = None) -> dict[str, Any]:
     """Ingest → validate → version → tokenize → pretrain → finetune → evaluate → gate → register.
 
     ``snapshot``: train on this existing data snapshot (e.g. one restored by ``lmops audit --restore``)
-    instead of ingesting the sources in params."""
+    instead of ingesting the sources in params. ``data_version``: train on exactly this version of ``data/``
+    (a data-arrival trigger); if a newer version has replaced it meanwhile, the run is skipped with that reason,
+    because the newer version's own trigger trains on everything."""
     from lmops.tasks.locks import exclusive
 
     p, root, run = params_from_dict(params), Path(project_root), RunLayout(new_run_dir())
+    asked = time.time()
     try:
         # one training of a model name at a time: never two runs racing on data/ and the registry
         with exclusive(f"train-{p.register_.model_name}", p.register_.wait_for_other_run_s, what=f"training {p.register_.model_name}"):
-            data_summary = adopt(run, snapshot) if snapshot else ingest(p, run)
-            same = unchanged(p, run, root) if p.cache.enabled else None
-            if same:
-                return _no_change(p, run, same)
-            report = validate(p, run, root)
-            data = version(run, root)
+            held = time.time()
+            # reading data/ (its batches) and replacing it is one step with respect to data arriving meanwhile
+            with exclusive(data_key(root), p.register_.wait_for_other_run_s, what=f"{root}/data"):
+                if data_version:
+                    current = stages.current_data_version(root)
+                    if current != data_version:
+                        return _skipped(p, run, data_version, current)
+                    data_summary = adopt(run, str(root / "data"))
+                else:
+                    data_summary = adopt(run, snapshot) if snapshot else ingest(p, run, root)
+                same = unchanged(p, run, root) if p.cache.enabled else None
+                if same:
+                    return _no_change(p, run, same)
+                report = validate(p, run, root)
+                data = version(run, root)
             pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
             ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
             ev = evaluate(p, run, ft.model_dir)
             decision = gate(p, run, ev)
             reg = register(p, run, root, data, report, pre, ft, ev, decision)
+            released = time.time()
     except Exception as exc:
         from lmops.errors import DataError
 
@@ -152,12 +168,34 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
         "finetune": {"method": ft.method, "val_macro_f1": ft.val_macro_f1, "trainable_params": ft.trainable_params},
         "metrics": ev.headline(), "promoted": reg.promoted, "gate_reasons": decision.reasons,
         "model": {"name": reg.name, "version": int(reg.version), "aliases": reg.aliases, "run_id": reg.run_id},
-        "flow_run_id": str(runtime.flow_run.id or ""), "no_change": False, "reused": stages.reused(run),
+        "flow_run_id": str(runtime.flow_run.id or ""), "root_flow_run_id": str(runtime.flow_run.root_flow_run_id or ""),
+        "no_change": False, "reused": stages.reused(run),
+        # when this run held the training lock (epoch seconds), and how long it waited for another run first
+        "training_lock": {"waited_s": round(held - asked, 1), "held_from": held, "held_to": released},
     }
     run.summary.write_text(json.dumps(summary, indent=2))
     notify(p, "promoted" if reg.promoted else "not_promoted",
            {"version": int(reg.version), "metrics": summary["metrics"], "data_version": data.md5, "reasons": decision.reasons,
             "run_dir": str(run.root), "flow_run_id": summary["flow_run_id"]})
+    return summary
+
+
+def data_key(root: Path) -> str:
+    """The lock name of one project's ``data/``."""
+    import hashlib
+
+    return "data-" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+
+
+def _skipped(p: Params, run: RunLayout, asked: str, current: str | None) -> dict[str, Any]:
+    reason = (f"data version {asked} was replaced by {current} before this run started; that version's own trigger trains on it"
+              if current else f"data version {asked} is not the current data/ (no data.dvc, or data/ differs from it)")
+    print(f"skipped: {reason}")
+    summary = {"run_dir": str(run.root), "data_version": asked, "skipped": True, "no_change": False, "promoted": False, "reason": reason,
+               "flow_run_id": str(runtime.flow_run.id or "")}
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.summary.write_text(json.dumps(summary, indent=2))
+    artifact("skipped", f"# Skipped\n\n{reason}\n", "the run had nothing of its own to train on")
     return summary
 
 
@@ -177,14 +215,15 @@ def _no_change(p: Params, run: RunLayout, same: dict) -> dict[str, Any]:
 
 @flow(name="lmops-scheduled", log_prints=True)
 def scheduled(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".",
-              layers: list[str] | None = None) -> dict[str, Any]:
+              layers: list[str] | None = None, data_version: str | None = None) -> dict[str, Any]:
     """Deployment entry point (schedules, data triggers): params are read where the flow runs, from
     ``params_file`` with ``layers`` (relative to ``project_root``) and ``overrides`` on top.
 
+    ``data_version``: train on exactly that version (the data-arrival trigger fills it from the event).
     ``lmops serve`` (cron and time zone from the ``schedule`` section) or ``prefect deploy --prefect-file infra/prefect.yaml``.
     """
     from lmops.config import load_params
 
     root = Path(project_root).resolve()
     p = load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
-    return pipeline(params=p.to_dict(), project_root=str(root))
+    return pipeline(params=p.to_dict(), project_root=str(root), data_version=data_version or None)

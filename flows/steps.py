@@ -60,16 +60,22 @@ EVENTS = {"promoted": "lmops.model.promoted", "not_promoted": "lmops.model.not-p
           "failed": "lmops.run.failed", "no_change": "lmops.run.no-change"}
 
 
+def emit(event: str, resource_id: str, labels: dict[str, str], payload: dict) -> None:
+    """A Prefect event (automations and deployment triggers act on it); ``labels`` go on the resource, where a
+    trigger's ``match`` can select them."""
+    from prefect.events import emit_event
+
+    emit_event(event=event, resource={"prefect.resource.id": resource_id, "prefect.resource.name": resource_id.split(".", 2)[-1], **labels},
+               payload={k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))})
+
+
 def notify(p, kind: str, payload: dict) -> None:
     """A ``lmops.<kind>`` Prefect event (automations can act on it) and, when ``notify.webhook_url`` is set and
     ``kind`` is in ``notify.events``, the same as a JSON POST to the webhook."""
-    from prefect.events import emit_event
-
     from lmops.tasks.notify import post
 
     event = EVENTS[kind]
     model = p.register_.model_name
-    emit_event(event=event, resource={"prefect.resource.id": f"lmops.model.{model}", "prefect.resource.name": model},
-               payload={k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))})
+    emit(event, f"lmops.model.{model}", {}, payload)
     if p.notify.webhook_url and kind in p.notify.events:
         post(p.notify.webhook_url, event, {"model": model, **payload}, p.notify.timeout_s)

@@ -123,7 +123,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
     from lmops.tasks import stages
 
     run = RunLayout(new_run_dir("ingest"))
-    summary = stages.ingest(params, run)
+    summary = stages.ingest(params, run, carry_from=Snapshot(project_root() / "data"))
     out = {**summary.to_dict(), "run_dir": str(run.root)}
     try:
         report = stages.validate(params, run, previous=Snapshot(project_root() / "data"))
@@ -133,6 +133,37 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
             for name, c in summary.sources.items():
                 print(f"{name}: rows_in {c.rows_in} = kept {c.kept} + quarantined {c.quarantined} + duplicates {c.duplicates}")
     print(json.dumps(out, default=str))
+    return 0
+
+
+def cmd_data_add(args: argparse.Namespace) -> int:
+    """Hand files in: validated, versioned as batches of a new data version; retraining is announced, not run here."""
+    args.overrides = [x for x in args.files if "=" in x and not Path(x).exists()]
+    args.files = [x for x in args.files if x not in args.overrides]
+    params = _params(args)
+    from lmops.env import project_root
+    from lmops.flows.arrival import add_data
+
+    files = [Path(f).resolve() for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        from lmops.errors import UserError
+
+        raise UserError(f"no such file: {', '.join(missing)}")
+    out = add_data(params=params.to_dict(), project_root=str(project_root()), files=[(str(f), args.role) for f in files])
+
+    def text(o):
+        if o["status"] == "known":
+            return "nothing added: every file is already a batch of the current data (same bytes)"
+        lines = [f"new data version {o['md5']}"]
+        for bid, c in o["batches"].items():
+            lines.append(f"  {c['file']} (batch {bid}, {c['role']}): rows_in {c['rows_in']} = kept {c['kept']} + quarantined "
+                         f"{c['quarantined']} + duplicates {c['duplicates']}")
+        lines.append(f"  {o['reason']}")
+        lines.append("  the retraining deployment (lmops serve) starts on the event lmops.data.version.created" if o["retrain"] else "")
+        return "\n".join(line for line in lines if line)
+
+    _emit(out, args.json, text)
     return 0
 
 
@@ -265,7 +296,7 @@ def _model_dir(ref: str, run: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the pipeline as a Prefect deployment on the ``schedule`` section's cron (runs until interrupted)."""
+    """Serve the pipeline unattended until interrupted: nightly, on new data, and the landing folder (flows/serve.py)."""
     from lmops.env import project_root
     from lmops.errors import UserError
 
@@ -273,18 +304,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("PREFECT_API_URL"):
         raise UserError("no Prefect server: the embedded API has no scheduler, so nothing would run. Start one with "
                         "`lmops server start` (or export PREFECT_API_URL=http://HOST:4200/api), then run `lmops serve` again")
-    from prefect.client.schemas.schedules import CronSchedule
-
-    from lmops.flows.pipeline import scheduled
+    from lmops.flows.serve import serve
 
     root = project_root()
-    cron = args.cron or params.schedule.cron
     layers = [str(Path(layer).resolve().relative_to(root)) if Path(layer).resolve().is_relative_to(root) else str(Path(layer).resolve())
               for layer in args.params or []]
-    print(f"serving deployment lmops-scheduled/{args.name}: cron {cron!r} ({params.schedule.timezone}), params.yaml"
-          + "".join(f" + {layer}" for layer in layers) + "".join(f" {o}" for o in args.overrides), flush=True)
-    scheduled.serve(name=args.name, schedules=[CronSchedule(cron=cron, timezone=params.schedule.timezone)],
-                    parameters={"params_file": "params.yaml", "layers": layers, "overrides": args.overrides, "project_root": str(root)})
+    serve(params, root, args.name, args.cron or params.schedule.cron, layers, args.overrides)
     return 0
 
 
@@ -414,6 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="the data layer").add_subparsers(dest="data_command", required=True)
     with_params(data.add_parser("ingest", help="ingest + validate the sources in params (no training)")).set_defaults(func=cmd_data_ingest)
+    p = data.add_parser("add", help="hand new files in (CSV/TSV/JSONL/Parquet/TXT): validated, then a new data version whose "
+                                    "event triggers retraining under `lmops serve`")
+    p.add_argument("--params", type=Path, action="append", help="a YAML file layered over params.yaml (repeatable, later wins)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files to add (key.path=value items among them are param overrides)")
+    p.add_argument("--role", choices=["labeled", "unlabeled"], default="labeled",
+                   help="labeled: text + label columns (arrival.text_column/label_column); unlabeled: domain text for pretraining")
+    p.set_defaults(func=cmd_data_add)
     p = data.add_parser("versions", help="data snapshots with dates and row counts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_versions)

@@ -47,6 +47,9 @@ class SourceParams(Section):
     # Put every row of this labeled source in one split (e.g. a published test file); the other
     # labeled sources are then split without that part.
     assign_split: Literal["train", "validation", "test"] | None = None
+    # Split this source's rows among themselves (same fractions and seed): an arrived batch gets train, validation
+    # and test rows of its own, and adding it never moves another source's rows between splits.
+    split_alone: bool = False
 
     @model_validator(mode="after")
     def _labeled_needs_label(self) -> "SourceParams":
@@ -296,13 +299,29 @@ class CacheParams(Section):
     max_gb: float | None = Field(default=20, gt=0)  # least recently used results go first; null = unbounded
 
 
+class ArrivalParams(Section):
+    """New data handed to lmops between runs: ``lmops data add FILE...`` or files dropped in the landing folder
+    (``<landing_dir>/labeled/``, ``<landing_dir>/unlabeled/``; ``lmops serve`` watches it). Each accepted file
+    becomes a batch inside the data snapshot (``data/batches/``), so every later run ingests it too."""
+
+    landing_dir: str = "landing"  # relative to the project root
+    poll_s: float = Field(default=10, gt=0)  # how often `lmops serve` lists the landing folder
+    settle_s: float = Field(default=10, ge=0)  # a file is taken once unchanged this long: a copy in progress is left alone
+    # Labeled rows added since the data version of the newest registered model before retraining is triggered.
+    min_new_rows: int = Field(default=1, ge=1)
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: dict[str, str] = Field(default_factory=dict)
+
+
 # Sections that say how and when a run happens, not what it computes: a change there is no reason to retrain.
-OPERATIONAL_SECTIONS = ("schedule", "notify", "cache")
+OPERATIONAL_SECTIONS = ("schedule", "notify", "cache", "arrival")
 
 
 class Params(Section):
     project: ProjectParams = Field(default_factory=ProjectParams)
     cache: CacheParams = Field(default_factory=CacheParams)
+    arrival: ArrivalParams = Field(default_factory=ArrivalParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     notify: NotifyParams = Field(default_factory=NotifyParams)
     ingest: IngestParams

@@ -174,12 +174,17 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ki
         raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
     pinned = {src.name: src.assign_split for src in params.sources if src.assign_split}
     frame = pd.DataFrame(labeled, columns=COLUMNS)
+    alone = sorted(src.name for src in params.sources if src.split_alone and not src.assign_split)
     fixed = frame[frame["source"].isin(pinned)]
-    free = frame[~frame["source"].isin(pinned)]
+    free = frame[~frame["source"].isin(pinned) & ~frame["source"].isin(alone)]
+    fractions = (0.0 if "validation" in pinned.values() else params.validation_fraction, 0.0 if "test" in pinned.values() else params.test_fraction)
     # Rows of one headline (entity task) share a group, so no headline is in two splits.
-    groups = kind.split_groups(free)
-    splits = _split(free, 0.0 if "validation" in pinned.values() else params.validation_fraction,
-                    0.0 if "test" in pinned.values() else params.test_fraction, seed, groups)
+    splits = _split(free, *fractions, seed, kind.split_groups(free))
+    for name in alone:
+        own = frame[frame["source"] == name]
+        if len(own):
+            for split, part in _split(own, *fractions, seed, kind.split_groups(own)).items():
+                splits[split] = pd.concat([splits[split], part], ignore_index=True).sort_values("id").reset_index(drop=True)
     for name in splits:
         extra = fixed[fixed["source"].map(pinned) == name]
         if len(extra):

@@ -32,18 +32,14 @@ _LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "datasets", "accele
 def code_version() -> str:
     """Hash of the lmops sources and of the library versions that compute results: a changed line anywhere in
     lmops, or an upgraded torch, makes every key new (correct at the price of recomputing)."""
-    from importlib import metadata
-
-    import lmops
-    import lmops.flows
-    import lmops.tasks
+    from importlib import metadata, util
 
     h = hashlib.sha256()
-    for mod in (lmops, lmops.tasks, lmops.flows):
-        pkg = Path(mod.__file__).resolve().parent
+    for name in ("lmops", "lmops.tasks", "lmops.flows"):  # located, not imported: tasks sit below flows
+        pkg = Path(util.find_spec(name).origin).resolve().parent
         for path in sorted(pkg.rglob("*.py")):
             if "__pycache__" not in path.parts:
-                h.update(f"{mod.__name__}/{path.relative_to(pkg)}".encode() + b"\0" + path.read_bytes() + b"\0")
+                h.update(f"{name}/{path.relative_to(pkg)}".encode() + b"\0" + path.read_bytes() + b"\0")
     for lib in _LIBRARIES:
         try:
             h.update(f"{lib}=={metadata.version(lib)}\0".encode())
@@ -95,11 +91,6 @@ def cache_root() -> Path:
     return lmops_home() / "cache" / "stages"
 
 
-def enabled() -> bool:
-    """``LMOPS_REUSE=off`` recomputes every stage (``lmops run --no-reuse``)."""
-    return os.environ.get("LMOPS_REUSE", "on").lower() not in {"0", "off", "false", "no"}
-
-
 @dataclasses.dataclass
 class Reused:
     """Where a reused result came from, for the run's log and artifacts."""
@@ -115,7 +106,7 @@ def reuse(stage: str, key: str, out: Path, compute: Callable[[], S], load: Calla
 
     ``load`` rebuilds the summary from its stored dict, whose paths into ``out`` are re-rooted to this run's ``out``."""
     entry = cache_root() / stage / key
-    if enabled() and (entry / "summary.json").is_file():
+    if (entry / "summary.json").is_file():
         stored = json.loads((entry / "summary.json").read_text())
         if out.exists():
             shutil.rmtree(out)
@@ -124,9 +115,8 @@ def reuse(stage: str, key: str, out: Path, compute: Callable[[], S], load: Calla
         summary = load(json.loads(json.dumps(stored["summary"]).replace(_OUT, str(out))))
         return summary, Reused(stage, key, stored.get("origin", ""))
     summary = compute()
-    if enabled():
-        _publish(entry, out, summary)
-        prune(max_gb, keep=[entry])
+    _publish(entry, out, summary)
+    prune(max_gb, keep=[entry])
     return summary, None
 
 

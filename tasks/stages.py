@@ -33,37 +33,82 @@ def reused(run: RunLayout) -> list[str]:
     return sorted({json.loads(f.read_text())["stage"] for f in run.root.rglob("REUSED.json")})
 
 
-def ingest(p: Params, run: RunLayout):
-    """Read, normalize, quarantine and split the sources in params into ``run.data``."""
+def ingest(p: Params, run: RunLayout, carry_from: Snapshot | None = None):
+    """Read, normalize, quarantine and split the sources in params, and the batches handed in since (those of
+    ``carry_from``, the current ``data/``, and any already in ``run.data``), into ``run.data``."""
+    from lmops.tasks import arrival
     from lmops.tasks.ingest import IngestSummary
     from lmops.tasks.ingest import ingest as ingest_sources
     from lmops.tasks.stagecache import tree_digest
+    from lmops.tasks.version import BATCHES
+
+    if carry_from is not None:
+        arrival.carry(carry_from, run.data)
+    batch_sources = arrival.sources(run.data)
 
     def compute():
-        return ingest_sources(p.ingest, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
+        params = p.ingest.model_copy(update={"sources": [*p.ingest.sources, *batch_sources]})
+        return ingest_sources(params, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
 
     paths = [Path(s.path) for s in p.ingest.sources]
     if any(s.format == "hf" for s in p.ingest.sources) or not all(path.exists() for path in paths):
         return compute()  # a hub dataset has no local bytes to key on; a missing path fails with its own message
     inputs = {"ingest": p.ingest, "labels": p.validate_.labels, "seed": p.project.seed, "task": p.finetune.task,
-              "sources": [tree_digest(path) for path in paths]}
+              "sources": [tree_digest(path) for path in paths],
+              "batches": tree_digest(run.data.dir / BATCHES) if batch_sources else None}
     return _reuse(p, "ingest", inputs, run.data.dir, compute, lambda d: IngestSummary.read(run.data.dir))
+
+
+def intake(p: Params, run: RunLayout, root: Path, files: list[tuple[Path, str]]) -> dict:
+    """Hand files in: the current data's batches are carried into ``run.data`` and each file becomes a batch there
+    unless the same bytes already are one. Returns ``{"new": [...], "known": [...]}`` (batch dicts)."""
+    from dataclasses import asdict
+
+    from lmops.tasks import arrival
+
+    arrival.carry(Snapshot(root / "data"), run.data)
+    out: dict[str, list] = {"new": [], "known": []}
+    for path, role in files:
+        batch, new = arrival.take(Path(path), role, p.arrival, run.data)
+        out["new" if new else "known"].append({**asdict(batch), "path": str(path)})
+    return out
+
+
+def retrain_due(p: Params, root: Path, summary) -> dict:
+    """Is there enough new labeled data to retrain? Labeled rows now minus those of the data version the newest
+    registered model trained on (all rows count when there is none, or its snapshot is not in the DVC cache)."""
+    from lmops.tasks import arrival, registry
+    from lmops.tasks.version import cached_file
+
+    now = arrival.labeled_rows(summary.to_dict())
+    newest = registry.get_version(p.register_.model_name)
+    trained_md5 = (newest.tags or {}).get("data_version") if newest else None
+    before = cached_file(root, trained_md5, "summary.json") if trained_md5 else None
+    trained = arrival.labeled_rows(json.loads(before.read_text())) if before else 0
+    new_rows = max(0, now - trained)
+    due = new_rows >= p.arrival.min_new_rows
+    reason = (f"{new_rows} labeled rows new since " + (f"data version {trained_md5[:12]} (model v{newest.version})" if before else "no trained version")
+              + (f" ≥ arrival.min_new_rows={p.arrival.min_new_rows}: retraining is due" if due
+                 else f" < arrival.min_new_rows={p.arrival.min_new_rows}: no retraining yet (they count toward the next batch)"))
+    return {"new_rows": new_rows, "retrain": due, "reason": reason}
 
 
 def adopt(run: RunLayout, snapshot: Snapshot):
     """Take an existing snapshot (a restored ``data/``, one pushed from elsewhere) as this run's data instead of
     ingesting the sources: its files are copied unchanged, so its DVC md5, and the data version, stay the same."""
-    import shutil
-
     from lmops.tasks.ingest import IngestSummary
-    from lmops.tasks.version import SNAPSHOT_FILES
+    from lmops.tasks.version import copy_snapshot
 
     snapshot.require()
-    run.data.dir.mkdir(parents=True, exist_ok=True)
-    for name in SNAPSHOT_FILES:
-        if (snapshot.dir / name).is_file():
-            shutil.copy2(snapshot.dir / name, run.data.dir / name)
+    copy_snapshot(snapshot.dir, run.data.dir)
     return IngestSummary.read(run.data.dir)
+
+
+def current_data_version(root: Path) -> str | None:
+    """The md5 ``data.dvc`` names, if ``data/`` holds exactly that version; else None."""
+    from lmops.tasks.version import current_version_of
+
+    return current_version_of(root, root / "data")
 
 
 def unchanged(p: Params, run: RunLayout, root: Path):
@@ -168,7 +213,8 @@ def gate(p: Params, run: RunLayout, candidate):
     return decision
 
 
-def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, decision, flow_run_id: str = "", deployment_id: str = ""):
+def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, decision, flow_run_id: str = "", deployment_id: str = "",
+             root_flow_run_id: str = ""):
     """Log the candidate to MLflow, read it back, register the version; move the champion if the gate said so."""
     from lmops.tasks import registry
     from lmops.tasks.modelcard import write_model_card
@@ -184,6 +230,7 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
         **{k: str(v).lower() if isinstance(v, bool) else str(v or "") for k, v in git_info(root).items()},
         "flow_run_id": flow_run_id,
         "deployment_id": deployment_id,
+        "root_flow_run_id": root_flow_run_id or flow_run_id,  # the deployment's run when the pipeline ran as its subflow
         "parent_model": p.finetune.base_model or (pre.model_dir if pre else ""),
         "finetune_method": ft.method,
         "gate_promote": str(decision.promote).lower(),

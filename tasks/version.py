@@ -17,6 +17,7 @@ import yaml
 from lmops.errors import TransientError, UserError
 
 SNAPSHOT_FILES = ("train.parquet", "validation.parquet", "test.parquet", "corpus.parquet", "quarantine.parquet", "summary.json")
+BATCHES = "batches"  # data handed in between runs (tasks/arrival.py), one folder per batch, carried from version to version
 
 
 @dataclass
@@ -95,10 +96,7 @@ def _swap_add_push(root: Path, ingest_dir: Path, target: Path, remote: str, data
     from lmops.faults import fault_point
 
     staging = root / f".{data_dir}.staging"
-    staging.mkdir()
-    for name in SNAPSHOT_FILES:
-        if (ingest_dir / name).exists():
-            shutil.copy2(ingest_dir / name, staging / name)
+    copy_snapshot(ingest_dir, staging)
     # Swap in one rename so a crash never leaves a half-copied data/ behind.
     old = root / f".{data_dir}.old"
     if target.exists():
@@ -204,9 +202,34 @@ def manifest(root: Path, md5: str) -> dict[str, str] | None:
     return {e["relpath"]: e["md5"] for e in json.loads(path.read_text())}
 
 
+def cached_file(root: Path, md5: str, relpath: str) -> Path | None:
+    """One file of data version ``md5`` in the local DVC cache (None if the version or the file is not there)."""
+    from dvc.repo import Repo
+
+    files = manifest(root, md5)
+    if not files or relpath not in files:
+        return None
+    repo = Repo(str(root))
+    try:
+        path = Path(repo.cache.local.oid_to_path(files[relpath]))
+    finally:
+        repo.close()
+    return path if path.is_file() else None
+
+
 def snapshot_files(snapshot_dir: Path) -> list[str]:
     """The files that make a snapshot (what versioning copies into data/), relative to it."""
-    return [name for name in SNAPSHOT_FILES if (snapshot_dir / name).is_file()]
+    batches = snapshot_dir / BATCHES
+    return [name for name in SNAPSHOT_FILES if (snapshot_dir / name).is_file()] + sorted(
+        f.relative_to(snapshot_dir).as_posix() for f in (batches.rglob("*") if batches.is_dir() else []) if f.is_file())
+
+
+def copy_snapshot(src: Path, dst: Path) -> None:
+    """Copy a snapshot's files (not a run's extras such as REUSED.json) into ``dst``, creating it."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in snapshot_files(src):
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, dst / name)
 
 
 def current_version_of(root: Path, snapshot_dir: Path, data_dir: str = "data") -> str | None:

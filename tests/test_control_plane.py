@@ -141,3 +141,27 @@ def test_commands_use_a_running_control_plane_and_ignore_a_dead_one(lmops_home, 
         sleeper.wait()
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
     assert out == "None"
+
+
+def test_the_shipped_deployments_name_real_flows_and_pass_prefects_trigger_validation():
+    """infra/prefect.yaml: every entrypoint is a flow of this repository, and every trigger passes Prefect's own models
+    (the same ones `prefect deploy` builds automations from)."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+    from prefect import Flow
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = yaml.safe_load((repo / "infra" / "prefect.yaml").read_text())
+    kinds = set()
+    for dep in spec["deployments"]:
+        path, func = dep["entrypoint"].split(":")
+        assert (repo / path).is_file(), dep["name"]
+        assert isinstance(getattr(importlib.import_module("lmops." + path[:-3].replace("/", ".")), func), Flow), dep["name"]
+        for trigger in dep.get("triggers", []):
+            parsed = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
+            kinds.add((dep["name"], tuple(sorted(parsed.expect)), parsed.parameters["data_version"]))
+    assert kinds == {("retrain-on-new-data", ("lmops.data.version.created",), "{{ event.payload.md5 }}")}

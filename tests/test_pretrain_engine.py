@@ -51,7 +51,8 @@ TIGHT = 2e-4
 
 
 def _pretrain_cmd(*extra):
-    return [sys.executable, "-m", "lmops.cli", "pretrain", "--json", *extra]
+    # cache.enabled=false: these tests are about checkpoints, not about reusing a finished run's result
+    return [sys.executable, "-m", "lmops.cli", "pretrain", "--json", *extra, "cache.enabled=false"]
 
 
 @pytest.fixture(scope="module")

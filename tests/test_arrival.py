@@ -1,0 +1,135 @@
+"""Data arrival: files handed in become validated batches of a new data version, announced by an event."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmops.config import load_params
+from lmops.layout import RunLayout, Snapshot
+from lmops.tasks import arrival
+from lmops.tasks.version import read_data_version
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TWITTER_LABELS = ["arrival.label_map={'0': negative, '1': positive, '2': neutral}"]
+
+pytestmark = pytest.mark.integration
+
+
+def _batch(tmp_path: Path, name: str, rows: slice) -> Path:
+    frame = pd.read_csv(FIXTURES / "twitter_sample.csv").iloc[rows]
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _splits(root: Path) -> dict[str, set[str]]:
+    return {s: set(pd.read_parquet(root / "data" / f"{s}.parquet")["id"]) for s in ("train", "validation", "test")}
+
+
+def test_a_new_file_becomes_a_validated_batch_of_a_new_version_and_the_same_bytes_add_nothing(prefect_api, project, lmops_home, tmp_path):
+    from lmops.flows.arrival import add_data
+    from lmops.tasks import stages
+
+    p = load_params(project / "params.yaml", overrides=TWITTER_LABELS)
+    # the first version: the sources in params and the batch
+    first = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "a.csv", slice(0, 60))), "labeled")])
+    assert first["status"] == "added" and first["md5"] == read_data_version(project / "data.dvc")
+    (bid, counts), = first["batches"].items()
+    assert counts["rows_in"] == 60 == counts["kept"] + counts["quarantined"] + counts["duplicates"] and counts["kept"] > 50
+    assert first["retrain"] and "no trained version" in first["reason"]
+    stored = json.loads((project / "data" / "batches" / bid / "batch.json").read_text())
+    assert stored["file"] == "a.csv" and stored["role"] == "labeled" and stored["format"] == "csv"
+    before = _splits(project)
+    assert any(i.startswith(f"batch-{bid}:") for i in before["train"]) and any(i.startswith(f"batch-{bid}:") for i in before["test"])
+
+    # the same bytes again (another name): nothing added, no new version, no retraining
+    again = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "copy.csv", slice(0, 60))), "labeled")])
+    assert again["status"] == "known" and not again["retrain"] and again["known"] == [bid]
+    assert read_data_version(project / "data.dvc") == first["md5"]
+
+    # a second batch: the earlier rows keep their splits (each batch is split among its own rows)
+    second = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "b.csv", slice(60, 150))), "labeled")])
+    assert second["status"] == "added" and second["md5"] != first["md5"]
+    after = _splits(project)
+    assert all(before[s] <= after[s] for s in before), "no earlier row moved between splits"
+    assert sorted(b.id for b in arrival.batches(Snapshot(project / "data"))) == sorted([bid, *second["batches"]])
+
+    # a scheduled run re-ingests the sources in params *and* every batch: nothing handed in is dropped
+    run = RunLayout(lmops_home / "runs" / "check")
+    summary = stages.ingest(p, run, carry_from=Snapshot(project / "data"))
+    assert {f"batch-{bid}", *(f"batch-{b}" for b in second["batches"])} <= set(summary.sources)
+    assert _splits_of(run) == after
+
+
+def _splits_of(run: RunLayout) -> dict[str, set[str]]:
+    return {s: set(pd.read_parquet(run.data.split(s))["id"]) for s in ("train", "validation", "test")}
+
+
+def test_a_bad_batch_is_rejected_with_a_quarantine_report_an_alert_and_no_new_version(prefect_api, project, lmops_home, tmp_path):
+    from lmops.errors import DataError
+    from lmops.flows.arrival import add_data
+
+    received = []
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = load_params(project / "params.yaml", overrides=[*TWITTER_LABELS, f"notify.webhook_url=http://127.0.0.1:{server.server_address[1]}/"])
+        good = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "a.csv", slice(0, 40))), "labeled")])
+        bad = tmp_path / "bad.csv"
+        bad.write_text("text,label\n" + "".join(f"headline number {i} about quarterly results,maybe\n" for i in range(30)))
+        with pytest.raises(DataError, match="quarantined"):
+            add_data(params=p.to_dict(), project_root=str(project), files=[(str(bad), "labeled")])
+    finally:
+        server.shutdown()
+    assert read_data_version(project / "data.dvc") == good["md5"], "the current data version is unchanged"
+    report = max((lmops_home / "runs").glob("*-arrival-*"), key=lambda d: d.stat().st_mtime)
+    result = json.loads((report / "arrival.json").read_text())
+    (counts,) = result["batches"].values()
+    assert result["status"] == "rejected" and counts["rows_in"] == 30 == counts["quarantined"]
+    quarantine = pd.read_parquet(result["quarantine"])
+    assert (quarantine["reason"].str.contains("maybe")).sum() == 30, "each row carries its reason"
+    assert "Rejected" in (report / "arrival.md").read_text()
+    assert [m["event"] for m in received] == ["lmops.data.rejected"] and received[0]["status"] == "rejected"
+
+
+def test_retraining_waits_for_enough_new_rows(prefect_api, project, lmops_home, tmp_path):
+    from lmops.flows.arrival import add_data
+
+    p = load_params(project / "params.yaml", overrides=[*TWITTER_LABELS, "arrival.min_new_rows=1000"])
+    out = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "a.csv", slice(0, 40))), "labeled")])
+    assert out["status"] == "added" and not out["retrain"] and "< arrival.min_new_rows=1000" in out["reason"]
+
+
+def test_the_landing_folder_takes_only_settled_files_and_files_them_away(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / "labeled").mkdir(parents=True)
+    (landing / "unlabeled").mkdir()
+    old, fresh = landing / "labeled" / "old.csv", landing / "unlabeled" / "fresh.txt"
+    old.write_text("text,label\n")
+    fresh.write_text("still being copied")
+    (landing / "labeled" / "big.csv.part").write_text("partial")
+    (landing / "labeled" / ".hidden.csv").write_text("x")
+    past = time.time() - 60
+    os.utime(old, (past, past))
+    assert arrival.landed(landing, settle_s=10) == [(old, "labeled")]
+    moved = arrival.file_away([old], landing, "rejected", "no rows")
+    assert not old.exists() and Path(moved[0]).read_text() == "text,label\n"
+    assert Path(moved[0] + ".reason.txt").read_text() == "no rows\n"
+    with pytest.raises(Exception, match="cannot tell how to read"):
+        arrival.format_of(Path("x.xlsx"))
