@@ -140,3 +140,61 @@ def stop(timeout_s: float = 30) -> dict[str, Any]:
                 os.killpg(rec["pid"], signal.SIGKILL)
         (state_dir() / f"{name}.json").unlink(missing_ok=True)
     return status()
+
+
+class CommandAPI:
+    """Prefect's throw-away API for one command (what Prefect itself starts when no PREFECT_API_URL is set: the
+    same uvicorn app on the same local database), started by ``lmops run`` *before* its own imports instead of
+    after them, so the two overlap: a run that finds nothing new finishes in seconds, not in the ~15 s of Prefect's
+    own start-up (BENCHMARKS.md). The server dies with the command, also when the command is killed."""
+
+    def __init__(self) -> None:
+        import importlib.util
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        site = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory", "prefect.server.api.server:create_app", "--host",
+             "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        os.environ["PREFECT_API_URL"] = self.url
+        # stopped at exit, after Prefect's own exit handlers (registered later, so run earlier) flush logs and events to it
+        import atexit
+
+        atexit.register(self.close)
+        # one machine, one home: the file locks serialize; a lease on a server that dies with the command (and runs no
+        # repossessor) would outlive a killed holder
+        os.environ["LMOPS_SERVER_LEASES"] = "off"
+
+    def ready(self, timeout_s: float = 180) -> None:
+        deadline = time.time() + timeout_s
+        while not _healthy(f"{self.url}/health"):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise TransientError(f"the embedded Prefect API (port {self.port}) did not start (exit code {self.proc.poll()}); "
+                                     "run the command again, or start a control plane with `lmops server start`")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux), so a SIGKILLed run leaves no server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -72,16 +72,28 @@ def _prewarm() -> None:
     threading.Thread(target=work, name="lmops-prewarm", daemon=True).start()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, api) -> dict:
     params = _params(args)
     from lmops.flows.pipeline import pipeline
-    from lmops.env import lmops_home, mlflow_tracking_uri, project_root
+    from lmops.env import project_root
 
-    # checked before the flow (and its API) starts: a wrong folder is a user error at once
+    # checked before the flow starts: a wrong folder is a user error at once
     snapshot = str(Snapshot(Path(args.data).resolve()).require().dir) if args.data else None
-    if not os.environ.get("PREFECT_API_URL"):
+    if api:
         _prewarm()
-    summary = pipeline(params=params.to_dict(), project_root=str(project_root()), snapshot=snapshot)
+        api.ready()
+    return pipeline(params=params.to_dict(), project_root=str(project_root()), snapshot=snapshot)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    api = None
+    if not os.environ.get("PREFECT_API_URL"):
+        from lmops.flows.server import CommandAPI
+
+        api = CommandAPI()  # starts now; the imports below overlap its start-up; stopped at exit
+    summary = _run(args, api)
+    from lmops.env import lmops_home, mlflow_tracking_uri
+
     if not args.json and summary.get("no_change"):
         print(f"\nlmops run finished — no change: {summary['reason']}\n  run directory:   {summary['run_dir']}\n"
               f"  recompute anyway: lmops run cache.enabled=false\n")

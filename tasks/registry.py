@@ -100,6 +100,15 @@ def find_version(name: str, **tags: str) -> dict[str, Any] | None:
     return describe(max(hits, key=lambda v: int(v.version))) if hits else None
 
 
+def promotion_settled(name: str, version: str | int) -> bool:
+    """False when ``version`` passed its gate but never became champion (a run killed between registering it and
+    moving the alias): a re-run must carry that decision out, not call the version "no change"."""
+    mv = get_version(name, str(version))
+    if mv is None or (mv.tags or {}).get("gate_promote") != "true":
+        return True
+    return any(e["to_version"] == str(version) for e in history(name))
+
+
 def parse_ref(text: str) -> tuple[str, str | None]:
     """``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION`` / ``NAME/VERSION``."""
     for sep in ("@", "/"):

@@ -122,7 +122,11 @@ def unchanged(p: Params, run: RunLayout, root: Path):
     md5 = current_version_of(root, run.data.dir)
     if md5 is None:
         return None
-    return registry.find_version(p.register_.model_name, data_version=md5, model_params_hash=p.model_hash(), code_version=code_version())
+    same = registry.find_version(p.register_.model_name, data_version=md5, model_params_hash=p.model_hash(), code_version=code_version())
+    if same and not registry.promotion_settled(same["name"], same["version"]):
+        print(f"{same['name']} v{same['version']} passed its gate but its promotion never happened (an interrupted run): running again")
+        return None
+    return same
 
 
 def validate(p: Params, run: RunLayout, previous: Snapshot | None):

@@ -3,6 +3,7 @@
 Crashes are real: ``LMOPS_FAULT=<point>`` makes the process SIGKILL itself at that point (``lmops/faults.py``).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -234,15 +235,17 @@ def test_two_pipelines_started_together_make_one_consistent_champion(prefect_api
     if checkouts == 2:
         shutil.copytree(project, project.parent / "proj2")
         roots.append(project.parent / "proj2")
-    procs = [subprocess.Popen([sys.executable, "-m", "lmops.cli", "run"], cwd=roots[i % len(roots)], env={**os.environ, **_api_env(lmops_home)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    # the same data, two fine-tuning settings: two models (the same command twice would be "no change" the second time)
+    procs = [subprocess.Popen([sys.executable, "-m", "lmops.cli", "run", f"finetune.lr={2e-3 / (i + 1)}"], cwd=roots[i % len(roots)],
+                              env={**os.environ, **_api_env(lmops_home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     for root in roots:
         _consistent(root, lmops_home)
-    # one training of a model name at a time: the second run's ingest starts after the first run finished
-    spans = sorted((min(f.stat().st_mtime for f in (run / "ingest").iterdir()), (run / "run.json").stat().st_mtime)
-                   for run in (lmops_home / "runs").iterdir())
+    # one training of a model name at a time: the second run held the training lock only after the first let it go
+    summaries = [json.loads((run / "run.json").read_text()) for run in (lmops_home / "runs").iterdir()]
+    spans = sorted((s["training_lock"]["held_from"], s["training_lock"]["held_to"]) for s in summaries)
     assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
     assert len(registry.list_models()[0:1]) == 1 and registry.list_models()[0]["versions"] == 2
 

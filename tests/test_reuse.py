@@ -100,3 +100,23 @@ def test_nothing_changed_records_no_change_and_a_finetune_change_reuses_pretrain
     assert json.loads((run3 / "pretrain" / "REUSED.json").read_text())["origin"] == str(run1)
     assert (run3 / "pretrain" / "model" / "model.safetensors").read_bytes() == (run1 / "pretrain" / "model" / "model.safetensors").read_bytes()
     assert third["pretrain"] == first["pretrain"]
+
+
+def test_a_version_whose_promotion_was_interrupted_is_not_called_unchanged(lmops_home, tmp_path):
+    """A run killed between registering a gate-passing version and moving the alias: the re-run must not say
+    "no change" and leave the decision undone (the fault suite kills at registry.before_alias end to end)."""
+    from lmops.tasks import registry
+
+    def version(tags, promote, sub):
+        d = tmp_path / sub
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        run_id, source = registry.log_candidate("exp", sub, {}, {"macro_f1": 0.5}, {}, {"model": d})
+        return registry.register_version("m", run_id, source, tags, promote, registry.get_version("m", registry.CHAMPION) and "1")
+
+    version({"gate_promote": "true"}, True, "a")
+    assert registry.promotion_settled("m", 1)
+    version({"gate_promote": "false"}, False, "b")
+    assert registry.promotion_settled("m", 2), "a version its gate refused has nothing left to do"
+    version({"gate_promote": "true"}, False, "c")  # passed its gate, the alias never moved
+    assert not registry.promotion_settled("m", 3)
