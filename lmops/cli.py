@@ -85,12 +85,18 @@ def _run(args: argparse.Namespace, api) -> dict:
     return pipeline(params=params.to_dict(), project_root=str(project_root()), snapshot=snapshot)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    api = None
-    if not os.environ.get("PREFECT_API_URL"):
-        from lmops.flows.server import CommandAPI
+def _command_api():
+    """Without a Prefect server configured, Prefect's throw-away API for this command, starting now so the imports
+    that follow overlap its start-up (stopped at exit); None when PREFECT_API_URL names a server."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from lmops.flows.server import CommandAPI
 
-        api = CommandAPI()  # starts now; the imports below overlap its start-up; stopped at exit
+    return CommandAPI()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    api = _command_api()
     summary = _run(args, api)
     from lmops.env import lmops_home, mlflow_tracking_uri
 
@@ -150,6 +156,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
 
 def cmd_data_add(args: argparse.Namespace) -> int:
     """Hand files in: validated, versioned as batches of a new data version; retraining is announced, not run here."""
+    api = _command_api()
     args.overrides = [x for x in args.files if "=" in x and not Path(x).exists()]
     args.files = [x for x in args.files if x not in args.overrides]
     params = _params(args)
@@ -162,6 +169,8 @@ def cmd_data_add(args: argparse.Namespace) -> int:
         from lmops.errors import UserError
 
         raise UserError(f"no such file: {', '.join(missing)}")
+    if api:
+        api.ready()
     out = add_data(params=params.to_dict(), project_root=str(project_root()), files=[(str(f), args.role) for f in files])
 
     def text(o):

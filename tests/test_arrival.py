@@ -133,3 +133,20 @@ def test_the_landing_folder_takes_only_settled_files_and_files_them_away(tmp_pat
     assert Path(moved[0] + ".reason.txt").read_text() == "no rows\n"
     with pytest.raises(Exception, match="cannot tell how to read"):
         arrival.format_of(Path("x.xlsx"))
+
+
+def test_lmops_data_add_on_the_command_line(project, lmops_home, tmp_path):
+    from tests.conftest import run_cli
+
+    env = {"LMOPS_HOME": str(lmops_home)}
+    good = run_cli("data", "add", str(_batch(tmp_path, "a.csv", slice(0, 50))), *TWITTER_LABELS, "--json", cwd=project, env=env)
+    assert good.returncode == 0, good.stderr[-3000:]
+    out = json.loads(good.stdout.splitlines()[-1])
+    assert out["status"] == "added" and out["md5"] == read_data_version(project / "data.dvc") and out["rows_in"] == 50
+    text = run_cli("data", "add", str(_batch(tmp_path, "same.csv", slice(0, 50))), *TWITTER_LABELS, cwd=project, env=env)
+    assert text.returncode == 0 and "nothing added" in text.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n" + "".join(f"headline number {i} about quarterly results,maybe\n" for i in range(30)))
+    rejected = run_cli("data", "add", str(bad), *TWITTER_LABELS, cwd=project, env=env)
+    assert rejected.returncode == 3 and "quarantined" in rejected.stderr, rejected.stderr[-2000:]
+    assert run_cli("data", "add", "missing.csv", cwd=project, env=env).returncode == 2
