@@ -69,34 +69,17 @@ def _splits_of(run: RunLayout) -> dict[str, set[str]]:
     return {s: set(pd.read_parquet(run.data.split(s))["id"]) for s in ("train", "validation", "test")}
 
 
-def test_a_bad_batch_is_rejected_with_a_quarantine_report_an_alert_and_no_new_version(prefect_api, project, lmops_home, tmp_path):
+def test_a_bad_batch_is_rejected_with_a_quarantine_report_an_alert_and_no_new_version(prefect_api, project, lmops_home, tmp_path, webhook):
     from lmops.errors import DataError
     from lmops.flows.arrival import add_data
 
-    received = []
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        p = load_params(project / "params.yaml", overrides=[*TWITTER_LABELS, f"notify.webhook_url=http://127.0.0.1:{server.server_address[1]}/"])
-        good = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "a.csv", slice(0, 40))), "labeled")])
-        bad = tmp_path / "bad.csv"
-        bad.write_text("text,label\n" + "".join(f"headline number {i} about quarterly results,maybe\n" for i in range(30)))
-        with pytest.raises(DataError, match="quarantined"):
-            add_data(params=p.to_dict(), project_root=str(project), files=[(str(bad), "labeled")])
-    finally:
-        server.shutdown()
+    url, received = webhook
+    p = load_params(project / "params.yaml", overrides=[*TWITTER_LABELS, f"notify.webhook_url={url}"])
+    good = add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "a.csv", slice(0, 40))), "labeled")])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n" + "".join(f"headline number {i} about quarterly results,maybe\n" for i in range(30)))
+    with pytest.raises(DataError, match="quarantined"):
+        add_data(params=p.to_dict(), project_root=str(project), files=[(str(bad), "labeled")])
     assert read_data_version(project / "data.dvc") == good["md5"], "the current data version is unchanged"
     report = max((lmops_home / "runs").glob("*-arrival-*"), key=lambda d: d.stat().st_mtime)
     result = json.loads((report / "arrival.json").read_text())

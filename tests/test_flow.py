@@ -18,29 +18,6 @@ def _flow_run_state(flow_run_id: str) -> str:
         return client.read_flow_run(flow_run_id).state.type.value
 
 
-@pytest.fixture
-def webhook():
-    """A local HTTP receiver on 127.0.0.1 that keeps every JSON body POSTed to it."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-
-
 def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home, webhook):
     from lmops.flows.pipeline import pipeline
 

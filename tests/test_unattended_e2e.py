@@ -6,9 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +38,7 @@ def _wait(what: str, check, timeout: float = 300, every: float = 2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_landing_folder_to_registered_model_through_a_real_server(lmops_home, project, tmp_path):
+def test_landing_folder_to_registered_model_through_a_real_server(lmops_home, project, tmp_path, webhook):
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -48,23 +46,10 @@ def test_landing_folder_to_registered_model_through_a_real_server(lmops_home, pr
     from lmops.tasks import registry
     from lmops.tasks.version import read_data_version
 
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-
+    url, received = webhook
     tree = yaml.safe_load((project / "params.yaml").read_text())
     tree["arrival"] = {"settle_s": 1, "poll_s": 2, "label_map": {"0": "negative", "1": "positive", "2": "neutral"}}
-    tree["notify"] = {"webhook_url": f"http://127.0.0.1:{hook.server_address[1]}/hook", "events": ["promoted", "not_promoted", "data_rejected"]}
+    tree["notify"] = {"webhook_url": url, "events": ["promoted", "not_promoted", "data_rejected"]}
     tree["schedule"] = {"cron": "0 2 * * *", "timezone": "UTC"}
     (project / "params.yaml").write_text(yaml.safe_dump(tree))
 
@@ -145,4 +130,3 @@ def test_landing_folder_to_registered_model_through_a_real_server(lmops_home, pr
             serve.kill()
         log.close()
         subprocess.run([*cli, "server", "stop"], cwd=project, env=env, capture_output=True, timeout=120)
-        hook.shutdown()
