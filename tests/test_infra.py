@@ -55,3 +55,24 @@ def test_the_images_install_the_team_clients():
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(d.startswith("dvc-s3") for d in extras["team"]), "the documented S3 DVC remote needs dvc-s3"
+
+
+def test_the_kubernetes_job_template_passes_prefect_kubernetes_validation():
+    """The template `prefect work-pool create lmops-k8s --type kubernetes --base-job-template infra/k8s/…` takes,
+    rendered with its defaults and validated by prefect-kubernetes' own job configuration (the check a Prefect 3
+    worker applies: a `prefect-job` container, parallelism and completions 1, …)."""
+    from prefect.utilities.templating import apply_values
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    template = json.loads((REPO / "infra" / "k8s" / "work-pool-job-template.json").read_text())
+    values = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+    values["command"] = "prefect flow-run execute"
+    config = KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], values))
+    container = config.job_manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "prefect-job" and container["image"] == "lmops:gpu"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    broken = json.loads(json.dumps(template["job_configuration"]).replace('"prefect-job"', '"flow"'))
+    import pytest
+
+    with pytest.raises(ValueError, match="incompatible values"):
+        KubernetesWorkerJobConfiguration(**apply_values(broken, values))
