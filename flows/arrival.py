@@ -8,6 +8,7 @@ trains here: the event does that, through the retraining deployment's trigger, o
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +105,17 @@ def landing(params_file: str = "params.yaml", overrides: list[str] | None = None
 
     root = Path(project_root).resolve()
     p = load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
-    folder = root / p.arrival.landing_dir
-    files = arrival.landed(folder, p.arrival.settle_s)
-    if not files:
+    where = arrival.landing_of(p.arrival, root)
+    items = where.landed(p.arrival.settle_s)
+    if not items:
         return {"status": "nothing landed"}
-    print(f"taking {len(files)} landed file(s): {', '.join(f.name for f, _ in files)}")
-    try:
-        result = add_data(params=p.to_dict(), project_root=str(root), files=[(str(f), role) for f, role in files])
-    except (DataError, UserError) as exc:  # not worth another look: the same bytes would fail again
-        arrival.file_away([f for f, _ in files], folder, "rejected", str(exc))
-        raise
-    arrival.file_away([f for f, _ in files], folder, "accepted")
+    print(f"taking {len(items)} landed file(s) from {where.where}: {', '.join(ref.rsplit('/', 1)[-1] for ref, _ in items)}")
+    with tempfile.TemporaryDirectory(prefix="lmops-landed-") as work:
+        files = where.fetch(items, Path(work))
+        try:
+            result = add_data(params=p.to_dict(), project_root=str(root), files=[(str(f), role) for f, role in files])
+        except (DataError, UserError) as exc:  # not worth another look: the same bytes would fail again
+            where.file_away(items, "rejected", str(exc))
+            raise
+    where.file_away(items, "accepted")
     return result

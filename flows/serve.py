@@ -28,9 +28,12 @@ def serve(params: Params, root: Path, name: str, cron: str, layers: list[str], o
     from lmops.flows.pipeline import scheduled
 
     common = {"params_file": "params.yaml", "layers": layers, "overrides": overrides, "project_root": str(root)}
-    folder = root / params.arrival.landing_dir
-    for role in ("labeled", "unlabeled"):
-        (folder / role).mkdir(parents=True, exist_ok=True)
+    from lmops.tasks.arrival import FolderLanding, landing_of
+
+    where = landing_of(params.arrival, root)
+    if isinstance(where, FolderLanding):
+        for role in ("labeled", "unlabeled"):
+            (where.folder / role).mkdir(parents=True, exist_ok=True)
     model = params.register_.model_name
     on_data = DeploymentEventTrigger(
         name=f"retrain {model} on new data", expect={VERSION_CREATED},
@@ -44,27 +47,25 @@ def serve(params: Params, root: Path, name: str, cron: str, layers: list[str], o
     print("serving, with params.yaml" + "".join(f" + {layer}" for layer in layers) + "".join(f" {o}" for o in overrides) + ":\n"
           f"  lmops-scheduled/{name}: cron {cron!r} ({params.schedule.timezone})\n"
           f"  lmops-scheduled/{name}-on-new-data: on {VERSION_CREATED} when retraining is due (arrival.min_new_rows)\n"
-          f"  landing/{name}-landing: files settled {params.arrival.settle_s:g} s in {folder}/labeled/ and {folder}/unlabeled/, "
+          f"  landing/{name}-landing: files settled {params.arrival.settle_s:g} s in {where.where}/labeled/ and .../unlabeled/, "
           f"looked for every {params.arrival.poll_s} s", flush=True)
-    threading.Thread(target=_watch, args=(folder, params.arrival.settle_s, params.arrival.poll_s, f"landing/{name}-landing"),
+    threading.Thread(target=_watch, args=(where, params.arrival.settle_s, params.arrival.poll_s, f"landing/{name}-landing"),
                      name="lmops-landing-watch", daemon=True).start()
     prefect_serve(*deployments, print_starting_message=False)
 
 
-def _watch(folder: Path, settle_s: float, poll_s: float, deployment: str) -> None:
+def _watch(where, settle_s: float, poll_s: float, deployment: str) -> None:
     """Start the landing deployment when settled files wait and no landing run is in flight."""
     from prefect.deployments import run_deployment
-
-    from lmops.tasks.arrival import landed
 
     last = None
     while True:
         time.sleep(poll_s)
         try:
-            if not landed(folder, settle_s) or (last is not None and not _finished(last)):
+            if not where.landed(settle_s) or (last is not None and not _finished(last)):
                 continue
             last = run_deployment(name=deployment, timeout=0).id
-            print(f"files landed in {folder}: started {deployment} (flow run {last})", flush=True)
+            print(f"files landed in {where.where}: started {deployment} (flow run {last})", flush=True)
         except Exception as exc:  # noqa: BLE001 - the deployment may not be registered yet; look again next time
             print(f"landing watch: {type(exc).__name__}: {exc}", flush=True)
 

@@ -305,6 +305,10 @@ class ArrivalParams(Section):
     becomes a batch inside the data snapshot (``data/batches/``), so every later run ingests it too."""
 
     landing_dir: str = "landing"  # relative to the project root
+    # An object-store prefix watched the same way (s3://bucket/prefix: <prefix>/labeled/, <prefix>/unlabeled/), for a
+    # team whose workers share no disk; the endpoint and credentials come from the usual AWS_* variables
+    # (AWS_ENDPOINT_URL for an S3-compatible store). Set, it replaces the folder.
+    landing_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
     poll_s: float = Field(default=10, gt=0)  # how often `lmops serve` lists the landing folder
     settle_s: float = Field(default=10, ge=0)  # a file is taken once unchanged this long: a copy in progress is left alone
     # Labeled rows added since the data version of the newest registered model before retraining is triggered.

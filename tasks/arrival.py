@@ -98,18 +98,94 @@ def labeled_rows(summary: dict) -> int:
     return sum(summary.get("splits", {}).values())
 
 
+def _settled(name: str, mtime: float, settle_s: float, now: float) -> bool:
+    """Not hidden, not a partial upload (``x.part``, ``x.tmp``), unchanged for ``settle_s``."""
+    return (not name.startswith(".") and Path(name).suffix not in {".part", ".tmp", ".crdownload"} and now - mtime >= settle_s)
+
+
+class FolderLanding:
+    """``<folder>/labeled/`` and ``<folder>/unlabeled/`` on a disk the workers share."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.where = str(folder)
+
+    def landed(self, settle_s: float, now: float | None = None) -> list[tuple[str, str]]:
+        now = time.time() if now is None else now
+        out = []
+        for role in ROLES:
+            folder = self.folder / role
+            for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if f.is_file() and _settled(f.name, f.stat().st_mtime, settle_s, now):
+                    out.append((str(f), role))
+        return out
+
+    def fetch(self, items: list[tuple[str, str]], work: Path) -> list[tuple[Path, str]]:
+        return [(Path(ref), role) for ref, role in items]
+
+    def file_away(self, items: list[tuple[str, str]], outcome: str, reason: str | None = None) -> list[str]:
+        return file_away([Path(ref) for ref, _ in items], self.folder, outcome, reason)
+
+
+class S3Landing:
+    """The same under an object-store prefix (``s3://bucket/prefix``): objects are downloaded to hand them in, then
+    moved under ``<prefix>/accepted/`` or ``<prefix>/rejected/`` (with ``<name>.reason.txt``)."""
+
+    def __init__(self, url: str):
+        import boto3
+
+        self.bucket, _, prefix = url[len("s3://"):].partition("/")
+        self.prefix = prefix.strip("/")
+        self.where = url
+        self.s3 = boto3.client("s3")  # AWS_ENDPOINT_URL / AWS_* from the environment, as every AWS tool reads them
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def landed(self, settle_s: float, now: float | None = None) -> list[tuple[str, str]]:
+        now = time.time() if now is None else now
+        out = []
+        for role in ROLES:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(role) + "/")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[-1]
+                    if name and obj["Key"] == self._key(role, name) and _settled(name, obj["LastModified"].timestamp(), settle_s, now):
+                        out.append((obj["Key"], role))
+        return sorted(out)
+
+    def fetch(self, items: list[tuple[str, str]], work: Path) -> list[tuple[Path, str]]:
+        out = []
+        for key, role in items:
+            local = work / role / key.rsplit("/", 1)[-1]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.s3.download_file(self.bucket, key, str(local))
+            out.append((local, role))
+        return out
+
+    def file_away(self, items: list[tuple[str, str]], outcome: str, reason: str | None = None) -> list[str]:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        moved = []
+        for key, _ in items:
+            name = key.rsplit("/", 1)[-1]
+            target = self._key(outcome, stamp, name)
+            self.s3.copy_object(Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": key})
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+            if reason:
+                self.s3.put_object(Bucket=self.bucket, Key=f"{target}.reason.txt", Body=(reason + "\n").encode())
+            moved.append(f"s3://{self.bucket}/{target}")
+        return moved
+
+
+def landing_of(params: ArrivalParams, root: Path):
+    """Where files land: the object-store prefix when ``arrival.landing_url`` is set, else the folder."""
+    return S3Landing(params.landing_url) if params.landing_url else FolderLanding(root / params.landing_dir)
+
+
 def landed(landing: Path, settle_s: float, now: float | None = None) -> list[tuple[Path, str]]:
-    """Files in ``landing/labeled/`` and ``landing/unlabeled/`` unchanged for ``settle_s`` (a copy still being
-    written is left for the next look); hidden and partial names (``.x``, ``x.part``, ``x.tmp``) are skipped."""
-    now = time.time() if now is None else now
-    out = []
-    for role in ROLES:
-        folder = landing / role
-        for f in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if f.is_file() and not f.name.startswith(".") and f.suffix not in {".part", ".tmp", ".crdownload"}:
-                if now - f.stat().st_mtime >= settle_s:
-                    out.append((f, role))
-    return out
+    """Settled files in ``landing/labeled/`` and ``landing/unlabeled/`` (a copy still being written is left for the
+    next look); hidden and partial names (``.x``, ``x.part``, ``x.tmp``) are skipped."""
+    return [(Path(ref), role) for ref, role in FolderLanding(landing).landed(settle_s, now)]
 
 
 def file_away(files: list[Path], landing: Path, outcome: str, reason: str | None = None) -> list[str]:
