@@ -96,6 +96,28 @@ def test_one_pipeline_run_through_prefect_and_mlflow_on_postgres_with_s3_artifac
                          "--artifacts-destination", "s3://lmops-mlflow", "--serve-artifacts"],
               {**CREDS, "MLFLOW_S3_ENDPOINT_URL": s3}, f"http://127.0.0.1:{mlflow_port}/health")
 
+        # the work pools (infra/work-pools.sh) and `prefect deploy --all` of infra/prefect.yaml against this server:
+        # four deployments and the automation behind the data trigger
+        repo = Path(__file__).resolve().parent.parent
+        api_env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT": f"{sys.executable} -m prefect",
+                   "LMOPS_GIT_URL": str(repo)}
+        pools = subprocess.run(["bash", "infra/work-pools.sh"], cwd=repo, env=api_env, capture_output=True, text=True, timeout=300)
+        assert pools.returncode == 0, pools.stdout[-2000:] + pools.stderr[-2000:]
+        deployed = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--all"],
+                                  cwd=repo, env=api_env, capture_output=True, text=True, timeout=300)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api_env["PREFECT_API_URL"]}), get_client(sync_client=True) as pc:
+            names = {(d.name, d.work_pool_name) for d in pc.read_deployments()}
+            assert names == {("nightly", "lmops-process"), ("retrain-on-new-data", "lmops-docker"), ("landing", "lmops-process"),
+                             ("gpu", "lmops-k8s")}, names
+            k8s = pc.read_work_pool("lmops-k8s").base_job_template["job_configuration"]["job_manifest"]["spec"]
+            assert k8s["template"]["spec"]["containers"][0]["name"] == "prefect-job"
+            triggers = [a for a in pc.read_automations() if "lmops.data.version.created" in str(a.trigger)]
+            assert len(triggers) == 1
+
         # the project's DVC remote on the object store (what `dvc remote add -d storage s3://…` does for a team)
         env = {"LMOPS_HOME": str(lmops_home), "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", **CREDS}
@@ -121,9 +143,6 @@ def test_one_pipeline_run_through_prefect_and_mlflow_on_postgres_with_s3_artifac
                                 env={**os.environ, **env})
         assert "in sync" in status.stdout, status.stdout + status.stderr
         # the flow run is recorded by the Prefect server (on Postgres)
-        from prefect import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as pc:
             assert pc.read_flow_run(summary["flow_run_id"]).state.type.value == "COMPLETED"
         # ...and the restore path reads the data back from the object store
