@@ -56,7 +56,7 @@ def unchanged(p: Params, run: RunLayout, root: Path):
 def validate(p: Params, run: RunLayout, root: Path):
     try:
         # the previous data version is the snapshot data.dvc points at now, before this run replaces it
-        return stages.validate(p, run, previous=Snapshot(root / "data"))
+        return stages.validate(p, run, previous=stages.previous_version(root, run))
     finally:
         md = run.validate / "validation.md"
         if md.exists():
@@ -65,7 +65,14 @@ def validate(p: Params, run: RunLayout, root: Path):
 
 @step(retries=2)
 def version(run: RunLayout, root: Path):
-    return stages.version(run, root)
+    from lmops.env import dvc_remote_dir
+
+    data = stages.version(run, root)
+    if data.remote == "lmops-local" and (runtime.deployment.id or runtime.flow_run.parent_deployment_id):
+        # fine on one machine with one LMOPS_HOME; a worker in a fresh clone or container loses the folder with it
+        print(f"warning: data version {data.md5} was pushed to the local DVC remote {dvc_remote_dir()}, which a worker that starts "
+              "from a fresh clone or container does not have: give the project a shared remote (dvc remote add -d storage s3://…)")
+    return data
 
 
 @step

@@ -144,7 +144,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> int:
     summary = stages.ingest(params, run, carry_from=Snapshot(project_root() / "data"))
     out = {**summary.to_dict(), "run_dir": str(run.root)}
     try:
-        report = stages.validate(params, run, previous=Snapshot(project_root() / "data"))
+        report = stages.validate(params, run, previous=stages.previous_version(project_root(), run))
         out["validation"] = {"success": True, "expectations": len(report.outcomes), "data_docs": report.data_docs, "notes": report.notes}
     finally:
         if not args.json:

@@ -129,6 +129,26 @@ def unchanged(p: Params, run: RunLayout, root: Path):
     return same
 
 
+def previous_version(root: Path, run: RunLayout) -> Snapshot | None:
+    """The data version this run would replace, for the label-drift check: ``data/`` when it is there; on a fresh
+    clone (``data.dvc`` but no ``data/``, a worker's checkout) its ``summary.json`` alone, read from the DVC cache or
+    remote; None when there is no previous version or the remote cannot be read (the report then says so)."""
+    current = Snapshot(root / "data")
+    if current.summary.is_file() or not (root / "data.dvc").is_file():
+        return current
+    import dvc.api
+
+    try:
+        text = dvc.api.read("data/summary.json", repo=str(root))
+    except Exception as exc:  # noqa: BLE001 - no remote, unreachable, pruned: drift cannot be checked, validation goes on
+        print(f"label drift: the previous data version's summary could not be read from the DVC remote ({type(exc).__name__}: {exc})")
+        return None
+    folder = run.root / "previous-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(text)
+    return Snapshot(folder)
+
+
 def validate(p: Params, run: RunLayout, previous: Snapshot | None):
     """Great Expectations over ``run.data``; ``previous`` is the data version it would replace (label drift)."""
     from lmops.tasks.validate import validate_snapshot

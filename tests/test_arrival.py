@@ -176,3 +176,30 @@ def test_an_object_store_prefix_is_a_landing_folder_too(prefect_api, project, lm
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_fresh_clone_checks_label_drift_against_the_previous_version_from_the_remote(prefect_api, project, lmops_home, tmp_path):
+    """A worker that runs each flow in a fresh clone has data.dvc but no data/: the previous version's label counts
+    are read from the DVC remote, so the drift check still has something to compare with."""
+    import subprocess
+    import sys
+
+    from lmops.flows.arrival import add_data
+    from lmops.tasks import stages
+    from lmops.tasks.validate import previous_label_counts
+
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*dvc, "remote", "add", "-d", "storage", str(tmp_path / "shared-remote")], cwd=project, check=True)
+    p = load_params(project / "params.yaml", overrides=TWITTER_LABELS)
+    add_data(params=p.to_dict(), project_root=str(project), files=[(str(_batch(tmp_path, "a.csv", slice(0, 40))), "labeled")])
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "data"], cwd=project, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert (clone / "data.dvc").is_file() and not (clone / "data").exists()
+
+    previous = stages.previous_version(clone, RunLayout(tmp_path / "run"))
+    counts, why = previous_label_counts(previous.dir, p.validate_.labels, p.finetune.kind)
+    assert why is None and counts == json.loads((project / "data" / "summary.json").read_text())["label_counts"]
