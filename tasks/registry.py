@@ -457,12 +457,32 @@ def download_version(mv, dst: Path) -> Path:
         local = download_model(mv.source, dst)
     except Exception as exc:  # noqa: BLE001 - stores fail in many library-specific ways
         raise RegistryError(f"{mv.name} v{mv.version}: cannot download {mv.source}: {exc}; check with `lmops models verify {mv.name}`") from exc
-    missing = missing_files({p.name for p in local.iterdir()})
+    _require({p.name for p in local.iterdir()}, mv)
+    return local
+
+
+def require_artifacts(mv) -> None:
+    """The same completeness check as :func:`download_version`, from the store's listing (nothing downloaded):
+    a run with nothing new to train still notices a champion whose files are gone."""
+    import mlflow
+
+    from lmops.errors import RegistryError
+
+    try:
+        present = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=mv.source)}
+    except Exception as exc:  # noqa: BLE001 - stores fail in many library-specific ways
+        raise RegistryError(f"{mv.name} v{mv.version}: cannot list {mv.source}: {exc}; check with `lmops models verify {mv.name}`") from exc
+    _require(present, mv)
+
+
+def _require(present: set[str], mv) -> None:
+    from lmops.errors import RegistryError
+
+    missing = missing_files(present)
     if missing:
         raise RegistryError(f"{mv.name} v{mv.version} is registered but its artifacts lack {missing} ({mv.source}); "
                             f"`lmops models verify {mv.name}` lists every broken version; move the champion with `lmops rollback` "
                             "or `lmops promote`")
-    return local
 
 
 def verify(name: str | None = None) -> list[dict[str, Any]]:

@@ -126,6 +126,11 @@ def unchanged(p: Params, run: RunLayout, root: Path):
     if same and not registry.promotion_settled(same["name"], same["version"]):
         print(f"{same['name']} v{same['version']} passed its gate but its promotion never happened (an interrupted run): running again")
         return None
+    if same:
+        # nothing to train, but what serves must still be there: a champion whose files are gone fails as it would at the gate
+        champion = registry.get_version(same["name"], registry.CHAMPION)
+        for mv in {str(v.version): v for v in (champion, registry.get_version(same["name"], str(same["version"]))) if v}.values():
+            registry.require_artifacts(mv)
     return same
 
 

@@ -120,3 +120,20 @@ def test_a_version_whose_promotion_was_interrupted_is_not_called_unchanged(lmops
     assert registry.promotion_settled("m", 2), "a version its gate refused has nothing left to do"
     version({"gate_promote": "true"}, False, "c")  # passed its gate, the alias never moved
     assert not registry.promotion_settled("m", 3)
+
+
+def test_a_run_with_nothing_new_still_notices_a_champion_whose_files_are_gone(lmops_home, tmp_path):
+    from lmops.errors import RegistryError
+    from lmops.tasks import registry
+
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in registry.REQUIRED_FILES:
+        (d / name).write_text("{}")
+    run_id, source = registry.log_candidate("exp", "r", {}, {"macro_f1": 0.5}, {}, {"model": d})
+    registry.register_version("m", run_id, source, {}, True, None)
+    champion = registry.get_version("m", registry.CHAMPION)
+    registry.require_artifacts(champion)  # complete: nothing raised
+    Path(source.removeprefix("file://"), registry.REQUIRED_FILES[0]).unlink()
+    with pytest.raises(RegistryError, match=f"m v1 is registered but its artifacts lack \\['{registry.REQUIRED_FILES[0]}'\\]"):
+        registry.require_artifacts(champion)
