@@ -62,6 +62,14 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     # the champion was re-scored now, on the same test split
     gate = json.loads((Path(second["run_dir"]) / "gate" / "decision.json").read_text())
     assert gate["champion"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"], abs=1e-6)
+    # only fine-tuning params changed: ingest and pretraining were reused from the first run, not recomputed
+    assert "pretrain" in second["reused"] and "ingest" in second["reused"] and "finetune" not in second["reused"]
+    assert second["pretrain"] == first["pretrain"]
+
+    # the first params again (an operational section aside): nothing changed, so nothing is trained or registered
+    third = pipeline(params=load_params(project / "params.yaml", overrides=["schedule.cron=0 3 * * *"]).to_dict(), project_root=str(project))
+    assert third["no_change"] and third["model"]["version"] == 1 and "unchanged since finance-sentiment v1" in third["reason"]
+    assert [m["latest_version"] for m in registry.list_models()] == [2] and len(received) == 1
 
 
 def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home, webhook):

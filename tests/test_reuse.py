@@ -75,6 +75,7 @@ def test_keys_follow_data_bytes_and_model_folders(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the default run keeps the same checks, shorter, in tests/test_flow.py (no change, pretraining reused)
 def test_nothing_changed_records_no_change_and_a_finetune_change_reuses_pretraining(prefect_api, project, lmops_home):
     from lmops.config import load_params
     from lmops.flows.pipeline import pipeline
