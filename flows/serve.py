@@ -26,10 +26,9 @@ def serve(params: Params, root: Path, name: str, cron: str, layers: list[str], o
 
     from lmops.flows.arrival import VERSION_CREATED, landing
     from lmops.flows.pipeline import scheduled
-
-    common = {"params_file": "params.yaml", "layers": layers, "overrides": overrides, "project_root": str(root)}
     from lmops.tasks.arrival import FolderLanding, landing_of
 
+    common = {"params_file": "params.yaml", "layers": layers, "overrides": overrides, "project_root": str(root)}
     where = landing_of(params.arrival, root)
     if isinstance(where, FolderLanding):
         for role in ("labeled", "unlabeled"):

@@ -68,16 +68,18 @@ def carry(src: Snapshot, dst: Snapshot) -> list[Batch]:
     return batches(dst)
 
 
-def take(path: Path, role: str, params: ArrivalParams, dst: Snapshot) -> tuple[Batch, bool]:
-    """Make ``path`` a batch of ``dst``; returns (batch, new) where ``new`` is False when the same bytes are there."""
+def take(path: Path, role: str, params: ArrivalParams, dst: Snapshot, known: Snapshot | None = None) -> tuple[Batch, bool]:
+    """Make ``path`` a batch of ``dst``; returns (batch, new) where ``new`` is False when the same bytes are already a
+    batch there or in ``known`` (the current data)."""
     if role not in ROLES:
         raise UserError(f"role {role!r}: a batch is labeled (text + label) or unlabeled (domain text)")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     bid = batch_id(path)
     folder = dst.dir / BATCHES / bid
-    if (folder / "batch.json").is_file():
-        return Batch(**json.loads((folder / "batch.json").read_text())), False
+    for there in (folder, *([known.dir / BATCHES / bid] if known else [])):
+        if (there / "batch.json").is_file():
+            return Batch(**json.loads((there / "batch.json").read_text())), False
     b = Batch(id=bid, file=path.name, role=role, format=format_of(path), added=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               text_column=params.text_column, label_column=params.label_column if role == "labeled" else None,
               label_map=dict(params.label_map))

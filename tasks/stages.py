@@ -60,16 +60,15 @@ def ingest(p: Params, run: RunLayout, carry_from: Snapshot | None = None):
 
 
 def intake(p: Params, run: RunLayout, root: Path, files: list[tuple[Path, str]]) -> dict:
-    """Hand files in: the current data's batches are carried into ``run.data`` and each file becomes a batch there
-    unless the same bytes already are one. Returns ``{"new": [...], "known": [...]}`` (batch dicts)."""
+    """Hand files in: each file becomes a batch of ``run.data`` unless the same bytes already are one there or in the
+    current data (whose batches :func:`ingest` carries in). Returns ``{"new": [...], "known": [...]}`` (batch dicts)."""
     from dataclasses import asdict
 
     from lmops.tasks import arrival
 
-    arrival.carry(Snapshot(root / "data"), run.data)
     out: dict[str, list] = {"new": [], "known": []}
     for path, role in files:
-        batch, new = arrival.take(Path(path), role, p.arrival, run.data)
+        batch, new = arrival.take(Path(path), role, p.arrival, run.data, known=Snapshot(root / "data"))
         out["new" if new else "known"].append({**asdict(batch), "path": str(path)})
     return out
 
