@@ -57,7 +57,7 @@ def artifact(key: str, markdown: str, description: str) -> None:
 
 
 EVENTS = {"promoted": "lmops.model.promoted", "not_promoted": "lmops.model.not-promoted", "data_rejected": "lmops.data.rejected",
-          "failed": "lmops.run.failed", "no_change": "lmops.run.no-change"}
+          "failed": "lmops.run.failed", "no_change": "lmops.run.no-change", "spike": "lmops.monitor.spike", "drift": "lmops.monitor.drift"}
 
 
 def emit(event: str, resource_id: str, labels: dict[str, str], payload: dict) -> None:
@@ -69,13 +69,13 @@ def emit(event: str, resource_id: str, labels: dict[str, str], payload: dict) ->
                payload={k: v for k, v in payload.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))})
 
 
-def notify(p, kind: str, payload: dict) -> None:
+def notify(p, kind: str, payload: dict, resource: str | None = None, labels: dict[str, str] | None = None) -> None:
     """A ``lmops.<kind>`` Prefect event (automations can act on it) and, when ``notify.webhook_url`` is set and
     ``kind`` is in ``notify.events``, the same as a JSON POST to the webhook."""
     from lmops.tasks.notify import post
 
     event = EVENTS[kind]
     model = p.register_.model_name
-    emit(event, f"lmops.model.{model}", {}, payload)
+    emit(event, resource or f"lmops.model.{model}", labels or {}, payload)
     if p.notify.webhook_url and kind in p.notify.events:
         post(p.notify.webhook_url, event, {"model": model, **payload}, p.notify.timeout_s)

@@ -316,6 +316,42 @@ def _model_dir(ref: str, run: Path) -> Path:
     return registry.download_model(info["source"], run / "model")
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Score text with the champion (``score``) or refresh the analysis and the page (``dashboard``): flows/monitor.py."""
+    api = _command_api()
+    params = _params(args)
+    from lmops.env import project_root
+    from lmops.errors import UserError
+
+    inputs = [Path(i).resolve() for i in getattr(args, "input", None) or []]
+    missing = [str(i) for i in inputs if not i.exists()]
+    if missing:
+        raise UserError(f"no such file or folder: {', '.join(missing)}")
+    from lmops.flows.monitor import monitor
+
+    if api:
+        api.ready()
+    out = monitor(params=params.to_dict(), project_root=str(project_root()), inputs=[str(i) for i in inputs])
+
+    def text(o):
+        lines = []
+        s = o["scoring"]
+        if s:
+            for f, c in s["files"].items():
+                lines.append(f"{f}: rows_in {c['rows_in']} = scored {c['scored']} + quarantined {c['quarantined']} + duplicates {c['duplicates']}")
+            if s["quarantined"]:
+                lines.append(f"  quarantined rows with their reasons: {s['quarantine']}")
+        lines.append(f"model: {o['model']} v{o['version']} (alias {o['alias']}); store: {o['totals']['documents']} documents, "
+                     f"{o['totals']['entities']} companies")
+        lines += [f"SPIKE {x['entity']}: z {x['z']:+.1f} (mean {x['mean']:+.3f} vs {x['baseline']:+.3f}, {x['volume']} docs)" for x in o["new_spikes"]]
+        lines.append(("DRIFT: " if o["drift"]["drifted"] else "") + o["drift"]["verdict"])
+        lines.append(f"dashboard: {o['dashboard']}")
+        return "\n".join(lines)
+
+    _emit(out, args.json, text)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the pipeline unattended until interrupted: nightly, on new data, and the landing folder (flows/serve.py)."""
     from lmops.env import project_root
@@ -490,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label; CoNLL for NER; SEntFiN columns for entity "
                    "sentiment), or any text for a language model, ingested with the same rules")
     p.set_defaults(func=cmd_evaluate)
+
+    mon = sub.add_parser("monitor", help="finance sentiment monitoring with the champion").add_subparsers(dest="monitor_command", required=True)
+    p = with_params(mon.add_parser("score", help="score unlabeled text (CSV/TSV/JSONL/Parquet: text, timestamp, optional id/source); "
+                                                 "aggregates, spikes, drift and the dashboard are updated"))
+    p.add_argument("--input", action="append", required=True, metavar="FILE|DIR", help="a file or a folder of files (repeatable)")
+    p.set_defaults(func=cmd_monitor)
+    p = with_params(mon.add_parser("dashboard", help="recompute spikes and drift from the store and regenerate the dashboard page"))
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (needs a Prefect server: lmops server start)")
     p.add_argument("--cron", default=None, help="override schedule.cron from params")

@@ -286,8 +286,8 @@ class NotifyParams(Section):
     ``webhook_url`` it is POSTed there as JSON (a chat incoming webhook, an alerting endpoint)."""
 
     webhook_url: str | None = None
-    events: list[Literal["promoted", "not_promoted", "no_change", "data_rejected", "failed"]] = Field(
-        default_factory=lambda: ["promoted", "data_rejected", "failed"])
+    events: list[Literal["promoted", "not_promoted", "no_change", "data_rejected", "failed", "spike", "drift"]] = Field(
+        default_factory=lambda: ["promoted", "data_rejected", "failed", "spike", "drift"])
     timeout_s: float = Field(default=10, gt=0)
 
 
@@ -318,8 +318,73 @@ class ArrivalParams(Section):
     label_map: dict[str, str] = Field(default_factory=dict)
 
 
+class MonitorEntity(Section):
+    """One company the monitor tracks: found in text by its name, its aliases and its tickers."""
+
+    aliases: list[str] = Field(default_factory=list)  # other spellings, matched case-sensitively as whole words ("Apple Inc")
+    tickers: list[str] = Field(default_factory=list)  # matched as cashtags ($AAPL) and as the bare upper-case word (AAPL)
+
+
+class SpikeParams(Section):
+    """A spike: an entity's mean sentiment in one time bucket far from its own recent past. The z-score divides the
+    difference by the noise a bucket of that many documents has (documents' spread over the window, plus how much
+    the window's bucket means move on their own), so a busy day and a quiet day are judged on the same scale."""
+
+    window: int = Field(default=14, ge=2)  # earlier buckets the baseline is drawn from
+    min_history: int = Field(default=3, ge=2)  # of which at least this many with min_volume documents
+    min_volume: int = Field(default=5, ge=1)  # documents mentioning the entity in a bucket before it can alert or count
+    z: float = Field(default=4.0, gt=0)  # |z| at or over this alerts
+    min_std: float = Field(default=0.05, gt=0)  # floor on the noise: a perfectly flat history does not make every wiggle a spike
+
+
+class DriftParams(Section):
+    """The scored stream against the champion's training data (its reference, saved at registration)."""
+
+    window_rows: int = Field(default=500, ge=10)  # the newest documents the champion scored
+    min_rows: int = Field(default=100, ge=10)  # fewer than this: no verdict yet
+    psi: float = Field(default=0.25, gt=0)  # population stability index over which a distribution has moved (0.25: a major shift)
+    oov_increase: float = Field(default=0.10, gt=0)  # rise in the share of words never seen in training
+    unk_increase: float = Field(default=0.02, gt=0)  # rise in the share of tokens the tokenizer cannot represent
+    confidence_drop: float = Field(default=0.10, gt=0)  # fall in mean confidence
+
+
+class MonitorParams(Section):
+    """Finance sentiment monitoring (``lmops monitor``): the champion scores incoming text; aggregates per company and
+    time bucket, spike alerts, drift against the training data, and a dashboard page."""
+
+    model: str | None = None  # registered model name (default: register.model_name)
+    alias: str = "champion"  # resolved on every run, so a new champion is picked up without a restart
+    # Database URL: duckdb:///path/to/file.duckdb (default: LMOPS_HOME/monitor/monitor.duckdb) or postgresql://... (team)
+    store: str | None = Field(default=None, pattern=r"^(duckdb:///.+|postgres(ql)?://.+)$")
+    inbox_dir: str = "monitor/inbox"  # relative to the project root: what the monitor deployment scores (then files under done/)
+    every_minutes: int = Field(default=15, ge=1)  # the monitor deployment's interval under `lmops serve`
+    retrain_on_drift: bool = True  # `lmops serve`: a lmops.monitor.drift event starts the retraining deployment
+    text_column: str = "text"
+    time_column: str = "timestamp"  # ISO 8601 (naive = UTC) or Unix seconds
+    id_column: str = "id"  # optional: without it a document's id is the hash of its source, time and text
+    source_column: str = "source"  # optional: without it the file name
+    min_chars: int = Field(default=3, ge=1)
+    max_chars: int = Field(default=5000, ge=10)
+    future_tolerance_s: float = Field(default=300, ge=0)  # clock skew allowed before a timestamp counts as in the future
+    bucket: str = Field(default="1d", pattern=r"^[1-9][0-9]*[mhd]$")  # aggregation bucket: 15m, 1h, 1d
+    batch_size: int = Field(default=32, ge=1)
+    max_length: int = Field(default=128, ge=8)
+    chunk_rows: int = Field(default=2000, ge=1)  # rows read, scored and written at a time: memory stays flat on big inputs
+    positive_label: str = "positive"  # score = P(positive) - P(negative), in [-1, 1]
+    negative_label: str = "negative"
+    entities: dict[str, MonitorEntity] = Field(default_factory=dict)
+    # A registered entity-sentiment model (finetune.task: entity): each mention is scored for its company, not the sentence.
+    entity_model: str | None = None
+    spikes: SpikeParams = Field(default_factory=SpikeParams)
+    drift: DriftParams = Field(default_factory=DriftParams)
+
+    @property
+    def bucket_s(self) -> int:
+        return int(self.bucket[:-1]) * {"m": 60, "h": 3600, "d": 86400}[self.bucket[-1]]
+
+
 # Sections that say how and when a run happens, not what it computes: a change there is no reason to retrain.
-OPERATIONAL_SECTIONS = ("schedule", "notify", "cache", "arrival")
+OPERATIONAL_SECTIONS = ("schedule", "notify", "cache", "arrival", "monitor")
 
 
 class Params(Section):
@@ -328,6 +393,7 @@ class Params(Section):
     arrival: ArrivalParams = Field(default_factory=ArrivalParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     notify: NotifyParams = Field(default_factory=NotifyParams)
+    monitor: MonitorParams = Field(default_factory=MonitorParams)
     ingest: IngestParams
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     tokenize: TokenizeParams = Field(default_factory=TokenizeParams)
@@ -358,6 +424,11 @@ class Params(Section):
             raise ValueError("; ".join(errors))
         if self.validate_.text_max_chars < self.validate_.text_min_chars:
             raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
+        if self.finetune.task == "sequence":
+            missing = [f"monitor.{k}: {v!r}" for k, v in (("positive_label", self.monitor.positive_label), ("negative_label", self.monitor.negative_label))
+                       if v not in self.validate_.labels]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} not among validate.labels {self.validate_.labels}: name the labels the score is built from")
         return self
 
     def to_dict(self) -> dict[str, Any]:

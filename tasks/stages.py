@@ -272,7 +272,14 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
     run.params_json.write_text(json.dumps(p.to_dict(), indent=2))
     card = write_model_card(run.model_card, p.register_.model_name, lineage, metrics, p.to_dict(), Path(ev.report_path).read_text(),
                             " ".join(["lmops", *sys.argv[1:]]), p.finetune.kind)
+    monitor_ref = None
+    if p.finetune.task == "sequence":  # what the monitor's drift check compares the scored stream with
+        from lmops.tasks.monitor.drift import write_reference
+
+        monitor_ref = write_reference(ft.model_dir, run.data.train, run.data.test, ev.predictions_path, p.validate_.labels,
+                                      p.finetune.max_length, run.stage("monitor-reference"))
     artifacts = {
+        "monitor": monitor_ref,
         "model": Path(ft.model_dir), "adapter": Path(ft.adapter_dir) if ft.adapter_dir else None, "evaluate": run.stage("evaluate"),
         "validate": run.validate, "gate": run.gate_decision, "lineage": run.params_json, "model_card": card,
         "plots": Path(ft.loss_plot), "pretrain": Path(pre.loss_plot) if pre else None,

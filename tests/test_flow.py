@@ -71,6 +71,51 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     assert third["no_change"] and third["model"]["version"] == 1 and "unchanged since finance-sentiment v1" in third["reason"]
     assert [m["latest_version"] for m in registry.list_models()] == [2] and len(received) == 1
 
+    _monitor_scores_a_stream_with_the_champion(project, good, lmops_home)
+
+
+def _monitor_scores_a_stream_with_the_champion(project, good, lmops_home):
+    """The monitor flow with the champion the pipeline registered: counts, idempotence by id, the drift reference saved at
+    registration, the page, a clear error for an unknown alias, and a new champion picked up without a restart."""
+    import pandas as pd
+
+    from lmops.config import params_from_dict
+    from lmops.errors import UserError
+    from lmops.flows.monitor import monitor
+
+    heads = pd.read_csv(Path(__file__).parent / "fixtures" / "sentfin_sample.csv")["Title"].tolist()
+    stream = project / "stream.csv"
+    rows = [{"id": f"n{i}", "timestamp": f"2026-10-{1 + i % 20:02d}T12:00:00Z", "text": t} for i, t in enumerate(heads[:150])]
+    rows += [{"id": "n0", "timestamp": "2026-10-01T12:00:00Z", "text": heads[0]},  # a repeated id
+             {"id": "bad1", "timestamp": "not a time", "text": "Infosys results"}, {"id": "bad2", "timestamp": "2026-10-02", "text": " "}]
+    pd.DataFrame(rows).to_csv(stream, index=False)
+    tree = good.to_dict()
+    tree["monitor"].update(entities={"Infosys": {"tickers": ["INFY"]}, "Tata Motors": {}}, drift={"min_rows": 50})
+    p = params_from_dict(tree)
+    out = monitor(params=p.to_dict(), project_root=str(project), inputs=[str(stream)])
+    s = out["scoring"]
+    assert (s["rows_in"], s["scored"], s["quarantined"], s["duplicates"]) == (153, 150, 2, 1)
+    assert out["model"] == "finance-sentiment" and out["version"] == "1" and out["totals"]["documents"] == 150
+    assert out["totals"]["entities"] >= 1 and out["totals"]["mentions"] >= 1
+    assert out["drift"]["n"] == 150 and "no reference" not in out["drift"]["verdict"] and len(out["drift"]["checks"]) == 7
+    page = Path(out["dashboard"]).read_text()
+    assert "finance-sentiment v1" in page and 'id="drift-status"' in page and 'data-entity="(all documents)"' in page
+    assert Path(out["plot"]).stat().st_size > 10_000
+    # the same file again: nothing counted twice
+    again = monitor(params=p.to_dict(), project_root=str(project), inputs=[str(stream)])["scoring"]
+    assert (again["scored"], again["duplicates"], again["quarantined"]) == (0, 151, 2)
+    # an alias the model does not have: a clear error naming the aliases it has
+    with pytest.raises(UserError, match=r"has no alias 'nope' \(its aliases: \['challenger', 'champion'\]\)"):
+        monitor(params=params_from_dict({**tree, "monitor": {**tree["monitor"], "alias": "nope"}}).to_dict(), project_root=str(project),
+                inputs=[str(stream)])
+    # a new champion is used on the next run, in the same process
+    registry.set_champion("finance-sentiment", "2", "promote (manual)", "monitor test", force=True)
+    more = project / "more.csv"
+    pd.DataFrame([{"id": f"m{i}", "timestamp": "2026-10-21T09:00:00Z", "text": t} for i, t in enumerate(heads[150:170])]).to_csv(more, index=False)
+    out2 = monitor(params=p.to_dict(), project_root=str(project), inputs=[str(more)])
+    assert out2["version"] == "2" and out2["scoring"]["scored"] == 20
+    assert {v["version"]: v["n"] for v in out2["totals"]["versions"]} == {"1": 150, "2": 20}
+
 
 def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home, webhook):
     from lmops.flows.pipeline import pipeline
