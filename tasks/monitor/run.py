@@ -57,7 +57,7 @@ def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | No
     files = [f for path in inputs for f in files_of(Path(path))]
     for f in files:
         check_columns(f, m)
-    scorer = scoring.load(model_name(p), m.alias, loaded=loaded)
+    scorer = scoring.load(model_name(p), m.alias, loaded=loaded, runtime=m.runtime)
     ent_scorer = scoring.load(m.entity_model, m.alias, task="entity", loaded=loaded) if m.entity_model else None
     matcher = EntityMatcher(m.entities)
     now = time.time() if now is None else now
@@ -183,10 +183,11 @@ def monitor(p: Params, inputs: list[Path], out_dir: Path, dashboard_dir: Path | 
     # one writer at a time per store on this machine (DuckDB allows one writing process; PostgreSQL is fine either way)
     with file_lock(lmops_home() / "locks" / "monitor-store.lock", p.register_.wait_for_other_run_s, "the monitor store"), store:
         s = score(p, inputs, store, out_dir, loaded=loaded, now=now, progress=progress) if inputs else None
-        scorer = scoring.load(model_name(p), p.monitor.alias, loaded=loaded)
+        scorer = scoring.load(model_name(p), p.monitor.alias, loaded=loaded, runtime=p.monitor.runtime)
         a = analyse(p, store, (scorer.name, scorer.version), scorer.reference)
         page = dashboard.render(p, a, store.alerts(p.monitor.bucket_s), scorer, dashboard_dir)
     out = {"scoring": s.to_dict() if s else None, "model": scorer.name, "version": scorer.version, "alias": p.monitor.alias,
+           "runtime": p.monitor.runtime,
            "spikes": [x.to_dict() for x in a["spikes"]], "new_spikes": [x.to_dict() for x in a["new_spikes"]], "movers": a["movers"],
            "drift": a["drift"].to_dict(), "drift_new": a["drift_new"], "totals": a["totals"], "dashboard": str(page["html"]), "plot": str(page["png"]),
            "run_dir": str(out_dir)}

@@ -23,6 +23,8 @@ class Scorer:
     tokenizer: Any
     reference: dict[str, Any] | None
     vocab: frozenset = field(default_factory=frozenset)
+    run_id: str = ""
+    fast: Any = None  # an exported runtime (export.OnnxScorer) that scores sentences in place of the PyTorch model
 
     @property
     def ref(self) -> str:
@@ -33,6 +35,8 @@ class Scorer:
         from lmops.kinds import KINDS
         from lmops.tasks.predict import predict_logits
 
+        if self.fast is not None and pairs is None:
+            return self.fast.probabilities(texts, batch_size, max_length)
         kind, inputs = (KINDS["sequence"], texts) if pairs is None else (KINDS["entity"], list(zip(pairs, texts)))
         logits = predict_logits(self.model, self.tokenizer, inputs, kind, self.labels, max_length, batch_size)
         return logits.softmax(-1).numpy()
@@ -44,9 +48,15 @@ def _task_of(mv) -> str:
     return registry.run_params(mv.run_id).get("finetune.task", "sequence") if mv.run_id else "sequence"
 
 
-def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, str], Scorer] | None = None) -> Scorer:
-    """``name@alias`` as it stands now. ``loaded`` (a long-lived process's cache) keeps models already read."""
+def model_dir(name: str, version: str) -> Path:
     from lmops.env import lmops_home
+
+    return lmops_home() / "monitor" / "models" / name / f"v{version}" / "model"
+
+
+def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, str], Scorer] | None = None, runtime: str = "torch") -> Scorer:
+    """``name@alias`` as it stands now. ``loaded`` (a long-lived process's cache) keeps models already read.
+    ``runtime``: ``torch``, or ``onnx-int8`` for the version's checked export (``lmops export``)."""
     from lmops.errors import UserError
     from lmops.tasks import registry
     from lmops.tasks.predict import load_classifier, saved_labels
@@ -59,12 +69,12 @@ def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, 
         aliases = sorted(registry.client().get_registered_model(name).aliases or {})
         raise UserError(f"{name} has no alias {alias!r} (its aliases: {aliases or 'none'}); set monitor.alias, or promote a version "
                         f"with `lmops promote {name} VERSION --reason ...`")
-    key = (name, str(mv.version))
+    key = (name, str(mv.version), runtime)
     if loaded is not None and key in loaded:
         return loaded[key]
     if _task_of(mv) != task:
         raise UserError(f"{name} v{mv.version} is a {_task_of(mv)!r} model; the monitor needs a {task!r} one here")
-    folder = lmops_home() / "monitor" / "models" / name / f"v{mv.version}"
+    folder = model_dir(name, str(mv.version)).parent
     if not (folder / "model").is_dir():  # downloaded whole, then renamed: a crash leaves no half model behind
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".v{mv.version}-", dir=folder.parent))
@@ -90,7 +100,12 @@ def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, 
     model.eval()
     ref_file = folder / "reference.json"
     reference = json.loads(ref_file.read_text()) if ref_file.is_file() else None
-    scorer = Scorer(name, str(mv.version), alias, labels, model, tokenizer, reference, frozenset(reference["vocab"]) if reference else frozenset())
+    scorer = Scorer(name, str(mv.version), alias, labels, model, tokenizer, reference, frozenset(reference["vocab"]) if reference else frozenset(),
+                    run_id=mv.run_id or "")
+    if runtime != "torch":
+        from lmops.tasks.monitor.export import load_exported
+
+        scorer.fast = load_exported(name, scorer.version, scorer.run_id)
     if loaded is not None:
         loaded[key] = scorer
     return scorer
