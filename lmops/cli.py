@@ -353,14 +353,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """An int8 ONNX Runtime copy of a registered classifier, checked on its test split and recorded with the version."""
+    """An ONNX Runtime copy of a registered classifier, checked on its test split and recorded with the version."""
     params = _params(args)
     from lmops.env import project_root
     from lmops.tasks.monitor.export import export
 
     run = RunLayout(new_run_dir("export"))
     out = export(args.ref, project_root(), params, Path(args.data) if args.data else None, run.root)
-    _emit(out, args.json, lambda o: f"{o['model']} v{o['version']} → {o['runtime']} ({o['size_mb']} MB): test macro-F1 {o['macro_f1_exported']:.4f} "
+    _emit(out, args.json, lambda o: f"{o['model']} v{o['version']} → {o['runtime']} {o['precision']} ({o['size_mb']} MB): test macro-F1 {o['macro_f1_exported']:.4f} "
           f"against {o['macro_f1_original']:.4f} ({o['delta_points']:+.2f} points, limit ±{o['max_delta_points']}), "
           f"{o['agreement']:.1%} identical predictions on {o['test_rows']} rows; recorded as {o['artifact']}; "
           f"score with it: monitor.runtime={o['runtime']}")
@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(mon.add_parser("dashboard", help="recompute spikes and drift from the store and regenerate the dashboard page"))
     p.set_defaults(func=cmd_monitor)
 
-    p = with_params(sub.add_parser("export", help="NAME@ALIAS as int8 ONNX Runtime for fast CPU scoring, checked on its test split "
+    p = with_params(sub.add_parser("export", help="NAME@ALIAS as ONNX Runtime for fast CPU scoring, checked on its test split "
                                                   "(monitor.export_max_delta) and recorded with the version"))
     p.add_argument("ref", help="NAME, NAME@ALIAS or NAME@VERSION")
     p.add_argument("--data", help="a labeled file to check on instead of the version's test split")

@@ -369,8 +369,8 @@ class MonitorParams(Section):
     bucket: str = Field(default="1d", pattern=r"^[1-9][0-9]*[mhd]$")  # aggregation bucket: 15m, 1h, 1d
     batch_size: int = Field(default=32, ge=1)
     max_length: int = Field(default=128, ge=8)
-    # torch, or onnx-int8: the version's export made and checked by `lmops export` (several times faster on CPU)
-    runtime: Literal["torch", "onnx-int8"] = "torch"
+    # torch, or onnx: the version's ONNX Runtime export made and checked by `lmops export` (faster on CPU)
+    runtime: Literal["torch", "onnx"] = "torch"
     export_max_delta: float = Field(default=0.5, gt=0)  # `lmops export`: largest test macro-F1 change (points) an export may have
     chunk_rows: int = Field(default=2000, ge=1)  # rows read, scored and written at a time: memory stays flat on big inputs
     positive_label: str = "positive"  # score = P(positive) - P(negative), in [-1, 1]
@@ -378,6 +378,10 @@ class MonitorParams(Section):
     entities: dict[str, MonitorEntity] = Field(default_factory=dict)
     # A registered entity-sentiment model (finetune.task: entity): each mention is scored for its company, not the sentence.
     entity_model: str | None = None
+    # A registered NER model (finetune.task: token): its spans of ner_types are companies too (a dictionary name when
+    # the span is one of its names, aliases or tickers; else the span as written).
+    ner_model: str | None = None
+    ner_types: list[str] = Field(default_factory=lambda: ["ORG"])
     spikes: SpikeParams = Field(default_factory=SpikeParams)
     drift: DriftParams = Field(default_factory=DriftParams)
 

@@ -200,6 +200,15 @@ def test_entity_finetune_pairs_entity_with_headline(tiny_lm, tmp_path):
     assert ids.count(tok.sep_token_id) == 2  # [CLS] entity [SEP] headline [SEP]
     r = evaluate_model(Path(s.model_dir), data / "test.parquet", p.validate_.labels, 64, 32, tmp_path / "ev", KINDS["entity"])
     assert r.n == len(test) and 0 <= r.macro_f1 <= 1
+    # monitor.entity_model: a mention is scored as the (entity, headline) pair, exactly as evaluation scores it
+    from lmops.tasks.monitor.scoring import Scorer
+
+    scorer = Scorer("ent", "1", "champion", p.validate_.labels, model, tok, None, task="entity")
+    pairs = KINDS["entity"].inputs(test.head(20))
+    probs = scorer.probabilities([t for _, t in pairs], 8, 64, pairs=[e for e, _ in pairs])
+    preds = pd.read_parquet(r.predictions_path).head(20)
+    assert [p.validate_.labels[j] for j in probs.argmax(-1)] == preds["prediction"].tolist()
+    assert probs.max(-1) == pytest.approx(preds["confidence"].to_numpy(), abs=1e-4)
 
 
 @pytest.mark.parametrize("finetune,source_format,message", [
@@ -277,3 +286,28 @@ def test_compare_base_for_ner_bootstraps_entity_f1_over_sentences(ner_runs, tiny
     assert d["micro_f1"]["diff"] == pytest.approx(out["domain"]["micro_f1"] - out["generic"]["micro_f1"], abs=1e-3)
     lo, hi = d["micro_f1"]["ci95"]
     assert lo <= d["micro_f1"]["diff"] <= hi
+
+
+def test_the_monitor_finds_companies_with_a_registered_tagger(ner_runs):
+    """monitor.ner_model: the tagger's spans (of monitor.ner_types) are companies, a dictionary name when the span is one
+    of its surfaces; the tags are those evaluation decodes from the same model."""
+    from lmops.config import MonitorEntity
+    from lmops.tasks.monitor.entities import EntityMatcher, ner_mentions, spans
+    from lmops.tasks.monitor.scoring import Scorer
+    from lmops.tasks.predict import load_classifier, predict_labels
+
+    (s, fp), data = ner_runs[0]["full"], ner_runs[1]
+    model, tok = load_classifier(s.model_dir, NER_LABELS, KINDS["token"])
+    tagger = Scorer("ner", "1", "champion", NER_LABELS, model, tok, None, task="token")
+    test = pd.read_parquet(data / "test.parquet").head(80)
+    texts = test["text"].tolist()
+    tags = tagger.tags(texts, 16, fp.max_length)
+    assert tags == predict_labels(model, tok, test, NER_LABELS, KINDS["token"], fp.max_length, 16)[0]
+    types = ["ORG", "PER", "LOC", "MISC"]
+    predicted = [spans(t.split(" "), x.split(" "), types) for t, x in zip(tags, texts)]
+    first = next(p[0] for p in predicted if p)  # the tiny tagger finds some entities (validation entity F1 ~0.9)
+    found = ner_mentions(tags, texts, EntityMatcher({"Canonical Co": MonitorEntity(aliases=[first.strip(",.;:")])}), types)
+    assert [len(f) for f in found] == [len({sp.strip(",.;:()") for sp in p if len(sp.strip(",.;:()")) >= 2}) for p in predicted]
+    assert "Canonical Co" in {n for f in found for n, _ in f}
+    with pytest.raises(TypeError, match="use tags"):
+        tagger.probabilities(texts[:2], 2, 32)

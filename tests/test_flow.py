@@ -120,20 +120,21 @@ def _monitor_scores_a_stream_with_the_champion(project, good, lmops_home):
     from lmops.tasks.monitor import scoring
     from lmops.tasks.monitor.export import export
 
-    fast = params_from_dict({**tree, "monitor": {**tree["monitor"], "runtime": "onnx-int8", "export_max_delta": 100}})
+    fast = params_from_dict({**tree, "monitor": {**tree["monitor"], "runtime": "onnx", "export_max_delta": 100}})
     with pytest.raises(UserError, match=r"no checked export: run `lmops export finance-sentiment@2`"):
         monitor(params=fast.to_dict(), project_root=str(project), inputs=[str(more)])
     ex = export("finance-sentiment@champion", project, fast, None, lmops_home / "export-check")
     assert ex["passed"] and ex["version"] == "2" and ex["test_rows"] > 50 and ex["agreement"] >= 0.9, ex
+    assert set(ex["candidates"]) == {"fp32", "int8"} and ex["precision"] in ex["candidates"]
     assert ex["delta_points"] == pytest.approx((ex["macro_f1_exported"] - ex["macro_f1_original"]) * 100, abs=1e-2)
     tags = registry.show("finance-sentiment@2")["tags"]
-    assert tags["lmops.export.onnx-int8"] == "passed" and float(tags["lmops.export.onnx-int8.delta_points"]) == ex["delta_points"]
+    assert tags["lmops.export.onnx"] == "passed" and float(tags["lmops.export.onnx.delta_points"]) == ex["delta_points"]
     texts = heads[170:200]
     slow_probs = scoring.load("finance-sentiment", "champion").probabilities(texts, 8, 64)
-    fast_probs = scoring.load("finance-sentiment", "champion", runtime="onnx-int8").probabilities(texts, 8, 64)
+    fast_probs = scoring.load("finance-sentiment", "champion", runtime="onnx").probabilities(texts, 8, 64)
     assert abs(slow_probs - fast_probs).max() < 0.05
     out3 = monitor(params=fast.to_dict(), project_root=str(project), inputs=[str(stream)])
-    assert out3["runtime"] == "onnx-int8" and out3["scoring"]["duplicates"] == 151  # still idempotent by id
+    assert out3["runtime"] == "onnx" and out3["scoring"]["duplicates"] == 151  # still idempotent by id
 
 
 def test_failed_validation_stops_before_training_and_registers_nothing(prefect_api, project, lmops_home, webhook):

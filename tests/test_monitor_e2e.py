@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_control_plane import _free_port
+from tests.served import control_plane
 from tests.test_unattended_e2e import _wait
 
 STREAM = Path(__file__).resolve().parents[1] / "samples" / "finance" / "stream"
@@ -40,9 +40,6 @@ def browse(page: Path, out: Path) -> str:
 
 
 def test_stream_to_spike_to_drift_to_retraining_on_a_real_server(lmops_home, project, tmp_path, webhook):
-    from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     url, received = webhook
     tree = yaml.safe_load((project / "params.yaml").read_text())
     tree["pretrain"] = {"enabled": False}
@@ -53,55 +50,29 @@ def test_stream_to_spike_to_drift_to_retraining_on_a_real_server(lmops_home, pro
     tree["schedule"] = {"cron": "0 2 * * *", "timezone": "UTC"}
     (project / "params.yaml").write_text(yaml.safe_dump(tree))
 
-    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "LMOPS_HOME": str(lmops_home)}
-    ports = [str(_free_port()), str(_free_port())]
-    cli = [sys.executable, "-m", "lmops.cli"]
-    started = subprocess.run([*cli, "server", "start", "--prefect-port", ports[0], "--mlflow-port", ports[1]], cwd=project, env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert started.returncode == 0, started.stderr[-3000:]
-    api = f"http://127.0.0.1:{ports[0]}/api"
-    run = subprocess.run([*cli, "run", "--json"], cwd=project, env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen([*cli, "serve"], cwd=project, env={**env, "PREFECT_API_URL": api}, stdout=log, stderr=subprocess.STDOUT, text=True)
+    def train(env):  # the champion, trained through the server before anything is served
+        run = subprocess.run([sys.executable, "-m", "lmops.cli", "run", "--json"], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+
     inbox = project / "monitor" / "inbox"
-    try:
-        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-            def runs_of(name):
-                try:
-                    dep = client.read_deployment_by_name(name)
-                except Exception:  # noqa: BLE001 - not served yet
-                    return []
-                from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-                return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-
-            _wait("the monitor deployment", lambda: runs_of("monitor-inbox/nightly-monitor"), timeout=180)
-            # 1. the stream lands in the inbox: scored by the served deployment, the planted spike alerts once
-            shutil.copy(STREAM / "stream.csv", inbox / "stream.csv")
-            spikes = _wait("the spike alert", lambda: [m for m in received if m["event"] == "lmops.monitor.spike"], timeout=300)
-            infy = [m for m in spikes if m["entity"] == "Infosys"]
-            assert infy and datetime.fromtimestamp(infy[0]["bucket"], timezone.utc).date().isoformat() == "2026-10-27", spikes
-            assert infy[0]["z"] < 0 and infy[0]["version"] == "1" and infy[0]["model"] == "finance-sentiment"
-            assert (inbox / "done" / "stream.csv").is_file()
-            assert not [m for m in received if m["event"] == "lmops.monitor.drift"]  # the stream is like the training data
-            # 2. a batch unlike the training data: drift, announced once, and the retraining deployment starts on it
-            shutil.copy(STREAM / "drifted.csv", inbox / "drifted.csv")
-            drift = _wait("the drift alert", lambda: [m for m in received if m["event"] == "lmops.monitor.drift"], timeout=300)
-            assert drift[0]["drifted"] and drift[0]["version"] == "1", drift
-            retrain = _wait("the retraining run", lambda: [r for r in runs_of("lmops-scheduled/nightly-on-drift") if r.state.is_final()] or None,
-                            timeout=600)
-            assert retrain[0].state.type.value == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
-            n_spikes = len([m for m in received if m["event"] == "lmops.monitor.spike" and m["entity"] == "Infosys"])
-            assert n_spikes == 1  # later monitor runs did not alert the same spike again
-    finally:
-        serve.terminate()
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        log.close()
-        subprocess.run([*cli, "server", "stop"], cwd=project, env=env, capture_output=True, timeout=120)
+    with control_plane(project, lmops_home, tmp_path, before_serve=train) as cp:
+        _wait("the monitor deployment", lambda: cp.runs_of("monitor-inbox/nightly-monitor"), timeout=180)
+        # 1. the stream lands in the inbox: scored by the served deployment, the planted spike alerts once
+        shutil.copy(STREAM / "stream.csv", inbox / "stream.csv")
+        spikes = _wait("the spike alert", lambda: [m for m in received if m["event"] == "lmops.monitor.spike"], timeout=300)
+        infy = [m for m in spikes if m["entity"] == "Infosys"]
+        assert infy and datetime.fromtimestamp(infy[0]["bucket"], timezone.utc).date().isoformat() == "2026-10-27", spikes
+        assert infy[0]["z"] < 0 and infy[0]["version"] == "1" and infy[0]["model"] == "finance-sentiment"
+        assert (inbox / "done" / "stream.csv").is_file()
+        assert not [m for m in received if m["event"] == "lmops.monitor.drift"]  # the stream is like the training data
+        # 2. a batch unlike the training data: drift, announced once, and the retraining deployment starts on it
+        shutil.copy(STREAM / "drifted.csv", inbox / "drifted.csv")
+        drift = _wait("the drift alert", lambda: [m for m in received if m["event"] == "lmops.monitor.drift"], timeout=300)
+        assert drift[0]["drifted"] and drift[0]["version"] == "1", drift
+        retrain = _wait("the retraining run", lambda: [r for r in cp.runs_of("lmops-scheduled/nightly-on-drift") if r.state.is_final()] or None,
+                        timeout=600)
+        assert retrain[0].state.type.value == "COMPLETED", cp.log.read_text()[-4000:]
+        assert len([m for m in received if m["event"] == "lmops.monitor.spike" and m["entity"] == "Infosys"]) == 1  # alerted once
 
     # 3. the page a person opens, in a real browser
     page = lmops_home / "monitor" / "dashboard" / "index.html"

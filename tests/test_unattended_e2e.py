@@ -2,10 +2,7 @@
 validated → a new data version → the trigger runs retraining on exactly that version → registered."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_control_plane import _free_port
+from tests.served import control_plane
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,10 +36,6 @@ def _wait(what: str, check, timeout: float = 300, every: float = 2):
 
 
 def test_landing_folder_to_registered_model_through_a_real_server(lmops_home, project, tmp_path, webhook):
-    from prefect import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from lmops.tasks import registry
     from lmops.tasks.version import read_data_version
 
@@ -53,80 +46,60 @@ def test_landing_folder_to_registered_model_through_a_real_server(lmops_home, pr
     tree["schedule"] = {"cron": "0 2 * * *", "timezone": "UTC"}
     (project / "params.yaml").write_text(yaml.safe_dump(tree))
 
-    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "LMOPS_HOME": str(lmops_home)}
-    ports = [str(_free_port()), str(_free_port())]
-    cli = [sys.executable, "-m", "lmops.cli"]
-    started = subprocess.run([*cli, "server", "start", "--prefect-port", ports[0], "--mlflow-port", ports[1]], cwd=project, env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert started.returncode == 0, started.stderr[-3000:]
-    api = f"http://127.0.0.1:{ports[0]}/api"
-    log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen([*cli, "serve"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-            def runs_of(name):
-                try:
-                    dep = client.read_deployment_by_name(name)
-                except Exception:  # noqa: BLE001 - not served yet
-                    return None
-                return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+    with control_plane(project, lmops_home, tmp_path) as cp:
+        client, log = cp.client, cp.log
 
-            def trainings():
-                return [r for r in runs_of("lmops-scheduled/nightly-on-new-data") or []]
+        def runs_of(name):
+            return cp.runs_of(name) or None
 
-            # served: the nightly schedule has its next run scheduled
-            nightly = _wait("the nightly deployment's scheduled run", lambda: runs_of("lmops-scheduled/nightly"), timeout=180)
-            assert nightly[0].state.type.value == "SCHEDULED" and nightly[0].expected_start_time.hour == 2
+        def trainings():
+            return [r for r in runs_of("lmops-scheduled/nightly-on-new-data") or []]
 
-            # 1. a labeled file lands → a new data version → exactly one retraining on exactly that version
-            _drop(project, "a.csv", slice(0, 80))
-            done = _wait("the first retraining", lambda: [r for r in trainings() if r.state.is_final()] or None, timeout=600)
-            assert len(trainings()) == 1 and done[0].state.type.value == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
-            md5 = read_data_version(project / "data.dvc")
-            assert done[0].parameters["data_version"] == md5
-            v1 = registry.show("finance-sentiment@1")
-            assert v1["data_version"] == md5 and v1["tags"]["root_flow_run_id"] == str(done[0].id)
-            assert v1["deployment_id"] == str(client.read_deployment_by_name("lmops-scheduled/nightly-on-new-data").id)
-            arrivals = sorted(lmops_home.glob("runs/*-arrival-*/arrival.json"))
-            first = json.loads(arrivals[-1].read_text())
-            assert first["status"] == "added" and first["md5"] == md5
-            latency = (done[0].start_time.timestamp() - arrivals[-1].stat().st_mtime)
-            print(f"\nevent → retraining flow run start: {latency:.1f} s")
-            assert (project / "landing" / "accepted").is_dir() and not any((project / "landing" / "labeled").iterdir())
+        # served: the nightly schedule has its next run scheduled
+        nightly = _wait("the nightly deployment's scheduled run", lambda: runs_of("lmops-scheduled/nightly"), timeout=180)
+        assert nightly[0].state.type.value == "SCHEDULED" and nightly[0].expected_start_time.hour == 2
 
-            # 2. the same bytes again, under another name: taken, nothing added, no training
-            shutil.copy(next((project / "landing" / "accepted").rglob("a.csv")), project / "landing" / "labeled" / "a-again.csv")
-            _wait("the copy to be filed away", lambda: not any((project / "landing" / "labeled").iterdir()))
-            time.sleep(8)
-            assert len(trainings()) == 1 and read_data_version(project / "data.dvc") == md5
+        # 1. a labeled file lands → a new data version → exactly one retraining on exactly that version
+        _drop(project, "a.csv", slice(0, 80))
+        done = _wait("the first retraining", lambda: [r for r in trainings() if r.state.is_final()] or None, timeout=600)
+        assert len(trainings()) == 1 and done[0].state.type.value == "COMPLETED", log.read_text()[-4000:]
+        md5 = read_data_version(project / "data.dvc")
+        assert done[0].parameters["data_version"] == md5
+        v1 = registry.show("finance-sentiment@1")
+        assert v1["data_version"] == md5 and v1["tags"]["root_flow_run_id"] == str(done[0].id)
+        assert v1["deployment_id"] == str(client.read_deployment_by_name("lmops-scheduled/nightly-on-new-data").id)
+        arrivals = sorted(lmops_home.glob("runs/*-arrival-*/arrival.json"))
+        first = json.loads(arrivals[-1].read_text())
+        assert first["status"] == "added" and first["md5"] == md5
+        latency = (done[0].start_time.timestamp() - arrivals[-1].stat().st_mtime)
+        print(f"\nevent → retraining flow run start: {latency:.1f} s")
+        assert (project / "landing" / "accepted").is_dir() and not any((project / "landing" / "labeled").iterdir())
 
-            # 3. a malformed file: rejected with its reason, an alert, no training
-            bad = project / "landing" / "labeled" / "bad.csv"
-            bad.write_text("text,label\n" + "".join(f"headline number {i} about quarterly results,maybe\n" for i in range(30)))
-            reason = _wait("the rejection", lambda: list((project / "landing" / "rejected").rglob("bad.csv.reason.txt")))
-            assert "quarantined" in reason[0].read_text()
-            _wait("the alert", lambda: [m for m in received if m["event"] == "lmops.data.rejected"], timeout=30)
-            assert len(trainings()) == 1 and read_data_version(project / "data.dvc") == md5
+        # 2. the same bytes again, under another name: taken, nothing added, no training
+        shutil.copy(next((project / "landing" / "accepted").rglob("a.csv")), project / "landing" / "labeled" / "a-again.csv")
+        _wait("the copy to be filed away", lambda: not any((project / "landing" / "labeled").iterdir()))
+        time.sleep(8)
+        assert len(trainings()) == 1 and read_data_version(project / "data.dvc") == md5
 
-            # 4. two arrivals in quick succession: never two trainings at once, and the newest data is trained on
-            _drop(project, "b.csv", slice(80, 115))
-            _wait("b.csv to be taken", lambda: not any((project / "landing" / "labeled").iterdir()), timeout=120)
-            _drop(project, "c.csv", slice(115, 150))
-            final = _wait("both retrainings", lambda: (len(trainings()) == 3 and all(r.state.is_final() for r in trainings())) and trainings(),
-                          timeout=900)
-            assert all(r.state.type.value == "COMPLETED" for r in final), (tmp_path / "serve.log").read_text()[-4000:]
-            # the flow runs may overlap (one waits for the other's lock); the trainings must not
-            ids = {str(r.id) for r in final}
-            summaries = [s for s in (json.loads(f.read_text()) for f in lmops_home.glob("runs/*/run.json")) if s.get("root_flow_run_id") in ids]
-            spans = sorted((s["training_lock"]["held_from"], s["training_lock"]["held_to"]) for s in summaries if "training_lock" in s)
-            assert len(spans) >= 2 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"trainings overlapped: {spans}"
-            newest = registry.get_version("finance-sentiment")
-            assert newest.tags["data_version"] == read_data_version(project / "data.dvc")
-    finally:
-        serve.terminate()
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        log.close()
-        subprocess.run([*cli, "server", "stop"], cwd=project, env=env, capture_output=True, timeout=120)
+        # 3. a malformed file: rejected with its reason, an alert, no training
+        bad = project / "landing" / "labeled" / "bad.csv"
+        bad.write_text("text,label\n" + "".join(f"headline number {i} about quarterly results,maybe\n" for i in range(30)))
+        reason = _wait("the rejection", lambda: list((project / "landing" / "rejected").rglob("bad.csv.reason.txt")))
+        assert "quarantined" in reason[0].read_text()
+        _wait("the alert", lambda: [m for m in received if m["event"] == "lmops.data.rejected"], timeout=30)
+        assert len(trainings()) == 1 and read_data_version(project / "data.dvc") == md5
+
+        # 4. two arrivals in quick succession: never two trainings at once, and the newest data is trained on
+        _drop(project, "b.csv", slice(80, 115))
+        _wait("b.csv to be taken", lambda: not any((project / "landing" / "labeled").iterdir()), timeout=120)
+        _drop(project, "c.csv", slice(115, 150))
+        final = _wait("both retrainings", lambda: (len(trainings()) == 3 and all(r.state.is_final() for r in trainings())) and trainings(),
+                      timeout=900)
+        assert all(r.state.type.value == "COMPLETED" for r in final), log.read_text()[-4000:]
+        # the flow runs may overlap (one waits for the other's lock); the trainings must not
+        ids = {str(r.id) for r in final}
+        summaries = [s for s in (json.loads(f.read_text()) for f in lmops_home.glob("runs/*/run.json")) if s.get("root_flow_run_id") in ids]
+        spans = sorted((s["training_lock"]["held_from"], s["training_lock"]["held_to"]) for s in summaries if "training_lock" in s)
+        assert len(spans) >= 2 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"trainings overlapped: {spans}"
+        newest = registry.get_version("finance-sentiment")
+        assert newest.tags["data_version"] == read_data_version(project / "data.dvc")

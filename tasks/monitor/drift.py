@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lmops.config import DriftParams
@@ -123,10 +124,9 @@ def compare(ref: dict[str, Any] | None, rows: list[dict[str, Any]], p: DriftPara
     return DriftReport(version, n, bool(hit), verdict, out)
 
 
-def write_reference(model_dir, train_path, test_path, predictions_path, labels: list[str], max_length: int, out_dir) -> "Path":
+def write_reference(model_dir, train_path, test_path, predictions_path, labels: list[str], max_length: int, out_dir) -> Path:
     """``out_dir/reference.json`` for a version about to be registered (logged as ``monitor/reference.json``)."""
     import json
-    from pathlib import Path
 
     import pandas as pd
 

@@ -32,3 +32,34 @@ class EntityMatcher:
             if name is not None:
                 found.setdefault(name, m.group(0))
         return list(found.items())
+
+
+def spans(tags: list[str], words: list[str], types: list[str]) -> list[str]:
+    """The words of each IOB2 span whose type is in ``types`` (an I- without its B- starts a span, as seqeval reads it)."""
+    out, cur, cur_type = [], [], None
+    for tag, word in zip([*tags, "O"], [*words, ""]):
+        kind = tag[2:] if tag[:2] in ("B-", "I-") else None
+        if cur and (tag.startswith("B-") or kind != cur_type):
+            out.append(" ".join(cur))
+            cur, cur_type = [], None
+        if kind in types:
+            cur.append(word)
+            cur_type = kind
+    return out
+
+
+_EDGE = re.compile(r"^[^\w$]+|[^\w.]+$|(?<=\w)'s$")
+
+
+def ner_mentions(tags_per_text: list[str], texts: list[str], matcher: EntityMatcher, types: list[str]) -> list[list[tuple[str, str]]]:
+    """(canonical name, surface) per span a tagger found, per text: a dictionary name when the span is one of its
+    surfaces, else the span itself (punctuation at its edges and a possessive 's removed)."""
+    out = []
+    for tags, text in zip(tags_per_text, texts):
+        found: dict[str, str] = {}
+        for span in spans(tags.split(" "), text.split(" "), types):
+            surface = _EDGE.sub("", span).strip()
+            if len(surface) >= 2:
+                found.setdefault(matcher.surfaces.get(surface, surface), surface)
+        out.append(list(found.items()))
+    return out

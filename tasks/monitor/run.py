@@ -59,6 +59,7 @@ def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | No
         check_columns(f, m)
     scorer = scoring.load(model_name(p), m.alias, loaded=loaded, runtime=m.runtime)
     ent_scorer = scoring.load(m.entity_model, m.alias, task="entity", loaded=loaded) if m.entity_model else None
+    ner = scoring.load(m.ner_model, m.alias, task="token", loaded=loaded) if m.ner_model else None
     matcher = EntityMatcher(m.entities)
     now = time.time() if now is None else now
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,9 +80,9 @@ def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | No
                     counts.quarantined += 1
                     qf.write(json.dumps(asdict(item)) + "\n")
                 if len(chunk) >= m.chunk_rows:
-                    _score_chunk(chunk, counts, scorer, ent_scorer, matcher, p, store)
+                    _score_chunk(chunk, counts, scorer, ent_scorer, ner, matcher, p, store)
                     chunk = []
-            _score_chunk(chunk, counts, scorer, ent_scorer, matcher, p, store)
+            _score_chunk(chunk, counts, scorer, ent_scorer, ner, matcher, p, store)
     bar.close()
     summary.seconds = round(time.time() - started, 3)
     return summary
@@ -93,7 +94,7 @@ def _bar(files: list[Path], progress: bool):
     return tqdm(desc="scoring", unit=" rows", disable=not progress, mininterval=2)
 
 
-def _score_chunk(chunk: list, counts: FileCounts, scorer, ent_scorer, matcher, p: Params, store) -> None:
+def _score_chunk(chunk: list, counts: FileCounts, scorer, ent_scorer, ner, matcher, p: Params, store) -> None:
     from lmops.tasks.monitor.drift import unk_counts, words
 
     if not chunk:
@@ -115,8 +116,14 @@ def _score_chunk(chunk: list, counts: FileCounts, scorer, ent_scorer, matcher, p
     pos, neg = scorer.labels.index(m.positive_label), scorer.labels.index(m.negative_label)
     toks = unk_counts(scorer.tokenizer, texts, m.max_length)
     scored_at = time.time()
+    found = [matcher.find(t) for t in texts]
+    if ner is not None:  # the tagger's companies after the dictionary's (a company named both ways counts once)
+        from lmops.tasks.monitor.entities import ner_mentions
+
+        tagged = ner_mentions(ner.tags(texts, m.batch_size, m.max_length), texts, matcher, m.ner_types)
+        found = [f + [x for x in t if x[0] not in dict(f)] for f, t in zip(found, tagged)]
     docs, mentions, pairs = [], [], []
-    for d, pr, (n_tok, n_unk) in zip(fresh, probs, toks):
+    for d, pr, (n_tok, n_unk), companies in zip(fresh, probs, toks, found):
         j = int(pr.argmax())
         ws = words(d.text)
         score = float(pr[pos] - pr[neg])
@@ -124,7 +131,7 @@ def _score_chunk(chunk: list, counts: FileCounts, scorer, ent_scorer, matcher, p
                      "confidence": float(pr[j]), "score": score, "model": scorer.name, "version": scorer.version, "words": len(ws),
                      "oov": sum(1 for w in ws if w not in scorer.vocab) if scorer.vocab else 0, "tokens": n_tok, "unk": n_unk,
                      "scored_at": scored_at})
-        for entity, surface in matcher.find(d.text):
+        for entity, surface in companies:
             mentions.append({"doc_id": d.id, "entity": entity, "surface": surface, "ts": d.ts, "label": scorer.labels[j], "score": score,
                              "version": scorer.version, "by_entity_model": False})
             pairs.append((len(mentions) - 1, surface, d.text))

@@ -24,11 +24,21 @@ class Scorer:
     reference: dict[str, Any] | None
     vocab: frozenset = field(default_factory=frozenset)
     run_id: str = ""
+    task: str = "sequence"
     fast: Any = None  # an exported runtime (export.OnnxScorer) that scores sentences in place of the PyTorch model
 
     @property
     def ref(self) -> str:
         return f"{self.name} v{self.version}"
+
+    def tags(self, texts: list[str], batch_size: int, max_length: int) -> list[str]:
+        """A tagger's IOB2 tags per whitespace-separated word, space-joined, per text."""
+        from lmops.kinds import KINDS
+        from lmops.tasks.predict import predict_logits
+
+        kind = KINDS["token"]
+        logits = predict_logits(self.model, self.tokenizer, [t.split(" ") for t in texts], kind, self.labels, max_length, batch_size)
+        return kind.decode(logits, self.labels)[0]
 
     def probabilities(self, texts: list[str], batch_size: int, max_length: int, pairs: list[str] | None = None):
         """[n, labels] probabilities in ``labels`` order (``pairs``: entity names for an entity-sentiment model)."""
@@ -38,6 +48,8 @@ class Scorer:
         if self.fast is not None and pairs is None:
             return self.fast.probabilities(texts, batch_size, max_length)
         kind, inputs = (KINDS["sequence"], texts) if pairs is None else (KINDS["entity"], list(zip(pairs, texts)))
+        if self.task == "token":
+            raise TypeError("a tagger has tags, not probabilities: use tags()")
         logits = predict_logits(self.model, self.tokenizer, inputs, kind, self.labels, max_length, batch_size)
         return logits.softmax(-1).numpy()
 
@@ -56,7 +68,7 @@ def model_dir(name: str, version: str) -> Path:
 
 def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, str], Scorer] | None = None, runtime: str = "torch") -> Scorer:
     """``name@alias`` as it stands now. ``loaded`` (a long-lived process's cache) keeps models already read.
-    ``runtime``: ``torch``, or ``onnx-int8`` for the version's checked export (``lmops export``)."""
+    ``runtime``: ``torch``, or ``onnx`` for the version's checked export (``lmops export``)."""
     from lmops.errors import UserError
     from lmops.tasks import registry
     from lmops.tasks.predict import load_classifier, saved_labels
@@ -96,12 +108,17 @@ def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, 
         raise UserError(f"{name} v{mv.version} has no trained classification head with named labels; the monitor scores with a fine-tuned classifier")
     from lmops.kinds import KINDS
 
-    model, tokenizer = load_classifier(str(folder / "model"), labels, KINDS[task])
-    model.eval()
+    if runtime != "torch" and task == "sequence":  # the export scores; the PyTorch weights are not loaded at all
+        from lmops.models import load_tokenizer
+
+        model, tokenizer = None, load_tokenizer(str(folder / "model"))
+    else:
+        model, tokenizer = load_classifier(str(folder / "model"), labels, KINDS[task])
+        model.eval()
     ref_file = folder / "reference.json"
     reference = json.loads(ref_file.read_text()) if ref_file.is_file() else None
     scorer = Scorer(name, str(mv.version), alias, labels, model, tokenizer, reference, frozenset(reference["vocab"]) if reference else frozenset(),
-                    run_id=mv.run_id or "")
+                    run_id=mv.run_id or "", task=task)
     if runtime != "torch":
         from lmops.tasks.monitor.export import load_exported
 
