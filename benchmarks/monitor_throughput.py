@@ -58,7 +58,8 @@ def main() -> None:
     from lmops.tasks.ingest import ingest
     from lmops.tasks.monitor import run as monitor_run
     from lmops.tasks.monitor.drift import write_reference
-    from lmops.tasks.monitor.export import OnnxScorer, export
+    from lmops.tasks.monitor.export import export
+    from lmops.tasks.monitor.runtime import OnnxScorer
 
     print(f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", flush=True)
     p = load_params(REPO / "params.yaml")

@@ -163,5 +163,6 @@ def test_the_shipped_deployments_name_real_flows_and_pass_prefects_trigger_valid
         assert isinstance(getattr(importlib.import_module("lmops." + path[:-3].replace("/", ".")), func), Flow), dep["name"]
         for trigger in dep.get("triggers", []):
             parsed = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
-            kinds.add((dep["name"], tuple(sorted(parsed.expect)), parsed.parameters["data_version"]))
-    assert kinds == {("retrain-on-new-data", ("lmops.data.version.created",), "{{ event.payload.md5 }}")}
+            kinds.add((dep["name"], tuple(sorted(parsed.expect)), parsed.parameters.get("data_version")))
+    assert kinds == {("retrain-on-new-data", ("lmops.data.version.created",), "{{ event.payload.md5 }}"),
+                     ("retrain-on-drift", ("lmops.monitor.drift",), None)}

@@ -10,5 +10,6 @@ monitor never makes a model look stale.
 - ``store``: scored documents, mentions, alerts and drift checks in DuckDB (default) or PostgreSQL
 - ``spikes``, ``drift``: the detectors (pure functions over aggregates and profiles)
 - ``dashboard``: the HTML page and the PNG plot
+- ``export``, ``runtime``: ONNX Runtime copies of a version, made and checked (``lmops export``) and scored with
 - ``run``: the monitor stage the CLI and the flow both call
 """

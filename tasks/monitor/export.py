@@ -14,58 +14,14 @@ Why not always int8: on CPUs without int8 dot-product instructions (AVX2 only, a
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-RUNTIME = "onnx"
-ARTIFACT = f"export/{RUNTIME}"
+from lmops.tasks.monitor.runtime import ARTIFACT, RUNTIME
+
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# ONNX Runtime runs at most this many texts per call, whatever the batch size asked for: on a 2-core AVX2 CPU a
-# MiniLM call on 4 length-sorted tweets keeps its activations in cache and scored 82 texts/s, on 32 of them 66/s
-# (BENCHMARKS.md, "Monitor scoring speed")
-MICRO_BATCH = 4
 MIN_GAIN = 0.10
-
-
-def _threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS") or 0)  # 0: ONNX Runtime's default, every core
-
-
-class OnnxScorer:
-    """``probabilities`` like :class:`scoring.Scorer`, from an ONNX model and the model's own tokenizer."""
-
-    def __init__(self, folder: Path):
-        import onnxruntime as ort
-
-        from lmops.models import load_tokenizer
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = _threads()
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-        self.tokenizer = load_tokenizer(str(folder))
-
-    def logits(self, texts: list[str], batch_size: int, max_length: int):
-        import numpy as np
-
-        out = []
-        step = min(batch_size, MICRO_BATCH)
-        for i in range(0, len(texts), step):
-            enc = self.tokenizer(texts[i : i + step], truncation=True, max_length=max_length, padding=True, return_tensors="np")
-            feed = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"], dtype=np.int64) for n in self.names}
-            out.append(self.session.run(["logits"], feed)[0])
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-    def probabilities(self, texts: list[str], batch_size: int, max_length: int):
-        import numpy as np
-
-        z = self.logits(texts, batch_size, max_length)
-        z = z - z.max(-1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(-1, keepdims=True)
 
 
 def to_onnx(model_dir: Path, out: Path, max_length: int) -> Path:
@@ -130,6 +86,7 @@ def export(ref: str, root: Path, p, data: Path | None, work: Path) -> dict[str, 
     from lmops.metrics import macro_f1
     from lmops.tasks import registry
     from lmops.tasks.monitor import scoring
+    from lmops.tasks.monitor.runtime import OnnxScorer, model_dir
     from lmops.tasks.version import cached_file
 
     name, alias = registry.parse_ref(ref)
@@ -160,10 +117,10 @@ def export(ref: str, root: Path, p, data: Path | None, work: Path) -> dict[str, 
     torch_pred = predict_logits(scorer.model, scorer.tokenizer, texts, KINDS["sequence"], labels, m.max_length, m.batch_size).argmax(-1).tolist()
     torch_s = time.time() - t0
     folder = work / RUNTIME
-    fp32 = to_onnx(scoring.model_dir(name, scorer.version), folder, m.max_length)
+    fp32 = to_onnx(model_dir(name, scorer.version), folder, m.max_length)
     f_torch = macro_f1(refs, torch_pred, len(labels))
     tried = {}
-    for precision, path in candidates(fp32, scoring.model_dir(name, scorer.version), work / "candidates").items():
+    for precision, path in candidates(fp32, model_dir(name, scorer.version), work / "candidates").items():
         path.replace(folder / "model.onnx")
         onnx = OnnxScorer(folder)
         t0 = time.time()
@@ -201,31 +158,3 @@ def export(ref: str, root: Path, p, data: Path | None, work: Path) -> dict[str, 
     c.set_model_version_tag(name, scorer.version, f"lmops.export.{RUNTIME}", "passed")
     result["artifact"] = f"runs:/{mv.run_id}/{ARTIFACT}"
     return result
-
-
-def load_exported(name: str, version: str, run_id: str) -> OnnxScorer:
-    """The recorded export of a version (downloaded once next to the model)."""
-    import mlflow
-
-    from lmops.errors import UserError
-    from lmops.tasks import registry
-
-    mv = registry.get_version(name, version)
-    if (mv.tags or {}).get(f"lmops.export.{RUNTIME}") != "passed":
-        raise UserError(f"monitor.runtime is {RUNTIME}, but {name} v{version} has no checked export: run `lmops export {name}@{version}` "
-                        "(or set monitor.runtime: torch)")
-    folder = Path(scoring_dir(name, version)) / RUNTIME
-    if not (folder / "model.onnx").is_file():
-        tmp = folder.parent / f".{RUNTIME}.{os.getpid()}"
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT, dst_path=str(tmp)))
-        try:
-            local.rename(folder)
-        except OSError:
-            pass
-    return OnnxScorer(folder)
-
-
-def scoring_dir(name: str, version: str) -> Path:
-    from lmops.tasks.monitor import scoring
-
-    return scoring.model_dir(name, version).parent

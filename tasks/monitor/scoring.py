@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmops.tasks.monitor.runtime import model_dir
+
 REFERENCE = "monitor/reference.json"  # artifact path of the drift reference in a version's MLflow run
 
 
@@ -25,7 +27,7 @@ class Scorer:
     vocab: frozenset = field(default_factory=frozenset)
     run_id: str = ""
     task: str = "sequence"
-    fast: Any = None  # an exported runtime (export.OnnxScorer) that scores sentences in place of the PyTorch model
+    fast: Any = None  # an exported runtime (runtime.OnnxScorer) that scores sentences in place of the PyTorch model
 
     @property
     def ref(self) -> str:
@@ -58,12 +60,6 @@ def _task_of(mv) -> str:
     from lmops.tasks import registry
 
     return registry.run_params(mv.run_id).get("finetune.task", "sequence") if mv.run_id else "sequence"
-
-
-def model_dir(name: str, version: str) -> Path:
-    from lmops.env import lmops_home
-
-    return lmops_home() / "monitor" / "models" / name / f"v{version}" / "model"
 
 
 def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, str], Scorer] | None = None, runtime: str = "torch") -> Scorer:
@@ -120,7 +116,7 @@ def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, 
     scorer = Scorer(name, str(mv.version), alias, labels, model, tokenizer, reference, frozenset(reference["vocab"]) if reference else frozenset(),
                     run_id=mv.run_id or "", task=task)
     if runtime != "torch":
-        from lmops.tasks.monitor.export import load_exported
+        from lmops.tasks.monitor.runtime import load_exported
 
         scorer.fast = load_exported(name, scorer.version, scorer.run_id)
     if loaded is not None:
