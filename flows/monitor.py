@@ -80,7 +80,7 @@ def monitor(params: dict[str, Any], project_root: str, inputs: list[str] | None 
 @flow(name="monitor-inbox", log_prints=True)
 def monitor_inbox(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".",
                   layers: list[str] | None = None) -> dict[str, Any]:
-    """Deployment entry point: score what settled in ``monitor.inbox_dir`` (nothing there: refresh the analysis)."""
+    """Deployment entry point: score what settled in ``monitor.inbox_dir`` (nothing there: nothing to do)."""
     from lmops.config import load_params
     from lmops.tasks.monitor.run import file_done, inbox_files
 
@@ -99,8 +99,9 @@ def monitor_inbox(params_file: str = "params.yaml", overrides: list[str] | None 
             f.replace(f.parent / "rejected" / f.name)
             (f.parent / "rejected" / f"{f.name}.reason.txt").write_text(f"{exc}\n")
             print(f"rejected {f.name}: {exc}")
-    if files:
-        print(f"scoring {len(files)} file(s) from {files[0].parent}: {', '.join(f.name for f in files)}")
+    if not files:  # nothing new: spikes and drift cannot have changed (and before the first champion there is nothing to score with)
+        return {"status": "nothing to score", "inbox": str(root / p.monitor.inbox_dir)}
+    print(f"scoring {len(files)} file(s) from {files[0].parent}: {', '.join(f.name for f in files)}")
     out = monitor(params=p.to_dict(), project_root=str(root), inputs=[str(f) for f in files])
     file_done(files, p, root)
     return out

@@ -175,3 +175,24 @@ def test_drift_found_on_a_shifted_stream_and_not_on_the_same_distribution(texts_
 def test_psi_is_zero_for_equal_mixes_and_grows_with_the_shift():
     assert psi([0.3, 0.3, 0.4], [0.3, 0.3, 0.4]) == pytest.approx(0.0)
     assert 0 < psi([0.3, 0.3, 0.4], [0.35, 0.3, 0.35]) < psi([0.3, 0.3, 0.4], [0.8, 0.1, 0.1])
+
+
+# --- the served inbox ------------------------------------------------------------------------------------
+def test_the_inbox_flow_idles_when_empty_and_files_away_what_it_cannot_read(project):
+    import os
+    import time
+
+    from lmops.flows.monitor import monitor_inbox
+
+    monitor_inbox = monitor_inbox.fn  # the flow's body: nothing here reaches a Prefect task (scoring is test_flow's and the e2e's)
+    assert monitor_inbox(project_root=str(project))["status"] == "nothing to score"  # no run fails before the first champion
+    inbox = project / "monitor" / "inbox"
+    inbox.mkdir(parents=True)
+    bad = inbox / "bad.csv"
+    bad.write_text("headline,when\nInfosys up,2026-10-01\n")
+    os.utime(bad, (time.time() - 60, time.time() - 60))  # settled
+    (inbox / "copying.csv").write_text("text,timestamp\n")  # still being written: left for the next run
+    assert monitor_inbox(project_root=str(project))["status"] == "nothing to score"
+    assert (inbox / "rejected" / "bad.csv").is_file() and not bad.exists()
+    assert "monitor.text_column" in (inbox / "rejected" / "bad.csv.reason.txt").read_text()
+    assert (inbox / "copying.csv").is_file()
