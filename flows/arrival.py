@@ -17,7 +17,7 @@ from prefect import flow, runtime
 from lmops.config import Params, params_from_dict
 from lmops.env import new_run_dir
 from lmops.flows.pipeline import data_key, ingest, validate, version
-from lmops.flows.steps import artifact, notify, step
+from lmops.flows.steps import artifact, deployment_params, notify, step
 from lmops.layout import RunLayout
 from lmops.tasks import stages
 
@@ -99,12 +99,10 @@ def add_data(params: dict[str, Any], project_root: str, files: list[tuple[str, s
 def landing(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".",
             layers: list[str] | None = None) -> dict[str, Any]:
     """Take the settled files of the landing folder as one arrival; file them under ``accepted/`` or ``rejected/``."""
-    from lmops.config import load_params
     from lmops.errors import DataError, UserError
     from lmops.tasks import arrival
 
-    root = Path(project_root).resolve()
-    p = load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
+    root, p = deployment_params(params_file, overrides, project_root, layers)
     where = arrival.landing_of(p.arrival, root)
     items = where.landed(p.arrival.settle_s)
     if not items:

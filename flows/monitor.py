@@ -19,7 +19,7 @@ from prefect import flow
 
 from lmops.config import params_from_dict
 from lmops.env import new_run_dir
-from lmops.flows.steps import artifact, notify, png_markdown, step
+from lmops.flows.steps import artifact, deployment_params, notify, png_markdown, step
 
 DRIFT = "lmops.monitor.drift"
 
@@ -81,14 +81,11 @@ def monitor(params: dict[str, Any], project_root: str, inputs: list[str] | None 
 def monitor_inbox(params_file: str = "params.yaml", overrides: list[str] | None = None, project_root: str = ".",
                   layers: list[str] | None = None) -> dict[str, Any]:
     """Deployment entry point: score what settled in ``monitor.inbox_dir`` (nothing there: nothing to do)."""
-    from lmops.config import load_params
-    from lmops.tasks.monitor.run import file_done, inbox_files
-
-    root = Path(project_root).resolve()
-    p = load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
     from lmops.errors import UserError
     from lmops.tasks.monitor.inputs import check_columns
+    from lmops.tasks.monitor.run import file_done, inbox_files
 
+    root, p = deployment_params(params_file, overrides, project_root, layers)
     files = []
     for f in inbox_files(p, root):
         try:

@@ -229,8 +229,7 @@ def scheduled(params_file: str = "params.yaml", overrides: list[str] | None = No
     ``data_version``: train on exactly that version (the data-arrival trigger fills it from the event).
     ``lmops serve`` (cron and time zone from the ``schedule`` section) or ``prefect deploy --prefect-file infra/prefect.yaml``.
     """
-    from lmops.config import load_params
+    from lmops.flows.steps import deployment_params
 
-    root = Path(project_root).resolve()
-    p = load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
+    root, p = deployment_params(params_file, overrides, project_root, layers)
     return pipeline(params=p.to_dict(), project_root=str(root), data_version=data_version or None)

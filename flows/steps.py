@@ -45,6 +45,15 @@ def step(fn=None, *, retries: int = 0, name: str | None = None):
     return wrap(fn) if fn else wrap
 
 
+def deployment_params(params_file: str, overrides: list[str] | None, project_root: str, layers: list[str] | None):
+    """(project root, Params) for a deployment entry point: params read where the flow runs, from ``params_file`` with
+    ``layers`` (relative to the root) and ``overrides`` on top."""
+    from lmops.config import load_params
+
+    root = Path(project_root).resolve()
+    return root, load_params(root / params_file, overrides=overrides, layers=[root / layer for layer in layers or []])
+
+
 def png_markdown(path: str | Path, caption: str) -> str:
     """Inline a PNG so the Prefect UI shows it without a file server; the path is kept for humans."""
     data = base64.b64encode(Path(path).read_bytes()).decode()

@@ -46,7 +46,7 @@ def model_name(p: Params) -> str:
     return p.monitor.model or p.register_.model_name
 
 
-def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | None = None, now: float | None = None,
+def score(p: Params, inputs: list[Path], store, out_dir: Path, scorer, loaded: dict | None = None, now: float | None = None,
           progress: bool = True) -> ScoreSummary:
     """Score every document of ``inputs`` not already in ``store``, chunk by chunk (each chunk committed whole)."""
     from lmops.tasks.monitor import scoring
@@ -57,7 +57,6 @@ def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | No
     files = [f for path in inputs for f in files_of(Path(path))]
     for f in files:
         check_columns(f, m)
-    scorer = scoring.load(model_name(p), m.alias, loaded=loaded, runtime=m.runtime)
     ent_scorer = scoring.load(m.entity_model, m.alias, task="entity", loaded=loaded) if m.entity_model else None
     ner = scoring.load(m.ner_model, m.alias, task="token", loaded=loaded) if m.ner_model else None
     matcher = EntityMatcher(m.entities)
@@ -65,7 +64,7 @@ def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | No
     out_dir.mkdir(parents=True, exist_ok=True)
     qpath = out_dir / "quarantine.jsonl"
     summary = ScoreSummary(scorer.name, scorer.version, m.alias, store.where, quarantine=str(qpath))
-    bar = _bar(files, progress)
+    bar = _bar(progress)
     started = time.time()
     with open(qpath, "w") as qf:
         for f in files:
@@ -88,7 +87,7 @@ def score(p: Params, inputs: list[Path], store, out_dir: Path, loaded: dict | No
     return summary
 
 
-def _bar(files: list[Path], progress: bool):
+def _bar(progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(desc="scoring", unit=" rows", disable=not progress, mininterval=2)
@@ -189,8 +188,9 @@ def monitor(p: Params, inputs: list[Path], out_dir: Path, dashboard_dir: Path | 
     dashboard_dir = dashboard_dir or lmops_home() / "monitor" / "dashboard"
     # one writer at a time per store on this machine (DuckDB allows one writing process; PostgreSQL is fine either way)
     with file_lock(lmops_home() / "locks" / "monitor-store.lock", p.register_.wait_for_other_run_s, "the monitor store"), store:
-        s = score(p, inputs, store, out_dir, loaded=loaded, now=now, progress=progress) if inputs else None
+        # resolved once: the version that scores is the version the analysis and the page name
         scorer = scoring.load(model_name(p), p.monitor.alias, loaded=loaded, runtime=p.monitor.runtime)
+        s = score(p, inputs, store, out_dir, scorer, loaded=loaded, now=now, progress=progress) if inputs else None
         a = analyse(p, store, (scorer.name, scorer.version), scorer.reference)
         page = dashboard.render(p, a, store.alerts(p.monitor.bucket_s), scorer, dashboard_dir)
     out = {"scoring": s.to_dict() if s else None, "model": scorer.name, "version": scorer.version, "alias": p.monitor.alias,
@@ -208,12 +208,13 @@ def inbox(p: Params, root: Path) -> Path:
 
 def inbox_files(p: Params, root: Path, settle_s: float = 5.0) -> list[Path]:
     """Files waiting in the inbox, unchanged for ``settle_s`` (a copy in progress is left for the next run)."""
+    from lmops.tasks.arrival import _settled
     from lmops.tasks.monitor.inputs import SUFFIXES
 
     folder = inbox(p, root)
     now = time.time()
-    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in SUFFIXES
-                  and now - f.stat().st_mtime >= settle_s) if folder.is_dir() else []
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES
+                  and _settled(f.name, f.stat().st_mtime, settle_s, now)) if folder.is_dir() else []
 
 
 def file_done(files: list[Path], p: Params, root: Path) -> None:

@@ -80,8 +80,9 @@ def load(name: str, alias: str, task: str = "sequence", loaded: dict[tuple[str, 
     key = (name, str(mv.version), runtime)
     if loaded is not None and key in loaded:
         return loaded[key]
-    if _task_of(mv) != task:
-        raise UserError(f"{name} v{mv.version} is a {_task_of(mv)!r} model; the monitor needs a {task!r} one here")
+    has = _task_of(mv)
+    if has != task:
+        raise UserError(f"{name} v{mv.version} is a {has!r} model; the monitor needs a {task!r} one here")
     folder = model_dir(name, str(mv.version)).parent
     if not (folder / "model").is_dir():  # downloaded whole, then renamed: a crash leaves no half model behind
         folder.parent.mkdir(parents=True, exist_ok=True)

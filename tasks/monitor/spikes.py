@@ -83,7 +83,7 @@ def movers(series: dict[str, list[Bucket]], p: SpikeParams, bucket_s: int, top: 
         history = [h for h in s[:-1] if last.start - h.start <= p.window * bucket_s]
         if not history:
             continue
-        z, mu = zscore(last, history, p.min_std) if len(history) >= 1 else (0.0, last.mean)
+        z, mu = zscore(last, history, p.min_std)
         out.append({"entity": entity, "bucket": last.start, "mean": round(last.mean, 4), "baseline": round(mu, 4),
                     "change": round(last.mean - mu, 4), "z": round(z, 2), "volume": last.volume, "versions": last.versions})
     return sorted(out, key=lambda r: -abs(r["z"]))[:top]
