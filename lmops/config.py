@@ -297,6 +297,10 @@ class CacheParams(Section):
 
     enabled: bool = True
     max_gb: float | None = Field(default=20, gt=0)  # least recently used results go first; null = unbounded
+    # Pretraining checkpoints mirrored to an object-store prefix (s3://bucket/prefix), for workers that share no disk:
+    # a re-run on another machine or a fresh container resumes where the killed run stopped. Endpoint and
+    # credentials from the usual AWS_* variables. Unset: checkpoints stay under LMOPS_HOME (a persistent volume).
+    checkpoint_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 
 
 class ArrivalParams(Section):

@@ -1,6 +1,7 @@
 """Pretraining checkpoints: atomic (written to a temporary folder, ``state.json`` last, then renamed),
-pruned to the newest few, sharded under FSDP (each rank writes and reads only its own shards), and keyed
-by data + params so a re-run of the same inputs resumes."""
+pruned to the newest few, sharded under FSDP (each rank writes and reads only its own shards), keyed
+by data + params so a re-run of the same inputs resumes, and optionally mirrored to an object store
+(:class:`CheckpointMirror`) so the re-run resumes on another machine too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from lmops.config import PretrainParams
 from lmops.errors import UserError
@@ -141,3 +142,87 @@ def state_digest(model, state: dict | None = None) -> str:
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+class CheckpointMirror:
+    """Checkpoints copied to an object-store prefix (``cache.checkpoint_url``), for workers that share no disk: a
+    re-run on a fresh container or another machine resumes where the killed one stopped.
+
+    The layout on disk is kept (``<prefix>/pretrain-<key>/step-N/...``) and so is its rule: a step is complete
+    once its ``state.json`` exists, which is uploaded last, so a worker killed mid-upload leaves a step the next
+    one ignores. Older steps are pruned to ``pretrain.keep_checkpoints`` after each upload; the whole prefix is
+    removed when pretraining finishes. Endpoint and credentials come from the usual AWS_* variables
+    (``AWS_ENDPOINT_URL`` for an S3-compatible store), as for the landing prefix and the DVC remote."""
+
+    def __init__(self, url: str, key: str):
+        import boto3
+
+        self.bucket, _, base = url[len("s3://"):].partition("/")
+        self.prefix = "/".join(x for x in (base.strip("/"), f"pretrain-{key}") if x) + "/"
+        self.url = f"s3://{self.bucket}/{self.prefix}"
+        self.s3 = boto3.client("s3")
+
+    def _objects(self) -> dict[str, list[str]]:
+        """{step folder name: its object keys}."""
+        out: dict[str, list[str]] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for o in page.get("Contents", []):
+                step = o["Key"][len(self.prefix):].split("/", 1)[0]
+                out.setdefault(step, []).append(o["Key"])
+        return out
+
+    def complete(self) -> list[str]:
+        """Complete steps on the store, oldest first."""
+        return sorted(step for step, keys in self._objects().items()
+                      if step.startswith("step-") and f"{self.prefix}{step}/state.json" in keys)
+
+    def push(self, step_dir: Path, keep: int) -> None:
+        """Upload one published checkpoint (state.json last), then prune the store to the newest ``keep``."""
+        files = sorted((f for f in step_dir.rglob("*") if f.is_file()), key=lambda f: f.name == "state.json")
+        for f in files:
+            self.s3.upload_file(str(f), self.bucket, f"{self.prefix}{step_dir.name}/{f.relative_to(step_dir).as_posix()}")
+        objects = self._objects()
+        keepers = self.complete()[-keep:]
+        for step, keys in objects.items():  # older ones, and what a killed upload left unfinished
+            if step not in keepers:
+                self._delete(keys)
+
+    def pull(self, ckpt_dir: Path) -> Path | None:
+        """Download the newest complete checkpoint on the store into ``ckpt_dir`` when it is newer than the newest
+        there (atomically: into a temporary folder, then renamed); returns it, else None."""
+        done = self.complete()
+        local = latest_checkpoint(ckpt_dir)
+        if not done or (local is not None and local.name >= done[-1]):
+            return None
+        step = done[-1]
+        tmp = ckpt_dir / f".tmp-{step}-pull-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for key in self._objects()[step]:
+            target = tmp / key[len(f"{self.prefix}{step}/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.s3.download_file(self.bucket, key, str(target))
+        final = ckpt_dir / step
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        print(f"resuming from {self.url}{step} (checkpoint mirrored by an earlier run)")
+        return final
+
+    def clear(self) -> None:
+        for keys in self._objects().values():
+            self._delete(keys)
+
+    def _delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+
+
+def mirrored(url: str | None, key: str, ckpt_dir: Path, keep: int) -> tuple[Callable[[Path], None] | None, Callable[[], None]]:
+    """With a ``cache.checkpoint_url``: pull the newest mirrored checkpoint into ``ckpt_dir`` now (rank 0), and
+    return (the upload to call after each checkpoint, the cleanup to call when pretraining finished)."""
+    if not url:
+        return None, lambda: None
+    mirror = CheckpointMirror(url, key)
+    if int(os.environ.get("RANK", "0")) == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        mirror.pull(ckpt_dir)
+    return (lambda step_dir: mirror.push(step_dir, keep)), mirror.clear

@@ -21,6 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from lmops.config import PretrainParams
 from lmops.errors import TransientError, UserError
@@ -133,7 +134,7 @@ class _Progress:
 
 
 def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, seed: int, out_dir: Path, progress: bool = True,
-             checkpoint_dir: Path | None = None) -> PretrainSummary:
+             checkpoint_dir: Path | None = None, on_checkpoint: Callable[[Path], None] | None = None) -> PretrainSummary:
     """Train; checkpoints go to ``checkpoint_dir`` (default ``out_dir/checkpoints``), and the newest one there
     is resumed from, so pointing a re-run at the same folder continues a killed run."""
     import numpy as np
@@ -168,7 +169,9 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
             periodic = params.checkpoint_every and prog.step % params.checkpoint_every == 0 and prog.step < params.max_steps
             if periodic or (stop == STOP_SIGNAL and params.checkpoint_every):
                 with meter.paused():
-                    _checkpoint(ckpt_dir, engine, prog, params, meter.elapsed(prog))
+                    saved_dir = _checkpoint(ckpt_dir, engine, prog, params, meter.elapsed(prog))
+                    if on_checkpoint and engine.main:
+                        on_checkpoint(saved_dir)
             if stop == STOP_SIGNAL:
                 meter.close(out_dir, write_profile=False)
                 saved = f"saved checkpoint step {prog.step} in {ckpt_dir}; re-run the same command to resume" if params.checkpoint_every else \
@@ -325,16 +328,18 @@ def _held_out_loss(engine: _Engine, data: _Data, params: PretrainParams, seed: i
                        engine.device, None if engine.autocast is contextlib.nullcontext else engine.autocast, data.padded)
 
 
-def _checkpoint(ckpt_dir: Path, engine: _Engine, prog: _Progress, params: PretrainParams, elapsed: float) -> None:
+def _checkpoint(ckpt_dir: Path, engine: _Engine, prog: _Progress, params: PretrainParams, elapsed: float) -> Path:
     import torch
 
     state = prog.state(elapsed)
+    final = ckpt_dir / f"step-{prog.step:08d}"
     if engine.fsdp:
-        save_sharded_checkpoint(ckpt_dir, prog.step, engine.model, engine.opt, state, params.keep_checkpoints, engine.rank)  # collective
+        final = save_sharded_checkpoint(ckpt_dir, prog.step, engine.model, engine.opt, state, params.keep_checkpoints, engine.rank)  # collective
     elif engine.main:
-        save_checkpoint(ckpt_dir, prog.step, engine.model, engine.opt, state, params.keep_checkpoints)
+        final = save_checkpoint(ckpt_dir, prog.step, engine.model, engine.opt, state, params.keep_checkpoints)
     if engine.world > 1:
         torch.distributed.barrier()
+    return final
 
 
 class _Meter:

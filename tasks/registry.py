@@ -273,7 +273,11 @@ def describe(mv) -> dict[str, Any]:
 def list_models() -> list[dict[str, Any]]:
     c = client()
     out = []
+    from lmops.tasks.locks import is_lock
+
     for rm in c.search_registered_models():
+        if is_lock(rm.name):
+            continue
         versions = c.search_model_versions(f"name='{rm.name}'")
         out.append({
             "name": rm.name,

@@ -32,7 +32,7 @@ def referenced_runs() -> dict[str, str]:
 
     c = registry.client()
     out: dict[str, str] = {}
-    for rm in c.search_registered_models():
+    for rm in c.search_registered_models():  # a lock (lmops-lock.*) has no aliases: nothing to keep
         for alias, version in (rm.aliases or {}).items():
             mv = c.get_model_version(rm.name, str(version))
             run_dir = (mv.tags or {}).get("run_dir")

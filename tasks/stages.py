@@ -190,7 +190,18 @@ def pretrain(p: Params, tok, out: Path, checkpoint_dir: Path | None = None):
     from lmops.tasks.pretrain import pretrain as train_lm
 
     def compute():
-        return train_lm(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out, checkpoint_dir=checkpoint_dir)
+        from lmops.tasks.checkpoints import mirrored, resume_key
+
+        ckpt = checkpoint_dir or out / "checkpoints"
+        push, finished = mirrored(p.cache.checkpoint_url, resume_key(tok.cache_key, p.pretrain, p.project.seed), ckpt, p.pretrain.keep_checkpoints)
+        if os.environ.get("WORLD_SIZE", "1") != "1" and p.cache.checkpoint_url:
+            import torch
+
+            torch.distributed.barrier()  # rank 0 has pulled the mirrored checkpoint before any rank resumes
+        s = train_lm(Path(tok.blocks_path), Path(tok.tokenizer_dir), p.pretrain, p.project.seed, out, checkpoint_dir=ckpt, on_checkpoint=push)
+        if int(os.environ.get("RANK", "0")) == 0:
+            finished()
+        return s
 
     if os.environ.get("WORLD_SIZE", "1") != "1":
         return compute()  # under torchrun every rank must take the same path; the ranks train together

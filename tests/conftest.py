@@ -163,3 +163,33 @@ def webhook():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
     server.shutdown()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3-compatible server (moto's, over HTTP, as a team's MinIO or SeaweedFS would be) with the AWS_*
+    variables every client here reads pointing at it; yields its endpoint URL."""
+    import time
+    import urllib.request
+
+    from tests.test_control_plane import _free_port
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "moto server did not start"
+                time.sleep(0.3)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

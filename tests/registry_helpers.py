@@ -21,7 +21,7 @@ def race_child(me: str, other: str, unguarded: str, name: str) -> None:
     A file barrier makes both sides read the champion together (waiting at most 3 s, since a lock can keep
     the other side out), and each pauses between that read and moving the alias, so without a guard both
     read 'no champion' before either moves it. ``unguarded``: "lock" takes the registry lock away, "lease"
-    only the cross-machine lease, "" neither."""
+    only the Prefect server's lease, "mutex" only the lock in the shared MLflow registry, "" nothing."""
     import contextlib
     import time
 
@@ -43,10 +43,10 @@ def race_child(me: str, other: str, unguarded: str, name: str) -> None:
     registry.get_version = slow_read
     if unguarded == "lock":
         registry.registry_lock = lambda *a, **k: contextlib.nullcontext()
-    elif unguarded == "lease":
+    elif unguarded in ("lease", "mutex"):
         from lmops.tasks import locks
 
-        locks.shared_lease = lambda *a, **k: contextlib.nullcontext()
+        setattr(locks, "shared_lease" if unguarded == "lease" else "registry_mutex", lambda *a, **k: contextlib.nullcontext())
     print(fake_version(me_dir / "w", True, None, name=name).promoted)
 
 

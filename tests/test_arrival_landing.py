@@ -35,47 +35,23 @@ def test_the_landing_folder_takes_only_settled_files_and_files_them_away(tmp_pat
 
 
 @pytest.mark.slow  # the default run keeps the folder's settle/file-away check (the same _settled rule) above
-def test_an_object_store_prefix_is_a_landing_folder_too(prefect_api, project, lmops_home, tmp_path, monkeypatch):
+def test_an_object_store_prefix_is_a_landing_folder_too(prefect_api, project, lmops_home, tmp_path, s3_server):
     """arrival.landing_url=s3://bucket/prefix on an S3-compatible server (moto's, over HTTP): settled objects are
     handed in and moved under accepted/ or rejected/, exactly as files in the landing folder are."""
-    import subprocess
-    import sys
-    import urllib.request
-
     import boto3
 
     from lmops.flows.arrival import landing
-    from tests.test_control_plane import _free_port
 
-    port = _free_port()
-    creds = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1",
-             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    for k, v in creds.items():
-        monkeypatch.setenv(k, v)
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "moto server did not start"
-                time.sleep(0.3)
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="drop")
-        s3.upload_file(str(_batch(tmp_path, "a.csv", slice(0, 40))), "drop", "in/labeled/a.csv")
-        s3.put_object(Bucket="drop", Key="in/labeled/b.csv.part", Body=b"still uploading")
-        overrides = [*TWITTER_LABELS, "arrival.landing_url=s3://drop/in", "arrival.settle_s=0"]
-        out = landing(params_file="params.yaml", overrides=overrides, project_root=str(project))
-        assert out["status"] == "added" and [c["file"] for c in out["batches"].values()] == ["a.csv"]
-        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="drop")["Contents"])
-        assert keys[0].startswith("in/accepted/") and keys[0].endswith("/a.csv") and keys[1:] == ["in/labeled/b.csv.part"]
-        assert landing(params_file="params.yaml", overrides=overrides, project_root=str(project)) == {"status": "nothing landed"}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="drop")
+    s3.upload_file(str(_batch(tmp_path, "a.csv", slice(0, 40))), "drop", "in/labeled/a.csv")
+    s3.put_object(Bucket="drop", Key="in/labeled/b.csv.part", Body=b"still uploading")
+    overrides = [*TWITTER_LABELS, "arrival.landing_url=s3://drop/in", "arrival.settle_s=0"]
+    out = landing(params_file="params.yaml", overrides=overrides, project_root=str(project))
+    assert out["status"] == "added" and [c["file"] for c in out["batches"].values()] == ["a.csv"]
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="drop")["Contents"])
+    assert keys[0].startswith("in/accepted/") and keys[0].endswith("/a.csv") and keys[1:] == ["in/labeled/b.csv.part"]
+    assert landing(params_file="params.yaml", overrides=overrides, project_root=str(project)) == {"status": "nothing landed"}
 
 
 def test_a_fresh_clone_checks_label_drift_against_the_previous_version_from_the_remote(prefect_api, project, lmops_home, tmp_path):

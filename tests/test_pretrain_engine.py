@@ -97,6 +97,66 @@ def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, 
     _assert_same_run(s, ref)
 
 
+@pytest.mark.slow  # the default run keeps the mirror's own test below and the kill-and-resume test above
+def test_a_run_killed_on_one_machine_resumes_on_another_from_the_mirrored_checkpoint(tmp_path, uninterrupted, s3_server):
+    """cache.checkpoint_url: a worker that shares no disk with the killed one (another LMOPS_HOME, another run
+    folder) pulls the newest complete checkpoint from the object store and ends with the uninterrupted run's
+    result; the mirror is emptied once pretraining finishes."""
+    import boto3
+
+    env, ref = uninterrupted
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="ckpt")
+    mirror = ["cache.checkpoint_url=s3://ckpt/team", "pretrain.time_budget_s=null"]
+    machines = [tmp_path / "a", tmp_path / "b"]
+    for m in machines:
+        m.mkdir()
+        _write_project(m)
+    env_a, env_b = ({**env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}, "LMOPS_HOME": str(m / "home")} for m in machines)
+    proc = subprocess.Popen(_pretrain_cmd("--out", "out", *mirror), cwd=machines[0], env=env_a, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    listing = lambda: [o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="team/").get("Contents", [])]  # noqa: E731
+    while time.time() < deadline and not [k for k in listing() if k.endswith("/state.json")] and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [k for k in listing() if k.endswith("/state.json")], "no checkpoint reached the store before the kill"
+    again = subprocess.run(_pretrain_cmd("--out", "elsewhere", *mirror), cwd=machines[1], env=env_b, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    s = json.loads(again.stdout.splitlines()[-1])
+    assert s["resumed_from_step"] in (4, 8, 12), again.stdout[-2000:]
+    _assert_same_run(s, ref)
+    assert listing() == []  # finished: nothing left to resume
+
+
+def test_the_checkpoint_mirror_keeps_the_newest_complete_steps(tmp_path, s3_server):
+    """Upload order (state.json last) and pruning: a step cut short by a kill is never pulled, and the store
+    keeps what the disk keeps."""
+    import boto3
+
+    from lmops.tasks.checkpoints import CheckpointMirror, latest_checkpoint
+
+    boto3.client("s3").create_bucket(Bucket="ckpt")
+    m = CheckpointMirror("s3://ckpt/x", "k")
+    for step in (4, 8, 12):
+        d = tmp_path / "a" / f"step-{step:08d}"
+        (d / "shards").mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(bytes([step]) * 100)
+        (d / "shards" / "0.distcp").write_bytes(b"s")
+        (d / "state.json").write_text(json.dumps({"step": step}))
+        m.push(d, keep=2)
+    assert m.complete() == ["step-00000008", "step-00000012"]
+    m.s3.put_object(Bucket="ckpt", Key=f"{m.prefix}step-00000016/model.safetensors", Body=b"cut short")  # no state.json
+    pulled = m.pull(tmp_path / "b")
+    assert pulled == tmp_path / "b" / "step-00000012" == latest_checkpoint(tmp_path / "b")
+    assert (pulled / "model.safetensors").read_bytes() == bytes([12]) * 100 and (pulled / "shards" / "0.distcp").read_bytes() == b"s"
+    assert m.pull(tmp_path / "b") is None  # the disk is as new as the store
+    m.clear()
+    assert m.complete() == [] and m._objects() == {}
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_then_resumes_to_the_same_result(tmp_path, uninterrupted):
     """SIGTERM (an eviction or preemption) checkpoints the step it arrives at, exits as a transient error

@@ -3,6 +3,7 @@
 Crashes are real: ``LMOPS_FAULT=<point>`` makes the process SIGKILL itself at that point (``lmops/faults.py``).
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from lmops.errors import UserError
 from lmops.tasks import registry
 from tests.conftest import REPO
-from tests.registry_helpers import fake_version
+from tests.registry_helpers import fake_version, start_race
 
 
 def _killed_at(point: str, script: str, lmops_home: Path) -> None:
@@ -306,6 +307,22 @@ def test_the_team_stack_is_not_open_to_the_network():
     assert set(example) == set(re.findall(r"\$\{(\w+):\?", text))
 
 
+def test_team_workers_keep_their_state_between_runs():
+    """A flow run's container or pod is gone when it ends: LMOPS_HOME (checkpoints, stage cache, run folders) is
+    on a volume in the compose worker and on a persistent volume claim in the Kubernetes job template."""
+    import yaml
+
+    worker = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())["services"]["prefect-worker"]
+    home = worker["environment"]["LMOPS_HOME"]
+    assert any(v.split(":")[1] == home and not v.startswith(("/", ".")) for v in worker["volumes"]), worker["volumes"]
+    job = json.loads((REPO / "infra" / "k8s" / "work-pool-job-template.json").read_text())
+    home = job["variables"]["properties"]["env"]["default"]["LMOPS_HOME"]
+    pod = job["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+    claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert [n for n, path in mounts.items() if path == home and n in claims], (mounts, claims)
+
+
 def _race_across_homes(tmp_path: Path, mlflow_db: Path, lease: bool) -> list[str]:
     """Two processes with separate LMOPS_HOMEs (two machines: separate file locks) share one registry and one
     Prefect server, and race to register a gated version against 'no champion' (tests.registry_helpers.race_child)."""
@@ -319,8 +336,9 @@ def _race_across_homes(tmp_path: Path, mlflow_db: Path, lease: bool) -> list[str
     shared.mkdir()
     shutil.copy(mlflow_db, shared / "mlflow.db")
     dirs = [tmp_path / f"machine{i}" for i in range(2)]
-    envs = [{"LMOPS_HOME": str(d / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}", "PREFECT_API_URL": PREFECT_API_URL.value()}
-            for d in dirs]
+    # the registry's own lock off: this is the Prefect lease's test (the registry lock has its own below)
+    envs = [{"LMOPS_HOME": str(d / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{shared / 'mlflow.db'}", "PREFECT_API_URL": PREFECT_API_URL.value(),
+             "LMOPS_REGISTRY_LOCKS": "off"} for d in dirs]
     return start_race(dirs, "" if lease else "lease", "shared", envs)
 
 
@@ -338,6 +356,100 @@ def test_two_machines_sharing_a_registry_cannot_both_become_champion(prefect_api
 def test_without_the_lease_two_machines_both_promote(prefect_api, _empty_mlflow_db, tmp_path):
     """The test above can fail: the same race with the lease taken away promotes both."""
     assert _race_across_homes(tmp_path, _empty_mlflow_db, lease=False) == ["True", "True"]
+
+
+def _race_on_a_shared_registry(tmp_path: Path, tracking_uri: str, unguarded: str) -> list[str]:
+    """Two machines (separate LMOPS_HOMEs) that share nothing but an MLflow registry, no Prefect server."""
+    dirs = [tmp_path / f"machine{i}" for i in range(2)]
+    envs = [{"LMOPS_HOME": str(d / "home"), "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_API_URL": ""} for d in dirs]
+    return start_race(dirs, unguarded, "shared", envs)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("unguarded,promoted", [("", ["False", "True"]), ("mutex", ["True", "True"])])
+def test_machines_sharing_only_an_mlflow_server_change_the_champion_one_at_a_time(tmp_path, unguarded, promoted):
+    """No Prefect server: the registry lock is a lock in the registry itself (a real `mlflow server`), so two
+    machines cannot both become champion; with that lock taken away the same race promotes both (the test can fail)."""
+    with mlflow_server(tmp_path) as uri:
+        assert _race_on_a_shared_registry(tmp_path, uri, unguarded) == promoted
+        from mlflow.tracking import MlflowClient
+
+        assert not [m.name for m in MlflowClient(uri, uri).search_registered_models() if m.name.startswith("lmops-lock.registry-shared")
+                    and ".stale." not in m.name], "a released lock was left behind"
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path: Path):
+    from tests.test_team_stack import _free_port, _wait_healthy
+
+    port = _free_port()
+    log = tmp_path / "mlflow-server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                 "--backend-store-uri", f"sqlite:///{tmp_path / 'registry.db'}", "--artifacts-destination",
+                                 str(tmp_path / "artifacts"), "--serve-artifacts"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/health", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def shared_registry(lmops_home, monkeypatch):
+    """The registry as machines share it: MLFLOW_TRACKING_URI set (here the same SQLite file), no Prefect server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{lmops_home / 'mlflow' / 'mlflow.db'}")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return registry.client()
+
+
+def test_a_lock_in_a_shared_registry_has_one_holder_and_names_it(shared_registry):
+    from lmops.errors import TransientError
+    from lmops.tasks.locks import RegistryMutex
+
+    a, b = RegistryMutex(shared_registry, "registry-m"), RegistryMutex(shared_registry, "registry-m", poll_s=0.05)
+    a.acquire(1, "the registry")
+    try:
+        with pytest.raises(TransientError, match=r"lmops-lock.registry-m.* held for over 0s by pid \d+ on "):
+            b.acquire(0.2, "the registry")
+        assert registry.list_models() == []  # a lock is not a model
+    finally:
+        a.release()
+    b.acquire(1, "the registry")  # released: the next one gets it at once
+    b.release()
+    assert shared_registry.search_registered_models() == []
+
+
+def test_a_dead_holders_lock_in_a_shared_registry_is_taken_over_by_one_waiter(shared_registry):
+    """A holder that stops renewing (SIGKILL) loses the lock after its lease; of the waiters that see it dead,
+    exactly one removes it, and the other waits for the new holder."""
+    import threading
+
+    from lmops.tasks.locks import RegistryMutex
+
+    dead = RegistryMutex(shared_registry, "registry-m", lease_s=0.4)
+    assert dead.try_acquire()[0]  # acquired, never renewed nor released: a killed holder
+    waiters = [RegistryMutex(shared_registry, "registry-m", lease_s=30, poll_s=0.05) for _ in range(3)]
+    held, order = threading.Barrier(3), []
+
+    def contend(m):
+        held.wait()
+        m.acquire(20, "the registry")
+        order.append(m.token)
+        __import__("time").sleep(0.3)  # inside the section: nobody else may be
+        order.append(m.token)
+        m.release()
+
+    threads = [threading.Thread(target=contend, args=(m,)) for m in waiters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(order) == 6 and all(order[i] == order[i + 1] for i in range(0, 6, 2)), order  # one at a time
+    stale = [m.name for m in shared_registry.search_registered_models()]
+    assert stale == [f"lmops-lock.registry-m.stale.{dead.token}"], stale  # the dead one removed once, kept as the fence
 
 
 def test_a_second_training_of_the_same_model_waits_then_fails_as_transient(lmops_home):
