@@ -112,8 +112,8 @@ def evaluate(p: Params, run: RunLayout, model_dir: str):
 
 
 @step(retries=2)
-def gate(p: Params, run: RunLayout, candidate):
-    decision = stages.gate(p, run, candidate)
+def gate(p: Params, run: RunLayout, candidate, model_dir: str, root: Path):
+    decision = stages.gate(p, run, candidate, model_dir, root)
     artifact("gate-decision", decision.to_markdown(), "champion/challenger decision")
     return decision
 
@@ -159,7 +159,7 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
             pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
             ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
             ev = evaluate(p, run, ft.model_dir)
-            decision = gate(p, run, ev)
+            decision = gate(p, run, ev, ft.model_dir, root)
             reg = register(p, run, root, data, report, pre, ft, ev, decision)
             released = time.time()
     except Exception as exc:

@@ -250,6 +250,36 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Search params for the best validation score (Optuna), each trial a nested MLflow run; best params as a layer."""
+    params = _params(args)
+    from lmops.config import load_params
+    from lmops.env import project_root, runs_dir
+    from lmops.models import resolve_model_ref
+    from lmops.tasks import stages
+    from lmops.tasks.sweep import check_space, load_spec, run_sweep
+
+    spec = load_spec(Path(args.space))
+
+    def load(extra: list[str]):
+        return load_params(project_root() / "params.yaml", overrides=[*args.overrides, *extra], layers=args.params or None)
+
+    check_space(spec, load)
+    data = _snapshot(params)
+
+    def train(p, out: Path, on_epoch):
+        if p.finetune.base_model:
+            base = resolve_model_ref(p.finetune.base_model)
+        else:  # pretrain params may be searched too; the stage cache reuses a pretraining the trials share
+            base = stages.pretrain(p, stages.tokenize(p, data, out / "tokenize"), out / "pretrain").model_dir
+        return stages.finetune(p, data, base, out / "finetune", on_epoch=on_epoch)
+
+    out = Path(args.out) if args.out else runs_dir() / f"sweep-{spec.name}"  # the same name continues the same study
+    r = run_sweep(spec, load, data, out, train, params.register_.experiment, params.project.seed, progress=not args.json)
+    _emit(r.to_dict(), args.json, lambda o: Path(o["report"]).read_text())
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     params = _params(args)
     from lmops.errors import UserError
@@ -285,7 +315,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     lm = language_model_objective(model_dir)
     counts = None
     if args.data:  # a user's file, through the ingest rules: every row kept, quarantined (with its reason) or a duplicate
-        data, counts = (load_text_file(Path(args.data), run.stage("data")) if lm else load_labeled_file(Path(args.data), params, run.stage("data")))
+        data, counts = (load_text_file(Path(args.data), run.stage("data")) if lm else load_labeled_file(Path(args.data), params, run.stage("data"))[:2])
         if not args.json:
             print(f"{args.data}: rows_in {counts.rows_in} = kept {counts.kept} + quarantined {counts.quarantined} + duplicates {counts.duplicates}"
                   + (f" (reasons: {run.stage('data') / 'quarantine.parquet'})" if counts.quarantined else ""))
@@ -484,15 +514,36 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lmops.tasks.registry import compare
+    """Two models side by side: registered versions' params, lineage and recorded metrics, and both scored now on
+    the same rows (the test split or --data FILE) with the paired-bootstrap interval of the difference."""
+    if args.second and "=" in args.second and not Path(args.second).exists():  # an override where the optional ref goes
+        args.overrides.insert(0, args.second)
+        args.second = None
+    params = _params(args)
+    a_ref, b_ref = (args.first, args.second) if args.second else (f"{params.register_.model_name}@champion", args.first)
+    out: dict = {}
+    if not Path(a_ref).exists() and not Path(b_ref).exists():
+        from lmops.tasks.registry import compare
 
-    out = compare(args.a, args.b)
+        out = compare(a_ref, b_ref)
+    if not args.no_score:
+        from lmops.tasks import stages
+        from lmops.tasks.evaluate import load_labeled_file
+
+        run = RunLayout(new_run_dir("compare"))
+        a, b = _model_dir(a_ref, run.root / "a"), _model_dir(b_ref, run.root / "b")
+        data = load_labeled_file(Path(args.data), params, run.stage("data"))[0] if args.data else _snapshot(params).test
+        out["scored"] = stages.compare_models(params, a, b, data, run.stage("compare"), names=(a_ref, b_ref))
 
     def text(o):
-        rows = [f"{'':32} {o['a']:>22} {o['b']:>22}"]
-        rows += [f"{k:32} {str(a):>22} {str(b):>22}" for k, (a, b) in o["metrics"].items()]
-        rows += ["lineage:"] + [f"  {k:30} {str(a)[:22]:>22} {str(b)[:22]:>22}" for k, (a, b) in o["lineage"].items()]
-        rows += ["params that differ:"] + [f"  {k:30} {str(a)[:22]:>22} {str(b)[:22]:>22}" for k, (a, b) in o["params_changed"].items()]
+        rows = []
+        if "metrics" in o:
+            rows = [f"{'':32} {o['a']:>22} {o['b']:>22}"]
+            rows += [f"{k:32} {str(a):>22} {str(b):>22}" for k, (a, b) in o["metrics"].items()]
+            rows += ["lineage:"] + [f"  {k:30} {str(a)[:22]:>22} {str(b)[:22]:>22}" for k, (a, b) in o["lineage"].items()]
+            rows += ["params that differ:"] + [f"  {k:30} {str(a)[:22]:>22} {str(b)[:22]:>22}" for k, (a, b) in o["params_changed"].items()]
+        if "scored" in o:
+            rows += ["", Path(o["scored"]["report"]).read_text()]
         return "\n".join(rows)
 
     _emit(out, args.json, text)
@@ -529,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("pretrain", help="tokenize + pretrain on the current snapshot (resumable; torchrun-ready)"))
     p.add_argument("--out", help="output folder (default: one per data+params, so re-running resumes)")
     p.set_defaults(func=cmd_pretrain)
+    p = with_params(sub.add_parser("sweep", help="search params (a YAML space over tokenize/pretrain/finetune) for the best validation "
+                                                 "score with Optuna: pruning, a time budget, each trial a nested MLflow run, the best "
+                                                 "params written as a layer for `lmops run --params`"))
+    p.add_argument("--space", required=True, help="the sweep file: name, objective, trials, time_budget_s, pruning, space")
+    p.add_argument("--out", help="the sweep folder (default: LMOPS_HOME/runs/sweep-NAME; the same folder continues the study)")
+    p.set_defaults(func=cmd_sweep)
     p = with_params(sub.add_parser("finetune", help="fine-tune a classifier or tagger (finetune.task) on the current snapshot"))
     p.add_argument("--base", help="base model: folder, pkg:NAME or hub id (default: finetune.base_model)")
     p.add_argument("--compare-base", metavar="GENERIC", help="also fine-tune from this generic base and report the test-set "
@@ -617,16 +674,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rollback)
-    p = sub.add_parser("compare", help="params and metrics of two versions side by side")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("compare", help="A [B]: B − A (one model: it − the champion) scored now on the same rows, with a paired-bootstrap "
+                                       "95%% interval and whether it is distinguishable from noise; registered versions' params, "
+                                       "lineage and recorded metrics side by side")
+    p.add_argument("first", metavar="A", help="model folder or NAME@ALIAS / NAME@VERSION")
+    p.add_argument("second", metavar="B", nargs="?", help="the same (default: A is compared with register.model_name@champion)")
+    with_params(p)
+    p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file, ingested with the same rules (default: the test split)")
+    p.add_argument("--no-score", action="store_true", help="only the recorded params, lineage and metrics (no scoring)")
     p.set_defaults(func=cmd_compare)
     return parser
 
 
+def _positional_before_overrides(args: argparse.Namespace) -> None:
+    """argparse fills ``overrides`` (nargs=*) before a later single positional, so ``lmops evaluate MODEL k=v`` arrives
+    as overrides [MODEL], model "k=v": put the one item that is not a ``key=value`` back in its place."""
+    for name in ("model", "ref"):
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or not getattr(args, "overrides", None):
+            continue
+        items = [*args.overrides, value]
+        plain = [x for x in items if "=" not in x or Path(x).exists()]
+        if len(plain) == 1:
+            setattr(args, name, plain[0])
+            args.overrides = [x for x in items if x is not plain[0]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _positional_before_overrides(args)
     from lmops.env import ensure_home
 
     try:

@@ -212,6 +212,9 @@ class FinetuneParams(Section):
     # batch texts of similar length together (shuffled within windows of 50 batches): far less padding
     # when lengths vary a lot (NER sentences, filings); off = plain shuffling
     group_by_length: bool = False
+    # temperature = fit one temperature on the validation split after training and save it with the model, so
+    # reported and served confidences match how often the model is right (tasks/calibration.py); none = raw softmax
+    calibration: Literal["temperature", "none"] = "temperature"
     lora: LoraParams = Field(default_factory=LoraParams)
 
     @field_validator("task")
@@ -235,6 +238,22 @@ class EvaluateParams(Section):
     batch_size: int = 64
 
 
+class GateSetParams(Section):
+    """A named evaluation set the gate scores the candidate and the champion on, besides the test split: typically
+    an out-of-source canary (another source's labeled slice that is never trained on), so a model that gains in
+    source by losing elsewhere is not promoted. Read with the ingest rules; rows also in this run's training or
+    validation data are left out (and counted)."""
+
+    path: str  # relative to the project root
+    format: Literal["csv", "jsonl", "parquet", "sentfin", "conll"] | None = None  # None = from the file's suffix
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: dict[str, str] = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
+    min_score: float = Field(default=0.0, ge=0, le=1)  # floor on gate.primary_metric here
+    # The candidate may score at most this much below the champion here (0 = no regression at all); null = floor only.
+    max_drop: float | None = Field(default=0.0, ge=0)
+
+
 class GateParams(Section):
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
     min_macro_f1: float = Field(default=0.0, ge=0, le=1)
@@ -242,6 +261,10 @@ class GateParams(Section):
     primary_metric: Literal["macro_f1", "accuracy", "micro_f1"] = "macro_f1"
     # The candidate must beat the champion's score on the same test split by at least this much.
     margin: float = 0.0
+    # Promote only when the paired-bootstrap 95% interval of (candidate − champion) on the test split lies above 0:
+    # a difference the test split cannot tell from noise does not move the champion.
+    require_significant: bool = False
+    sets: dict[str, GateSetParams] = Field(default_factory=dict)  # named out-of-source evaluation sets
 
 
 class RegisterParams(Section):

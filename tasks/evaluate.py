@@ -43,6 +43,9 @@ class EvalResult:
 def report_markdown(report: dict[str, Any], labels: list[str], title: str, kind: TaskKind) -> str:
     n = report.get("n", sum(c["support"] for c in report["per_class"].values()))
     lines = [f"# {title}", "", kind.report_headline(report, n), ""]
+    if report.get("ci95"):
+        lines[-1:] = ["", "95% bootstrap interval (resampled " + ("sentences" if kind.name == "token" else "rows") + "): "
+                      + " · ".join(f"{k.replace('_', '-')} [{lo:.4f}, {hi:.4f}]" for k, (lo, hi) in report["ci95"].items()), ""]
     lines += [f"| {kind.class_noun} | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     for name in report["per_class"]:
         c = report["per_class"][name]
@@ -79,6 +82,7 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     report, pred_text, confidence, score = kind.report(logits, refs, labels)
     report["task"], report["n"] = kind.name, len(refs)
     report["ece"] = report["calibration"]["ece"]
+    report["ci95"] = kind.interval(data["label"].tolist(), pred_text, labels, seed=0)
     # Per-slice metrics: one report per source (e.g. each dataset a model is scored on).
     report["slices"] = {}
     if "source" in data and data["source"].nunique() > 1:
@@ -115,23 +119,38 @@ def _format_of(path: Path, default: str) -> str:
     return "text_dir" if path.is_dir() else default
 
 
-def load_labeled_file(path: Path, params, out_dir: Path):
+def load_labeled_file(path: Path, params, out_dir: Path, columns: dict | None = None, exclude: list[Path] = ()):
     """Bring a user's labeled file through the same ingest rules (normalization, quarantine, label map).
-    Returns (the rows kept, as Parquet; the file's row counts: rows_in = kept + quarantined + duplicates)."""
+    ``columns``: text_column / label_column / label_map / format of the file (default: text, label, from its suffix).
+    ``exclude``: splits whose texts must not be scored here (an out-of-source set's rows that are also training
+    data): left out and counted. Returns (the rows kept, as Parquet; the file's row counts: rows_in = kept +
+    quarantined + duplicates; how many rows were left out)."""
+    import pandas as pd
+
     from lmops.config import IngestParams, SourceParams
     from lmops.errors import DataError
+    from lmops.tasks.dedup import text_key
     from lmops.tasks.ingest import ingest_labeled_only
 
     kind = params.finetune.kind
-    fmt = kind.eval_file_format(_format_of(path, default="csv"))
-    src = SourceParams(name=path.stem, role="labeled", format=fmt, path=str(path))
+    spec = {k: v for k, v in (columns or {}).items() if v is not None}
+    fmt = spec.pop("format", None) or kind.eval_file_format(_format_of(path, default="csv"))
+    src = SourceParams(name=path.stem, role="labeled", format=fmt, path=str(path), **spec)
     frame, summary = ingest_labeled_only(IngestParams(sources=[src], min_chars=params.ingest.min_chars, max_chars=params.ingest.max_chars),
                                          params.validate_.labels, out_dir, kind)
+    left_out = 0
+    if exclude and not frame.empty:
+        seen = {text_key(t) for split in exclude for t in pd.read_parquet(split, columns=["text"])["text"]}
+        keep = ~frame["text"].map(text_key).isin(seen)
+        left_out = int((~keep).sum())
+        frame = frame[keep]
     if frame.empty:
-        raise DataError(f"{path}: no usable labeled rows; see {out_dir / 'quarantine.parquet'}")
+        raise DataError(f"{path}: no usable labeled rows" + (f" ({left_out} left out: they are training data)" if left_out else "")
+                        + f"; see {out_dir / 'quarantine.parquet'}")
     out = out_dir / "eval.parquet"
     frame.to_parquet(out, index=False)
-    return out, next(iter(summary.sources.values()))
+    counts = next(iter(summary.sources.values()))
+    return out, counts, left_out
 
 
 def load_text_file(path: Path, out_dir: Path):

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from lmops.config import FinetuneParams
 from lmops.errors import UserError
@@ -48,6 +49,9 @@ class FinetuneSummary:
     val_entity_f1: float | None = None  # NER: seqeval micro F1 over entities, the early-stopping metric
     loss_plot: str | None = None
     history: list[dict] = field(default_factory=list)
+    temperature: float | None = None  # fitted on the validation split (finetune.calibration); None = not calibrated
+    val_ece_raw: float | None = None  # validation ECE before and after the temperature
+    val_ece: float | None = None
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -113,8 +117,10 @@ def length_grouped(order, lengths, batch_size: int, rng, window: int = 50):
 
 
 def finetune(
-    train_path: Path, val_path: Path, base: str, labels: list[str], params: FinetuneParams, seed: int, out_dir: Path, progress: bool = True
+    train_path: Path, val_path: Path, base: str, labels: list[str], params: FinetuneParams, seed: int, out_dir: Path, progress: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FinetuneSummary:
+    """``on_epoch(epoch, validation score)`` after each epoch's validation (a sweep reports it; it may raise to stop)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -191,6 +197,8 @@ def finetune(
         train_pts.append((epoch, epoch_loss))
         val_pts.append((epoch, val_loss))
         bar.set_postfix(val_f1=f"{f1:.3f}")
+        if on_epoch:
+            on_epoch(epoch, f1)
         if f1 > best_f1:
             best_f1, best_epoch, stale, best_macro, best_entity = f1, epoch, 0, macro, entity_f1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -200,6 +208,13 @@ def finetune(
                 break
     bar.close()
     model.load_state_dict(best_state)
+    calibrated = None
+    if params.calibration == "temperature" and kind.calibrated:
+        from lmops.tasks import calibration
+
+        raw = predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128)
+        t = calibration.fit_temperature(raw, y_val)
+        calibrated = (t, calibration.scores(raw, y_val), calibration.scores(raw / t, y_val))
 
     adapter_dir = None
     model_dir = out_dir / "model"
@@ -217,11 +232,15 @@ def finetune(
         # still loads when the run folder (or pretraining output) it was trained from is pruned.
         shutil.copytree(adapter_dir, model_dir)
         _embed_base(model_dir, base)
+    if calibrated:
+        calibration.write(model_dir, *calibrated)
     plot = loss_curve({"train": train_pts, "validation": val_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
     summary = FinetuneSummary(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,
         trainable_params=n_trainable, total_params=total_params, best_epoch=best_epoch, val_macro_f1=round(best_macro, 4),
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
+        temperature=calibrated[0] if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
+        val_ece=calibrated[2]["ece"] if calibrated else None,
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

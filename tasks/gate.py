@@ -1,7 +1,8 @@
 """Gate: decide whether a candidate model may replace the champion. Pure: no I/O, table-tested.
 
-Both models are scored *now* on the same frozen test split by the caller; this function only
-compares numbers and says why.
+Both models are scored *now* on the same frozen test split, and on every named evaluation set
+(``gate.sets``, e.g. out-of-source canaries), by the caller; this function only compares numbers and
+says why, set by set.
 """
 
 from __future__ import annotations
@@ -13,12 +14,27 @@ from lmops.config import GateParams
 
 
 @dataclass
+class SetScores:
+    """One named evaluation set, scored for the gate."""
+
+    n: int
+    candidate: dict[str, float]
+    champion: dict[str, float] | None = None
+    ci95: dict[str, list[float]] | None = None  # the candidate's bootstrap interval per metric
+    diff: dict[str, Any] | None = None  # paired bootstrap of (candidate − champion), per metric
+    left_out: int = 0  # rows also in the training or validation data, not scored
+
+
+@dataclass
 class GateDecision:
     promote: bool
     reasons: list[str] = field(default_factory=list)
     candidate: dict[str, float] = field(default_factory=dict)
     champion: dict[str, float] | None = None
     champion_version: str | None = None
+    primary_metric: str = "macro_f1"
+    test: SetScores | None = None  # the test split's intervals (the headline numbers are candidate/champion)
+    sets: dict[str, SetScores] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,10 +47,26 @@ class GateDecision:
         for key, value in self.candidate.items():
             champ = (self.champion or {}).get(key)
             lines.append(f"| {key} | {value:.4f} | {'' if champ is None else f'{champ:.4f}'} |")
+        key = self.primary_metric
+        rows = ([("test split", self.test)] if self.test else []) + list(self.sets.items())
+        if rows:
+            lines += ["", f"{key} on every evaluation set (95% bootstrap intervals; the difference is paired, candidate − champion):", "",
+                      "| set | n | candidate | champion | difference |", "|---|---:|---:|---:|---:|"]
+            for name, s in rows:
+                ci = (s.ci95 or {}).get(key)
+                d = (s.diff or {}).get(key)
+                champ = (s.champion or {}).get(key)
+                n = f"{s.n} ({s.left_out} left out: in training data)" if s.left_out else str(s.n)
+                cand = f"{s.candidate[key]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+                diff = f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d else ""
+                lines.append(f"| {name} | {n} | {cand} | {'' if champ is None else f'{champ:.4f}'} | {diff} |")
         return "\n".join(lines) + "\n"
 
 
-def decide(candidate: dict[str, float], champion: dict[str, float] | None, params: GateParams, champion_version: str | None = None) -> GateDecision:
+def decide(candidate: dict[str, float], champion: dict[str, float] | None, params: GateParams, champion_version: str | None = None,
+           test: SetScores | None = None, sets: dict[str, SetScores] | None = None) -> GateDecision:
+    """``test``: the test split's intervals and paired difference (needed by ``gate.require_significant``);
+    ``sets``: every ``gate.sets`` entry, scored."""
     reasons: list[str] = []
     ok = True
     for metric, floor in (("accuracy", params.min_accuracy), ("macro_f1", params.min_macro_f1)):
@@ -55,4 +87,38 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, param
         else:
             ok = False
             reasons.append(f"{key} {candidate[key]:.4f} < champion v{champion_version} {champion[key]:.4f} + margin {params.margin} (same test split, scored now)")
-    return GateDecision(promote=ok, reasons=reasons, candidate=dict(candidate), champion=dict(champion) if champion else None, champion_version=champion_version)
+    if champion is not None and params.require_significant:
+        d = ((test.diff if test else None) or {}).get(key)
+        if d is None:
+            ok = False
+            reasons.append(f"no paired bootstrap of {key} against the champion, which gate.require_significant needs")
+        elif d["ci95"][0] > 0:
+            reasons.append(f"{key} difference to champion v{champion_version} {d['diff']:+.4f}, 95% interval [{d['ci95'][0]:+.4f}, "
+                           f"{d['ci95'][1]:+.4f}]: above noise")
+        else:
+            ok = False
+            reasons.append(f"{key} difference to champion v{champion_version} {d['diff']:+.4f}, 95% interval [{d['ci95'][0]:+.4f}, "
+                           f"{d['ci95'][1]:+.4f}], cannot be told from noise on this test split (gate.require_significant)")
+    for name, spec in params.sets.items():
+        s = (sets or {}).get(name)
+        if s is None:
+            ok = False
+            reasons.append(f"set {name}: not scored (gate.sets.{name})")
+            continue
+        v = s.candidate[key]
+        if v < spec.min_score - 1e-9:
+            ok = False
+            reasons.append(f"set {name}: {key} {v:.4f} is below its floor {spec.min_score:.4f} (gate.sets.{name}.min_score)")
+        if s.champion is None or spec.max_drop is None:
+            if v >= spec.min_score - 1e-9:
+                reasons.append(f"set {name}: {key} {v:.4f} meets its floor {spec.min_score:.4f}")
+            continue
+        c = s.champion[key]
+        if v >= c - spec.max_drop - 1e-9:
+            reasons.append(f"set {name}: {key} {v:.4f} vs champion v{champion_version} {c:.4f}: within the allowed drop {spec.max_drop}")
+        else:
+            ok = False
+            reasons.append(f"set {name}: {key} {v:.4f} fell below champion v{champion_version} {c:.4f} by more than {spec.max_drop} "
+                           f"(gate.sets.{name}.max_drop)")
+    return GateDecision(promote=ok, reasons=reasons, candidate=dict(candidate), champion=dict(champion) if champion else None,
+                        champion_version=champion_version, primary_metric=key, test=test, sets=dict(sets or {}))

@@ -99,21 +99,34 @@ def is_lock(model_name: str) -> bool:
 @contextmanager
 def registry_mutex(key: str, timeout_s: float, lease_s: float = 60, what: str = "this section") -> Iterator[None]:
     """One holder of ``key`` among every machine that shares the MLflow registry. Only where the registry is
-    shared (``MLFLOW_TRACKING_URI`` set): the embedded registry lives under LMOPS_HOME, where the file lock
-    already serializes its users. ``LMOPS_REGISTRY_LOCKS=off`` turns it off."""
+    shared (``MLFLOW_TRACKING_URI`` names another registry than the embedded one): the embedded registry lives
+    under LMOPS_HOME, where the file lock already serializes its users. ``LMOPS_REGISTRY_LOCKS=off`` turns it off."""
     import os
 
-    if not os.environ.get("MLFLOW_TRACKING_URI") or os.environ.get("LMOPS_REGISTRY_LOCKS", "auto").lower() in {"off", "0", "false"}:
+    if not registry_is_shared() or os.environ.get("LMOPS_REGISTRY_LOCKS", "auto").lower() in {"off", "0", "false"}:
         yield
         return
-    from lmops.tasks import registry
+    from mlflow.tracking import MlflowClient
 
-    mutex = RegistryMutex(registry.client(), key, lease_s)
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # a shared registry: its schema is its server's business, not ours to create
+    mutex = RegistryMutex(MlflowClient(tracking_uri=uri, registry_uri=uri), key, lease_s)
     mutex.acquire(timeout_s, what)
     try:
         yield
     finally:
         mutex.release()
+
+
+def registry_is_shared() -> bool:
+    """``MLFLOW_TRACKING_URI`` names a registry other than this LMOPS_HOME's embedded SQLite file. (MLflow's own
+    ``set_tracking_uri`` exports the variable, so its presence alone says nothing: every child of a process that
+    opened the embedded registry inherits it.)"""
+    import os
+
+    from lmops.env import lmops_home
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return bool(uri) and uri != f"sqlite:///{lmops_home() / 'mlflow' / 'mlflow.db'}"
 
 
 class RegistryMutex:
@@ -161,6 +174,8 @@ class RegistryMutex:
                                            description=f"lmops lock, held by {self.holder}; not a model")
             return True, ""
         except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # lost to a creator whose lock was gone again when the store looked
+                return False, ""
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:

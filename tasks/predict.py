@@ -46,7 +46,11 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
         if (Path(base) / ref).is_dir():  # the base travels inside the registered folder (finetune._embed_base)
             ref = str(Path(base) / ref)
         model, _ = load_classifier(ref, labels, kind, train=True)  # the head lives in the adapter, saved in labels order
-        return PeftModel.from_pretrained(model, base), load_tokenizer(base)
+        from lmops.tasks.calibration import temperature
+
+        peft = PeftModel.from_pretrained(model, base)
+        peft.lmops_temperature = 1.0 if train else temperature(base)
+        return peft, load_tokenizer(base)
     tokenizer = load_tokenizer(base)
     own = None if train else saved_labels(base)
     if own is not None and sorted(own) != sorted(labels):
@@ -61,6 +65,10 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     if own is not None and own != list(labels):
         model.lmops_label_order = [own.index(l) for l in labels]  # logits column j is labels[j]
     model.lmops_new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
+    if not train:  # the temperature fitted on its validation split (tasks/calibration.py) scales every prediction
+        from lmops.tasks.calibration import temperature
+
+        model.lmops_temperature = temperature(base) if Path(base).is_dir() else 1.0
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -73,6 +81,7 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
     model.eval()
     fill = kind.fill_index(labels)
     order = getattr(model, "lmops_label_order", None)  # a model saved with another label order, read by name
+    temp = getattr(model, "lmops_temperature", 1.0)
     units: list = []
     with torch.no_grad():
         for i in range(0, len(inputs), batch_size):
@@ -81,6 +90,8 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
             logits = model(**enc).logits.float()
             if order is not None:
                 logits = logits[..., order]
+            if temp != 1.0:
+                logits = logits / temp
             units.extend(kind.batch_logits(enc, logits, batch, fill))
     return kind.stack(units, len(labels))
 

@@ -210,13 +210,13 @@ def pretrain(p: Params, tok, out: Path, checkpoint_dir: Path | None = None):
     return _reuse(p, "pretrain", inputs, out, compute, lambda d: PretrainSummary(**d))
 
 
-def finetune(p: Params, data: Snapshot, base: str, out: Path):
+def finetune(p: Params, data: Snapshot, base: str, out: Path, on_epoch=None):
     from lmops.tasks.finetune import FinetuneSummary
     from lmops.tasks.finetune import finetune as train_head
     from lmops.tasks.stagecache import file_digest, model_identity
 
     def compute():
-        return train_head(data.train, data.validation, base, p.validate_.labels, p.finetune, p.project.seed, out)
+        return train_head(data.train, data.validation, base, p.validate_.labels, p.finetune, p.project.seed, out, on_epoch=on_epoch)
 
     inputs = {"train": file_digest(data.train), "validation": file_digest(data.validation), "base": model_identity(base),
               "labels": p.validate_.labels, "finetune": p.finetune, "seed": p.project.seed}
@@ -236,20 +236,48 @@ def evaluate(p: Params, model_dir: str | Path, data_path: Path, out: Path, title
     return _reuse(p, "evaluate", inputs, out, compute, lambda d: EvalResult(**d))
 
 
-def gate(p: Params, run: RunLayout, candidate):
-    """Score the current champion now on the same test split, then decide (``gate/decision.json``)."""
+def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = None, root: Path | None = None):
+    """Score the current champion now on the same test split, and both models on every ``gate.sets`` entry
+    (``model_dir``: the candidate's folder; paths relative to ``root``); then decide (``gate/decision.json``)."""
     from lmops.tasks import registry
+    from lmops.tasks.evaluate import load_labeled_file
     from lmops.tasks.gate import decide
 
     champ = registry.get_version(p.register_.model_name, registry.CHAMPION)
-    champ_metrics = None
+    champ_eval, local = None, None
     if champ is not None:
         local = registry.download_version(champ, run.gate / "champion")
-        champ_metrics = evaluate(p, local, run.data.test, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split").headline()
-    decision = decide(candidate.headline(), champ_metrics, p.gate, str(champ.version) if champ else None)
+        champ_eval = evaluate(p, local, run.data.test, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split")
+    sets = {}
+    for name, spec in p.gate.sets.items():
+        out = run.gate / "sets" / name
+        path = Path(spec.path) if Path(spec.path).is_absolute() else (root or Path.cwd()) / spec.path
+        data, _, left_out = load_labeled_file(path, p, out / "data", spec.model_dump(include={"format", "text_column", "label_column", "label_map"}),
+                                              exclude=[run.data.train, run.data.validation])
+        cand = evaluate(p, model_dir, data, out / "candidate", f"Candidate on {name}")
+        ch = evaluate(p, local, data, out / "champion", f"Champion v{champ.version} on {name}") if local else None
+        sets[name] = _scores(p, cand, ch, left_out)
+    decision = decide(candidate.headline(), champ_eval.headline() if champ_eval else None, p.gate, str(champ.version) if champ else None,
+                      test=_scores(p, candidate, champ_eval), sets=sets)
     run.gate.mkdir(parents=True, exist_ok=True)
     run.gate_decision.write_text(json.dumps(decision.to_dict(), indent=2))
     return decision
+
+
+def _scores(p: Params, cand, champ=None, left_out: int = 0):
+    """One evaluation set for the gate: the candidate's intervals and, with a champion scored on the same rows,
+    the paired bootstrap of (candidate − champion)."""
+    import pandas as pd
+
+    from lmops.tasks.gate import SetScores
+
+    diff = None
+    if champ is not None:
+        a, b = pd.read_parquet(champ.predictions_path), pd.read_parquet(cand.predictions_path)
+        diff = p.finetune.kind.paired_bootstrap(b["label"].tolist(), a["prediction"].tolist(), b["prediction"].tolist(), p.validate_.labels,
+                                                p.project.seed)
+    return SetScores(n=cand.n, candidate=cand.headline(), champion=champ.headline() if champ is not None else None,
+                     ci95=cand.report.get("ci95"), diff=diff, left_out=left_out)
 
 
 def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, decision, flow_run_id: str = "", deployment_id: str = "",
@@ -322,3 +350,25 @@ def compare_bases(p: Params, data: Snapshot, run: RunLayout, domain_model: str, 
                                             p.validate_.labels, p.project.seed)
     return {"generic_base": generic, "domain": results["domain"][0].headline(), "generic": results["generic"][0].headline(),
             "domain_minus_generic": diff}
+
+
+def compare_models(p: Params, a: str | Path, b: str | Path, data_path: Path, out: Path, names: tuple[str, str] = ("A", "B")) -> dict:
+    """Score two models on the same rows and say whether (B − A) is distinguishable from noise: the paired
+    bootstrap's 95% interval excludes 0. Writes ``out/report.md``; returns both headlines and the difference."""
+    ra = evaluate(p, a, data_path, out / "a", f"{names[0]} on {data_path.name}")
+    rb = evaluate(p, b, data_path, out / "b", f"{names[1]} on {data_path.name}")
+    scores = _scores(p, rb, ra)
+    metrics = [m for m in (p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1") if m in (scores.diff or {})]
+    metrics = list(dict.fromkeys(metrics))
+    verdicts = {m: scores.diff[m]["ci95"][0] > 0 or scores.diff[m]["ci95"][1] < 0 for m in metrics}
+    lines = [f"# {names[1]} − {names[0]} on {data_path.name}", "", f"n = {rb.n} · paired bootstrap, {scores.diff['n_bootstrap']} resamples "
+             f"of the same rows for both models", "", f"| metric | {names[0]} | {names[1]} | difference | 95% interval | distinguishable from noise |",
+             "|---|---:|---:|---:|---|---|"]
+    for m in metrics:
+        d = scores.diff[m]
+        lines.append(f"| {m} | {ra.headline()[m]:.4f} | {rb.headline()[m]:.4f} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
+                     f"{'yes' if verdicts[m] else 'no'} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"a": {"model": names[0], **ra.headline(), "ci95": ra.report.get("ci95")}, "b": {"model": names[1], **rb.headline(), "ci95": rb.report.get("ci95")},
+            "b_minus_a": scores.diff, "distinguishable": verdicts, "n": rb.n, "report": str(out / "report.md")}

@@ -263,7 +263,7 @@ def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):
 
     (s, fp), _ = ner_runs[0]["full"], ner_runs[1]
     p = ner_params()
-    data, counts = load_labeled_file(FIXTURES / "ner_sec" / "FIN3_sample.txt", p, tmp_path / "data")
+    data, counts, _ = load_labeled_file(FIXTURES / "ner_sec" / "FIN3_sample.txt", p, tmp_path / "data")
     frame = pd.read_parquet(data)
     assert counts.rows_in == counts.kept + counts.quarantined + counts.duplicates and counts.kept == len(frame)
     assert len(frame) > 50 and (frame["text"].str.split(" ").str.len() == frame["label"].str.split(" ").str.len()).all()

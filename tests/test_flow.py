@@ -18,7 +18,7 @@ def _flow_run_state(flow_run_id: str) -> str:
         return client.read_flow_run(flow_run_id).state.type.value
 
 
-def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home, webhook):
+def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home, webhook, monkeypatch, capsys):
     from lmops.flows.pipeline import pipeline
 
     url, received = webhook
@@ -49,9 +49,16 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     local = registry.download_model(info["source"], run_dir / "check")
     assert (local / "model.safetensors").exists() and (local / "config.json").exists()
 
-    # A deliberately worse config: the learning rate is so small the classifier stays at its init.
+    # A deliberately worse config: the learning rate is so small the classifier stays at its init. The gate also
+    # scores an out-of-source set (here: test rows, plus two training rows it must leave out) for both models.
+    import pandas as pd
+
+    snap = run_dir / "ingest"
+    canary = pd.concat([pd.read_parquet(snap / "test.parquet").head(30), pd.read_parquet(snap / "train.parquet").head(2)])
+    canary.rename(columns={"text": "headline", "label": "sentiment"})[["headline", "sentiment"]].to_csv(project / "canary.csv", index=False)
     worse = load_params(project / "params.yaml", overrides=["finetune.lr=1e-9", "finetune.epochs=1", "finetune.class_weighting=false",
-                                                            f"notify.webhook_url={url}"])
+                                                            f"notify.webhook_url={url}", "gate.sets.canary.path=canary.csv",
+                                                            "gate.sets.canary.text_column=headline", "gate.sets.canary.label_column=sentiment"])
     second = pipeline(params=worse.to_dict(), project_root=str(project))
     assert len(received) == 1  # not promoted: not in notify.events by default
     assert second["metrics"]["macro_f1"] < first["metrics"]["macro_f1"]
@@ -62,6 +69,23 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     # the champion was re-scored now, on the same test split
     gate = json.loads((Path(second["run_dir"]) / "gate" / "decision.json").read_text())
     assert gate["champion"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"], abs=1e-6)
+    # every set is listed: the candidate's interval, the champion's score and the paired difference
+    c = gate["sets"]["canary"]
+    assert c["n"] == 30 and c["left_out"] == 2 and c["champion"] is not None and len(c["diff"]["macro_f1"]["ci95"]) == 2
+    lo, hi = c["ci95"]["macro_f1"]
+    assert lo <= c["candidate"]["macro_f1"] <= hi and gate["test"]["diff"]["macro_f1"]["diff"] < 0
+    assert any(r.startswith("set canary: macro_f1") for r in gate["reasons"])
+    # `lmops compare v2`: v2 − champion rescored now on the versioned test split, the gate's very numbers
+    from lmops.cli import main
+
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["compare", "finance-sentiment@2", "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cmp["a"] == "finance-sentiment@1" and cmp["b"] == "finance-sentiment@2" and "finetune.lr" in cmp["params_changed"]
+    assert cmp["scored"]["b_minus_a"]["macro_f1"] == gate["test"]["diff"]["macro_f1"]
+    assert cmp["scored"]["distinguishable"]["macro_f1"] == (gate["test"]["diff"]["macro_f1"]["ci95"][1] < 0)
+    assert "distinguishable from noise" in Path(cmp["scored"]["report"]).read_text()
     # only fine-tuning params changed: ingest and pretraining were reused from the first run, not recomputed
     assert "pretrain" in second["reused"] and "ingest" in second["reused"] and "finetune" not in second["reused"]
     assert second["pretrain"] == first["pretrain"]

@@ -34,3 +34,59 @@ def test_gate_table(candidate, champion, params, promote, reason):
     verdict = md.splitlines()[0]
     assert verdict == ("# Gate decision: ✅ **promote**" if promote else "# Gate decision: ⛔ **do not promote**")
     assert all(f"- {r}" in md for r in d.reasons) and d.to_dict()["candidate"] == candidate
+
+
+def _set(cand_f1, champ_f1=None, lo=None, n=200):
+    from lmops.tasks.gate import SetScores
+
+    diff = None if champ_f1 is None else {"macro_f1": {"diff": cand_f1 - champ_f1, "ci95": [lo if lo is not None else cand_f1 - champ_f1 - 0.02,
+                                                                                             cand_f1 - champ_f1 + 0.02]}}
+    return SetScores(n=n, candidate=C(cand_f1, cand_f1), champion=None if champ_f1 is None else C(champ_f1, champ_f1),
+                     ci95={"macro_f1": [cand_f1 - 0.03, cand_f1 + 0.03]}, diff=diff)
+
+
+TWEETS = {"tweets": {"path": "canary.csv", "min_score": 0.5, "max_drop": 0.01}}
+
+
+@pytest.mark.parametrize(
+    "sets, params, promote, reason",
+    [
+        # better in source, worse out of source by more than the allowed drop: the case the gate exists for
+        ({"tweets": _set(0.70, 0.75)}, GateParams(sets=TWEETS), False, "set tweets: macro_f1 0.7000 fell below champion v3 0.7500 by more than 0.01"),
+        ({"tweets": _set(0.745, 0.75)}, GateParams(sets=TWEETS), True, "within the allowed drop 0.01"),
+        ({"tweets": _set(0.45, 0.40)}, GateParams(sets=TWEETS), False, "set tweets: macro_f1 0.4500 is below its floor 0.5000"),
+        ({"tweets": _set(0.70, 0.80)}, GateParams(sets={"tweets": {"path": "c.csv", "max_drop": None}}), True, "meets its floor"),
+        ({}, GateParams(sets=TWEETS), False, "set tweets: not scored"),
+    ],
+)
+def test_gate_sets_each_have_a_floor_and_a_no_regression_margin(sets, params, promote, reason):
+    d = decide(C(0.85, 0.85), C(0.80, 0.80), params, champion_version="3", sets=sets)
+    assert d.promote is promote and any(reason in r for r in d.reasons), d.reasons
+    md = d.to_markdown()
+    for name in sets:  # the decision lists every set with its interval and paired difference
+        assert f"| {name} | 200 | {sets[name].candidate['macro_f1']:.4f} [" in md, md
+
+
+@pytest.mark.parametrize("lo, promote, reason", [(0.004, True, "above noise"), (-0.003, False, "cannot be told from noise")])
+def test_a_gate_can_require_a_difference_above_noise(lo, promote, reason):
+    test = _set(0.85, 0.83, lo=lo)
+    d = decide(C(0.85, 0.85), C(0.83, 0.83), GateParams(require_significant=True), champion_version="3", test=test)
+    assert d.promote is promote and any(reason in r for r in d.reasons), d.reasons
+    assert "| test split | 200 | 0.8500 [0.8200, 0.8800] | 0.8300 | +0.0200 [" in d.to_markdown()
+    assert decide(C(0.85, 0.85), None, GateParams(require_significant=True)).promote  # the first champion has nothing to beat
+
+
+def test_bootstrap_interval_is_seeded_and_narrows_with_more_rows():
+    import numpy as np
+
+    from lmops.metrics import bootstrap_interval, macro_f1
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2000)
+    p = np.where(rng.random(2000) < 0.7, y, rng.integers(0, 3, 2000))
+    small, big = bootstrap_interval(y[:200].tolist(), p[:200].tolist(), list("abc")), bootstrap_interval(y.tolist(), p.tolist(), list("abc"))
+    assert small == bootstrap_interval(y[:200].tolist(), p[:200].tolist(), list("abc"))  # seeded
+    point = macro_f1(y.tolist(), p.tolist(), 3)
+    assert big["macro_f1"][0] < point < big["macro_f1"][1] and big["accuracy"][0] < (y == p).mean() < big["accuracy"][1]
+    assert big["macro_f1"][1] - big["macro_f1"][0] < small["macro_f1"][1] - small["macro_f1"][0]
+    assert big["macro_f1"] == pytest.approx([0.7879, 0.8238], abs=0.002)  # pinned: 2000 rows, 80% accurate

@@ -113,7 +113,7 @@ def test_registry_commands_and_run_exit_codes_through_the_cli(prefect_server, pr
     rb = run_cli("rollback", "finance-sentiment", "--reason", "v2 misbehaves", "--json", cwd=project, env=env)
     assert rb.returncode == 0 and registry.show("finance-sentiment@champion")["version"] == 1
     assert [e["action"] for e in registry.history("finance-sentiment")] == ["promote (gate)", "promote (manual)", "rollback"]
-    cmp = run_cli("compare", "finance-sentiment@1", "finance-sentiment@2", "--json", cwd=project, env=env)
+    cmp = run_cli("compare", "finance-sentiment@1", "finance-sentiment@2", "--json", "--no-score", cwd=project, env=env)
     both = json.loads(cmp.stdout.strip().splitlines()[-1])
     assert both["metrics"]["macro_f1"][0] == pytest.approx(summary["metrics"]["macro_f1"]) and both["metrics"]["macro_f1"][1] == 0.5
 

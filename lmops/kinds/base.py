@@ -173,10 +173,19 @@ class TaskKind:
         return report, text, confidence, score
 
     class_noun: ClassVar[str] = "class"  # a row of the per-class table
+    # one softmax per row: a temperature fitted on the validation split calibrates its confidence (tasks/calibration.py)
+    calibrated: ClassVar[bool] = True
     confusion_title: ClassVar[str] = "Confusion matrix"
 
     def report_headline(self, report: dict[str, Any], n: int) -> str:
         return f"accuracy **{report['accuracy']:.4f}** · macro-F1 **{report['macro_f1']:.4f}** · n = {n}"
+
+    def interval(self, refs_text: list[str], preds: list[str], labels: list[str], seed: int) -> dict[str, list[float]]:
+        """95% bootstrap intervals of the headline metrics over resampled test rows."""
+        from lmops.metrics import bootstrap_interval
+
+        index = {l: i for i, l in enumerate(labels)}
+        return bootstrap_interval([index[x] for x in refs_text], [index[x] for x in preds], labels, n=1000, seed=seed)
 
     def paired_bootstrap(self, refs_text: list[str], preds_a: list[str], preds_b: list[str], labels: list[str], seed: int) -> dict[str, Any]:
         """(b − a) with 95% intervals over resampled test rows."""

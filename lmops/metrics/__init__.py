@@ -41,6 +41,25 @@ def macro_f1(y_true: list[int], y_pred: list[int], n_labels: int) -> float:
     return float(f1_score(y_true, y_pred, labels=list(range(n_labels)), average="macro", zero_division=0))
 
 
+def bootstrap_interval(refs: list[int], preds: list[int], labels: list[str], n: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """95% bootstrap intervals (resampled rows) of accuracy and macro-F1: how far the headline could move on
+    another sample of the same size. Confusion counts per draw with one bincount, so 1000 draws take milliseconds."""
+    import numpy as np
+
+    y, p = np.asarray(refs, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    k = len(labels)
+    if len(y) == 0:
+        return {"accuracy": [0.0, 0.0], "macro_f1": [0.0, 0.0]}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), (n, len(y)))
+    cells = np.stack([np.bincount(y[i] * k + p[i], minlength=k * k) for i in idx]).reshape(n, k, k)  # [draw, true, pred]
+    tp = cells[:, np.arange(k), np.arange(k)].astype(np.float64)
+    denom = cells.sum(2) + cells.sum(1)  # support + predicted, per class
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean(1)  # zero_division=0, every label counted, as macro_f1
+    acc = tp.sum(1) / len(y)
+    return {name: [round(float(v), 4) for v in np.percentile(draws, [2.5, 97.5])] for name, draws in (("accuracy", acc), ("macro_f1", f1))}
+
+
 def bootstrap_diff(refs: list[int], pred_a: list[int], pred_b: list[int], labels: list[str], n: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired bootstrap over test rows: (b − a) for accuracy and macro-F1 with a 95% interval."""
     import numpy as np

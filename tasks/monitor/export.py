@@ -51,6 +51,10 @@ def to_onnx(model_dir: Path, out: Path, max_length: int) -> Path:
         torch.onnx.export(Logits(model), tuple(enc[n] for n in names), str(out / "model.fp32.onnx"), input_names=names, output_names=["logits"],
                           dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
     tok.save_pretrained(str(out))
+    from lmops.tasks.calibration import FILE
+
+    if (Path(model_dir) / FILE).is_file():  # the graph gives raw logits; the scorer applies the model's temperature
+        (out / FILE).write_text((Path(model_dir) / FILE).read_text())
     return out / "model.fp32.onnx"
 
 
@@ -96,7 +100,7 @@ def export(ref: str, root: Path, p, data: Path | None, work: Path) -> dict[str, 
     if data is not None:
         from lmops.tasks.evaluate import load_labeled_file
 
-        test_path, counts = load_labeled_file(data, p, work / "data")
+        test_path, counts, _ = load_labeled_file(data, p, work / "data")
     else:
         md5 = (mv.tags or {}).get("data_version", "")
         test_path = cached_file(root, md5, "test.parquet") if md5 else None
