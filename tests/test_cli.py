@@ -55,3 +55,16 @@ def test_run_data_must_be_a_snapshot(project, tmp_path):
     (tmp_path / "notdata" / "train.parquet").write_bytes(b"")
     r = run_cli("run", "--data", str(tmp_path / "notdata"), cwd=project)
     assert r.returncode == 2 and "is not an lmops data snapshot" in r.stderr and "validation.parquet" in r.stderr, r.stderr
+
+
+def test_a_model_argument_before_overrides_is_the_model():
+    """argparse fills `overrides` (nargs=*) first: `lmops evaluate MODEL k=v` used to take k=v as the model."""
+    from lmops.cli import _positional_before_overrides, build_parser
+
+    p = build_parser()
+    for argv, attr in ((["evaluate", "m@champion", "a.b=1", "c=2"], "model"), (["export", "m@1", "a.b=1"], "ref"), (["evaluate", "m"], "model")):
+        args = p.parse_args(argv)
+        _positional_before_overrides(args)
+        assert getattr(args, attr) == argv[1] and args.overrides == argv[2:], vars(args)
+    cmp = p.parse_args(["compare", "m@2", "a.b=1"])  # the optional second model: an override in its place is an override
+    assert (cmp.first, cmp.second, cmp.overrides) == ("m@2", "a.b=1", [])  # cmd_compare moves it (tested through test_flow)

@@ -84,6 +84,26 @@ def _assert_same_run(s: dict, ref: dict) -> None:
     assert [h["loss"] for h in s["history"]] == pytest.approx([h["loss"] for h in ref["history"]], abs=1e-4)
 
 
+def test_a_run_resumed_from_a_checkpoint_ends_where_the_uninterrupted_one_does(tiny_lm, tmp_path):
+    """The default run's resume check, in process: a run that finds only the step-8 checkpoint continues from it
+    (data order, RNG, optimizer, schedule) to the uninterrupted run's losses. The slow tier kills real `lmops
+    pretrain` processes (SIGKILL, SIGTERM, another machine) and resumes them through the CLI."""
+    import shutil
+
+    from lmops.tasks.pretrain import pretrain
+
+    tok, _, p = tiny_lm
+    params = p.pretrain.model_copy(update={"max_steps": 16, "checkpoint_every": 4, "keep_checkpoints": 10, "log_every": 2})
+    args = (Path(tok.blocks_path), Path(tok.tokenizer_dir), params, p.project.seed)
+    ref = pretrain(*args, tmp_path / "a", progress=False)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000008", tmp_path / "b" / "checkpoints" / "step-00000008")
+    again = pretrain(*args, tmp_path / "b", progress=False)
+    assert ref.resumed_from_step is None and again.resumed_from_step == 8 and again.steps == 16
+    assert again.eval_loss == pytest.approx(ref.eval_loss, abs=1e-4)
+    assert [h["loss"] for h in again.history] == pytest.approx([h["loss"] for h in ref.history], abs=1e-4)
+
+
+@pytest.mark.slow  # the default run keeps the in-process resume check above
 def test_killed_run_resumes_from_last_checkpoint_with_the_same_result(tmp_path, uninterrupted):
     """SIGKILL mid-run, then the same command: resumes, same data order, same final loss as a clean run."""
     env, ref = uninterrupted
