@@ -47,14 +47,18 @@ def lmops_home() -> Path:
     return Path(home).resolve() if home else project_root() / ".lmops"
 
 
+def embedded_tracking_uri() -> str:
+    """The MLflow registry lmops keeps for itself: SQLite under LMOPS_HOME."""
+    return f"sqlite:///{lmops_home() / 'mlflow' / 'mlflow.db'}"
+
+
 def mlflow_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set (a team's server), else SQLite under LMOPS_HOME."""
+    """``MLFLOW_TRACKING_URI`` if set (a team's server), else the embedded registry."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    db = lmops_home() / "mlflow" / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    (lmops_home() / "mlflow").mkdir(parents=True, exist_ok=True)
+    return embedded_tracking_uri()
 
 
 def mlflow_artifact_root() -> str:

@@ -171,9 +171,9 @@ class CheckpointMirror:
                 out.setdefault(step, []).append(o["Key"])
         return out
 
-    def complete(self) -> list[str]:
-        """Complete steps on the store, oldest first."""
-        return sorted(step for step, keys in self._objects().items()
+    def complete(self, objects: dict[str, list[str]] | None = None) -> list[str]:
+        """Complete steps on the store (or in a listing of it already made), oldest first."""
+        return sorted(step for step, keys in (self._objects() if objects is None else objects).items()
                       if step.startswith("step-") and f"{self.prefix}{step}/state.json" in keys)
 
     def push(self, step_dir: Path, keep: int) -> None:
@@ -182,7 +182,7 @@ class CheckpointMirror:
         for f in files:
             self.s3.upload_file(str(f), self.bucket, f"{self.prefix}{step_dir.name}/{f.relative_to(step_dir).as_posix()}")
         objects = self._objects()
-        keepers = self.complete()[-keep:]
+        keepers = self.complete(objects)[-keep:]
         for step, keys in objects.items():  # older ones, and what a killed upload left unfinished
             if step not in keepers:
                 self._delete(keys)
@@ -190,14 +190,15 @@ class CheckpointMirror:
     def pull(self, ckpt_dir: Path) -> Path | None:
         """Download the newest complete checkpoint on the store into ``ckpt_dir`` when it is newer than the newest
         there (atomically: into a temporary folder, then renamed); returns it, else None."""
-        done = self.complete()
+        objects = self._objects()
+        done = self.complete(objects)
         local = latest_checkpoint(ckpt_dir)
         if not done or (local is not None and local.name >= done[-1]):
             return None
         step = done[-1]
         tmp = ckpt_dir / f".tmp-{step}-pull-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        for key in self._objects()[step]:
+        for key in objects[step]:
             target = tmp / key[len(f"{self.prefix}{step}/"):]
             target.parent.mkdir(parents=True, exist_ok=True)
             self.s3.download_file(self.bucket, key, str(target))

@@ -44,7 +44,7 @@ def report_markdown(report: dict[str, Any], labels: list[str], title: str, kind:
     n = report.get("n", sum(c["support"] for c in report["per_class"].values()))
     lines = [f"# {title}", "", kind.report_headline(report, n), ""]
     if report.get("ci95"):
-        lines[-1:] = ["", "95% bootstrap interval (resampled " + ("sentences" if kind.name == "token" else "rows") + "): "
+        lines[-1:] = ["", f"95% bootstrap interval (resampled {kind.resampled}): "
                       + " · ".join(f"{k.replace('_', '-')} [{lo:.4f}, {hi:.4f}]" for k, (lo, hi) in report["ci95"].items()), ""]
     lines += [f"| {kind.class_noun} | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     for name in report["per_class"]:

@@ -123,10 +123,10 @@ def registry_is_shared() -> bool:
     opened the embedded registry inherits it.)"""
     import os
 
-    from lmops.env import lmops_home
+    from lmops.env import embedded_tracking_uri
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    return bool(uri) and uri != f"sqlite:///{lmops_home() / 'mlflow' / 'mlflow.db'}"
+    return bool(uri) and uri != embedded_tracking_uri()
 
 
 class RegistryMutex:

@@ -37,6 +37,7 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     ``model.lmops_new_modules``: PEFT must train and save them, or a reload re-randomises them.
     """
     from lmops.models import load_tokenizer
+    from lmops.tasks.calibration import temperature
 
     adapter_cfg = Path(base) / "adapter_config.json"
     if adapter_cfg.is_file():
@@ -46,8 +47,6 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
         if (Path(base) / ref).is_dir():  # the base travels inside the registered folder (finetune._embed_base)
             ref = str(Path(base) / ref)
         model, _ = load_classifier(ref, labels, kind, train=True)  # the head lives in the adapter, saved in labels order
-        from lmops.tasks.calibration import temperature
-
         peft = PeftModel.from_pretrained(model, base)
         peft.lmops_temperature = 1.0 if train else temperature(base)
         return peft, load_tokenizer(base)
@@ -65,10 +64,8 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     if own is not None and own != list(labels):
         model.lmops_label_order = [own.index(l) for l in labels]  # logits column j is labels[j]
     model.lmops_new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
-    if not train:  # the temperature fitted on its validation split (tasks/calibration.py) scales every prediction
-        from lmops.tasks.calibration import temperature
-
-        model.lmops_temperature = temperature(base) if Path(base).is_dir() else 1.0
+    # the temperature fitted on its validation split (tasks/calibration.py) scales every prediction
+    model.lmops_temperature = 1.0 if train else temperature(base)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

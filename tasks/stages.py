@@ -336,20 +336,12 @@ def compare_bases(p: Params, data: Snapshot, run: RunLayout, domain_model: str, 
     """Does domain pretraining pay? The same fine-tuning from the generic base, both scored on the test
     split, and the paired-bootstrap difference (domain − generic) with its 95% interval (the task kind
     says what is resampled: rows, or sentences for NER)."""
-    import pandas as pd
-
     from lmops.models import resolve_model_ref
 
     g = finetune(p, data, resolve_model_ref(generic), run.stage("finetune-generic"))
-    results = {}
-    for name, model in (("domain", domain_model), ("generic", g.model_dir)):
-        r = evaluate(p, model, data.test, run.stage(f"evaluate-{name}"), f"{name} base on the test split")
-        results[name] = (r, pd.read_parquet(r.predictions_path))
-    refs = results["domain"][1]["label"].tolist()
-    diff = p.finetune.kind.paired_bootstrap(refs, results["generic"][1]["prediction"].tolist(), results["domain"][1]["prediction"].tolist(),
-                                            p.validate_.labels, p.project.seed)
-    return {"generic_base": generic, "domain": results["domain"][0].headline(), "generic": results["generic"][0].headline(),
-            "domain_minus_generic": diff}
+    domain = evaluate(p, domain_model, data.test, run.stage("evaluate-domain"), "domain base on the test split")
+    plain = evaluate(p, g.model_dir, data.test, run.stage("evaluate-generic"), "generic base on the test split")
+    return {"generic_base": generic, "domain": domain.headline(), "generic": plain.headline(), "domain_minus_generic": _scores(p, domain, plain).diff}
 
 
 def compare_models(p: Params, a: str | Path, b: str | Path, data_path: Path, out: Path, names: tuple[str, str] = ("A", "B")) -> dict:
@@ -358,8 +350,7 @@ def compare_models(p: Params, a: str | Path, b: str | Path, data_path: Path, out
     ra = evaluate(p, a, data_path, out / "a", f"{names[0]} on {data_path.name}")
     rb = evaluate(p, b, data_path, out / "b", f"{names[1]} on {data_path.name}")
     scores = _scores(p, rb, ra)
-    metrics = [m for m in (p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1") if m in (scores.diff or {})]
-    metrics = list(dict.fromkeys(metrics))
+    metrics = [m for m in dict.fromkeys((p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1")) if m in scores.diff]
     verdicts = {m: scores.diff[m]["ci95"][0] > 0 or scores.diff[m]["ci95"][1] < 0 for m in metrics}
     lines = [f"# {names[1]} − {names[0]} on {data_path.name}", "", f"n = {rb.n} · paired bootstrap, {scores.diff['n_bootstrap']} resamples "
              f"of the same rows for both models", "", f"| metric | {names[0]} | {names[1]} | difference | 95% interval | distinguishable from noise |",

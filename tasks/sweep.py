@@ -203,7 +203,8 @@ def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, se
                         raise optuna.TrialPruned(f"epoch {epoch}: {spec.objective} {score:.4f} below the median of earlier trials")
 
                 s = train(p, out / f"trial-{trial.number:03d}", on_epoch)
-                value = float(getattr(s, spec.objective) if getattr(s, spec.objective, None) is not None else s.val_macro_f1)
+                value = getattr(s, spec.objective, None)  # val_entity_f1 exists for NER only
+                value = float(value if value is not None else s.val_macro_f1)
                 trial.set_user_attr("epochs", scores)
                 trial.set_user_attr("reused", not scores)
                 trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))

@@ -18,7 +18,7 @@ def _flow_run_state(flow_run_id: str) -> str:
         return client.read_flow_run(flow_run_id).state.type.value
 
 
-def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home, webhook, monkeypatch, capsys):
+def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, project, lmops_home, webhook, monkeypatch):
     from lmops.flows.pipeline import pipeline
 
     url, received = webhook
@@ -76,12 +76,17 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     assert lo <= c["candidate"]["macro_f1"] <= hi and gate["test"]["diff"]["macro_f1"]["diff"] < 0
     assert any(r.startswith("set canary: macro_f1") for r in gate["reasons"])
     # `lmops compare v2`: v2 − champion rescored now on the versioned test split, the gate's very numbers
+    import contextlib
+    import io
+
     from lmops.cli import main
 
     monkeypatch.chdir(project)
-    capsys.readouterr()
-    assert main(["compare", "finance-sentiment@2", "--json"]) == 0
-    cmp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # not capsys: its stream is closed after the test, and a log handler Prefect creates meanwhile would keep writing to it
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["compare", "finance-sentiment@2", "--json"]) == 0
+    cmp = json.loads(out.getvalue().strip().splitlines()[-1])
     assert cmp["a"] == "finance-sentiment@1" and cmp["b"] == "finance-sentiment@2" and "finetune.lr" in cmp["params_changed"]
     assert cmp["scored"]["b_minus_a"]["macro_f1"] == gate["test"]["diff"]["macro_f1"]
     assert cmp["scored"]["distinguishable"]["macro_f1"] == (gate["test"]["diff"]["macro_f1"]["ci95"][1] < 0)

@@ -175,6 +175,7 @@ class TaskKind:
     class_noun: ClassVar[str] = "class"  # a row of the per-class table
     # one softmax per row: a temperature fitted on the validation split calibrates its confidence (tasks/calibration.py)
     calibrated: ClassVar[bool] = True
+    resampled: ClassVar[str] = "rows"  # what the bootstrap intervals resample
     confusion_title: ClassVar[str] = "Confusion matrix"
 
     def report_headline(self, report: dict[str, Any], n: int) -> str:
