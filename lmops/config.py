@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,8 +58,63 @@ class SourceParams(Section):
         return self
 
 
+class BoilerplateParams(Section):
+    """Page furniture removed from unlabeled documents line by line, before normalization joins lines (see
+    ``lmops.text.Boilerplate``). The default patterns are what EDGAR's HTML-to-text leaves in 10-K items."""
+
+    # a line that matches one of these whole (after trimming) is removed
+    line_patterns: list[str] = Field(default_factory=lambda: [
+        r"(?i)(?:table of cont\w*|of contents)", r"(?i)index to (?:consolidated )?financial statements",
+        r"(?i)(?:page\s*)?[-–—]?\s*\d{1,4}\s*[-–—]?", r"(?i)page \d+ of \d+",
+    ])
+    # a line of at most repeated_line_max_chars with a letter in it, seen this often in one document next to a
+    # page-break line (one of line_patterns), is a running header or footer ("2023 FORM 10-K"); 0 = off
+    repeated_line_min: int = Field(default=3, ge=0)
+    repeated_line_max_chars: int = Field(default=80, ge=1)
+
+    @field_validator("line_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        bad = []
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                bad.append(f"[{i}] {pattern!r}: {exc}")
+        if bad:
+            raise ValueError("not a regular expression: " + "; ".join(bad))
+        return patterns
+
+
+class EngineParams(Section):
+    """Where ingest's per-batch work (cleaning, chunking, signatures) runs; see ``lmops/tasks/engine.py``."""
+
+    # local = this process; dask = a Dask cluster: a LocalCluster of `workers` processes, or the scheduler at `address`
+    kind: Literal["local", "dask"] = "local"
+    workers: int = Field(default=2, ge=1)
+    address: str | None = None  # e.g. tcp://dask-scheduler:8786 (kind: dask)
+    connect_timeout_s: float = Field(default=30, gt=0)
+    worker_memory: str = "2GiB"  # per LocalCluster worker (Dask spills, then pauses, past it)
+    in_flight_per_worker: int = Field(default=2, ge=1)  # batches queued per worker: bounds the driver's memory
+
+
 class IngestParams(Section):
     sources: list[SourceParams]
+    boilerplate: BoilerplateParams = Field(default_factory=BoilerplateParams)
+    engine: EngineParams = Field(default_factory=EngineParams)
+    # records per unit of work, and characters: a batch closes at whichever comes first (memory is bounded by
+    # batch_chars times the batches in flight, however large the sources)
+    batch_rows: int = Field(default=2000, ge=1)
+    batch_chars: int = Field(default=4_000_000, ge=1000)
+
+    # where and in what pieces the work runs, not what it produces: kept out of cache keys and the model hash
+    RUNTIME_ONLY: ClassVar[frozenset[str]] = frozenset({"engine", "batch_rows", "batch_chars"})
+
+    def content(self) -> dict[str, Any]:
+        """The params that decide ingest's output."""
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME_ONLY))
     min_chars: int = Field(default=8, ge=1)
     max_chars: int = Field(default=20000, ge=16)
     # Long unlabeled documents are split on paragraph/sentence boundaries into chunks of ~this size.
@@ -477,6 +532,7 @@ class Params(Section):
         """Hash of what a run computes from: every section except the operational ones (schedule, notify, cache)."""
         d = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_SECTIONS}
         d["register"] = {k: v for k, v in d["register"].items() if k != "wait_for_other_run_s"}
+        d["ingest"] = {k: v for k, v in d["ingest"].items() if k not in IngestParams.RUNTIME_ONLY}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

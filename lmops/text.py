@@ -10,11 +10,76 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # vowel separator. Left in, "Tata\u200bMotors" is a different text from "Tata Motors" to every hash, so copies
 # of test rows would pass deduplication and the leakage guard.
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\u00ad\ufeff\u180e]")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 def normalize_text(text: str) -> str:
     """NFC, no control or invisible format characters, single spaces; paragraph breaks kept as blank lines."""
     text = _INVISIBLE.sub("", unicodedata.normalize("NFC", text))
     text = _CONTROL.sub(" ", text)
-    paragraphs = [re.sub(r"[ \t\r\f\v]+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
-    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+    # str.split() folds every run of Unicode whitespace to one space and drops an all-blank paragraph
+    paragraphs = (" ".join(p.split()) for p in _PARAGRAPH.split(text))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+class Boilerplate:
+    """Page furniture that converting a paginated filing to text leaves between paragraphs: lines that match a
+    pattern whole (page numbers, "Table of Contents" links) and running headers and footers ("2023 FORM 10-K",
+    the company's name), which are short lines repeated beside those page breaks. Removed line by line before
+    normalization, which would otherwise join them into the sentences around them.
+
+    A repeated line counts as a header only next to a page break (within ``window`` non-blank lines of a pattern
+    match): a table's "Total" or a wrapped "and" repeats as often, but not at page breaks."""
+
+    def __init__(self, line_patterns: list[str], repeated_line_min: int, repeated_line_max_chars: int, window: int = 1):
+        # one alternation, each pattern's leading global flags ("(?i)") scoped to its own branch
+        self._line = re.compile("|".join(_scoped(p) for p in line_patterns)) if line_patterns else None
+        self._repeats = repeated_line_min
+        self._max_chars = repeated_line_max_chars
+        self._window = window
+
+    def strip(self, text: str) -> tuple[str, int]:
+        """(text without boilerplate lines, number of lines removed)."""
+        if self._line is None:
+            return text, 0
+        lines = text.split("\n")
+        # \u200b and friends count as blank: EDGAR puts a zero-width space on a line of its own beside page numbers
+        # (removing them leaves every line in place: none is a line break)
+        keys = [ln.strip() for ln in _INVISIBLE.sub("", text).split("\n")]
+        match = self._line.fullmatch
+        drop = [bool(k) and match(k) is not None for k in keys]
+        if self._repeats and any(drop):
+            near = self._near_breaks(keys, drop)
+            counts: dict[str, int] = {}
+            for i in near:
+                counts[keys[i]] = counts.get(keys[i], 0) + 1
+            for i in near:
+                if counts[keys[i]] >= self._repeats:
+                    drop[i] = True
+        removed = sum(drop)
+        if not removed:
+            return text, 0
+        # a removed line leaves its line break, so the paragraphs around a page break stay apart only where they were
+        return "\n".join(ln for ln, d in zip(lines, drop) if not d), removed
+
+    def _near_breaks(self, keys: list[str], anchor: list[bool]) -> list[int]:
+        """Indexes of short lines with a letter within ``window`` non-blank lines of a page-break line."""
+        nonblank = [i for i, k in enumerate(keys) if k]
+        out = []
+        for pos, i in enumerate(nonblank):
+            k = keys[i]
+            if anchor[i] or len(k) > self._max_chars or not _LETTER.search(k):
+                continue
+            around = nonblank[max(0, pos - self._window) : pos] + nonblank[pos + 1 : pos + 1 + self._window]
+            if any(anchor[j] for j in around):
+                out.append(i)
+        return out
+
+
+_LETTER = re.compile(r"[^\W\d_]")
+_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def _scoped(pattern: str) -> str:
+    m = _FLAGS.match(pattern)
+    return f"(?{m.group(1)}:{pattern[m.end():]})" if m else f"(?:{pattern})"

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lmops.config import IngestParams, SourceParams
 from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
-from lmops.tasks.dedup import NearDuplicates, text_key
+from lmops.tasks.dedup import text_key
 from lmops.tasks.readers import Rejected, Row, read_source
 from lmops.text import normalize_text
 
 COLUMNS = ["id", "text", "label", "source", "date", "entities"]
+CORPUS_COLUMNS = ["id", "text", "source", "date"]
 QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "text"]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -35,6 +37,7 @@ class SourceCounts:
     quarantined: int = 0
     duplicates: int = 0  # exact + near duplicates
     near_duplicates: int = 0
+    boilerplate_lines: int = 0  # page-furniture lines removed from this source's documents
 
 
 @dataclass
@@ -46,7 +49,13 @@ class IngestSummary:
     label_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        # a count that is 0 stays out: snapshots without boilerplate keep the bytes (and data version) they had
+        # before boilerplate was removed at all
+        for counts in d["sources"].values():
+            if not counts["boilerplate_lines"]:
+                del counts["boilerplate_lines"]
+        return d
 
     @classmethod
     def read(cls, snapshot_dir: Path) -> "IngestSummary":
@@ -80,56 +89,271 @@ def chunk_text(text: str, chunk_chars: int) -> list[str]:
     return chunks
 
 
-def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, kind: TaskKind):
-    """Read and clean every source; returns (labeled rows, corpus rows, quarantine rows)."""
-    labeled: list[dict[str, Any]] = []
-    corpus: list[dict[str, Any]] = []
+@dataclass
+class CleanedBatch:
+    """One batch of one source after cleaning (where the engine ran it): what to quarantine, and the surviving
+    documents with their duplicate keys and signatures. Documents are decided later, all at once (``dedup.resolve``)."""
+
+    source: int  # index into ingest.sources
+    rows_in: int
+    boilerplate_lines: int
+    quarantined: int
+    docs: int  # the documents' rows and the quarantine records are in the batch's spill file
+    keys: Any  # (n,) V16
+    sigs: Any  # (n, 64) uint64
+    has_sig: Any  # (n,) bool
+
+
+def clean_batch(items: list, source: int, params: IngestParams, labels: list[str], kind_name: str, spill: str) -> CleanedBatch:
+    """Normalize, shape and sign one batch of records; write its rows and quarantine records to ``spill`` (a pickle)
+    and return only counts and fixed-width arrays. Pure but for that file: runs in this process or on a Dask worker
+    (which then needs the spill folder: local workers share this disk; a cluster, a shared file system)."""
+    import pickle
+
+    import numpy as np
+
+    from lmops.tasks.dedup import PERMS, exact_keys, minhasher
+
+    src, kind = params.sources[source], KINDS[kind_name]
+    boiler = _boilerplate(params)
     quarantine: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    near = NearDuplicates(params.near_duplicate_threshold) if params.near_duplicate_threshold else None
+    docs: list[list[dict[str, Any]]] = []  # the rows of each document (entity rows repeat their headline; chunks)
+    texts, removed_lines = [], 0
+    for item in items:
+        if isinstance(item, Rejected):
+            quarantine.append({"source": src.name, **asdict(item)})
+            continue
+        reason, rows, removed = _clean(item, src, params, labels, kind, boiler)
+        removed_lines += removed
+        if reason:
+            quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
+            continue
+        docs.append(rows)
+        texts.append(" ".join(dict.fromkeys(r["text"] for r in rows)))
+    with open(spill, "wb") as fh:
+        pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(src.role, texts), None, None)
+    if params.near_duplicate_threshold:
+        out.sigs, out.has_sig = minhasher().signatures(texts)
+    else:
+        out.sigs, out.has_sig = np.zeros((len(texts), PERMS), dtype=np.uint64), np.zeros(len(texts), dtype=bool)
+    return out
 
-    for src in params.sources:
-        counts = summary.sources.setdefault(src.name, SourceCounts())
+
+def _boilerplate(params: IngestParams):
+    from lmops.text import Boilerplate
+
+    b = params.boilerplate
+    return Boilerplate(b.line_patterns, b.repeated_line_min, b.repeated_line_max_chars)
+
+
+def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set[str], spill: Path):
+    """(clean_batch arguments) per batch of records, source after source; a batch closes at ingest.batch_rows
+    records or ingest.batch_chars characters."""
+    k = 0
+    for s, src in enumerate(params.sources):
+        if src.role not in roles:
+            continue
+        batch: list = []
+        chars = n = 0
         for item in read_source(src):
-            counts.rows_in += 1
-            if src.max_rows and counts.rows_in > src.max_rows:
-                counts.rows_in -= 1
+            n += 1
+            if src.max_rows and n > src.max_rows:
                 break
-            if isinstance(item, Rejected):
-                counts.quarantined += 1
-                quarantine.append({"source": src.name, **asdict(item)})
-                continue
-            reason, rows = _clean(item, src, params, labels, kind)
-            if reason:
-                counts.quarantined += 1
-                quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
-                continue
-            # Exact duplicates (case/whitespace-insensitive) within a role are counted, not kept.
-            # (entity rows repeat their headline: the document is the distinct texts, in order)
-            doc = " ".join(dict.fromkeys(r["text"] for r in rows))
-            key = (src.role, text_key(doc))
-            if key in seen:
-                counts.duplicates += 1
-                continue
-            seen.add(key)
-            if near is not None and near.seen_before(src.role, doc):
-                counts.duplicates += 1
-                counts.near_duplicates += 1
-                continue
-            counts.kept += 1
-            (labeled if src.role == "labeled" else corpus).extend(rows)
-    return labeled, corpus, quarantine
+            batch.append(item)
+            chars += len(getattr(item, "text", "") or "")
+            if len(batch) >= params.batch_rows or chars >= params.batch_chars:
+                yield (batch, s, params, labels, kind.name, str(spill / f"batch-{k:07d}.pkl"))
+                batch, chars, k = [], 0, k + 1
+        if batch or n == 0:
+            yield (batch, s, params, labels, kind.name, str(spill / f"batch-{k:07d}.pkl"))
+            k += 1
 
 
-def _write_quarantine(quarantine: list[dict[str, Any]], params: IngestParams, out_dir: Path) -> None:
+class _Collected:
+    """Pass 1's results, spilled: the documents and quarantine records of each batch in a pickle, the signatures in
+    one binary file; in memory only a few arrays of fixed width per document. Pass 2 (``labeled``, ``corpus``,
+    ``quarantine``) reads the batches back in order, keeping the documents ``dedup.resolve`` kept."""
+
+    def __init__(self, spill: Path, params: IngestParams):
+        self.spill, self.params = spill, params
+        self.batches: list[tuple[int, int, int]] = []  # (source index, first document, documents)
+        self._keys, self._roles, self._has, self._bands, self._src = [], [], [], [], []
+        self._sigs = open(spill / "sigs.u64", "wb")
+        self.docs = 0
+        self.kept = None
+
+    def add(self, b: CleanedBatch) -> None:
+        import numpy as np
+
+        from lmops.tasks.dedup import band_hashes, role_code
+
+        n = b.docs
+        self.batches.append((b.source, self.docs, n))
+        self._keys.append(b.keys)
+        self._roles.append(np.full(n, role_code(self.params.sources[b.source].role), dtype=np.uint8))
+        self._has.append(b.has_sig)
+        self._bands.append(band_hashes(b.sigs))
+        self._src.append(np.full(n, b.source, dtype=np.int32))
+        self._sigs.write(np.ascontiguousarray(b.sigs, dtype=np.uint64).tobytes())
+        self.docs += n
+
+    def resolve(self, summary: IngestSummary) -> None:
+        import numpy as np
+
+        from lmops.tasks.dedup import BANDS, PERMS, resolve
+
+        self._sigs.close()
+        cat = (lambda parts, dtype, shape=(0,): np.concatenate(parts) if parts else np.zeros(shape, dtype=dtype))
+        keys, roles, has = cat(self._keys, "V16"), cat(self._roles, np.uint8), cat(self._has, bool)
+        bands, src = cat(self._bands, np.uint32, (0, BANDS)), cat(self._src, np.int32)
+        self._keys = self._roles = self._has = self._bands = self._src = []
+        sigs = np.memmap(self.spill / "sigs.u64", dtype=np.uint64, mode="r", shape=(self.docs, PERMS)) if self.docs else np.zeros((0, PERMS), np.uint64)
+        found = resolve(keys, roles, has, bands, sigs, self.params.near_duplicate_threshold)
+        del sigs
+        self.kept = ~(found["exact"] | found["near"])
+        per = len(self.params.sources)
+        docs = np.bincount(src, minlength=per)
+        dups = np.bincount(src, weights=~self.kept, minlength=per).astype(int)
+        near = np.bincount(src, weights=found["near"], minlength=per).astype(int)
+        for s, spec in enumerate(self.params.sources):
+            if spec.name in summary.sources:
+                c = summary.sources[spec.name]
+                c.kept += int(docs[s] - dups[s])
+                c.duplicates += int(dups[s])
+                c.near_duplicates += int(near[s])
+
+    def _read(self, i: int):
+        import pickle
+
+        with open(self.spill / f"batch-{i:07d}.pkl", "rb") as fh:
+            return pickle.load(fh)
+
+    def rows(self, role: str) -> Iterator[dict[str, Any]]:
+        """The kept documents' rows of one role, in source and record order."""
+        for i, (s, first, n) in enumerate(self.batches):
+            if self.params.sources[s].role != role or not n:
+                continue
+            docs, _ = self._read(i)
+            for d, rows in enumerate(docs):
+                if self.kept[first + d]:
+                    yield from rows
+
+    def quarantine(self) -> Iterator[dict[str, Any]]:
+        for i in range(len(self.batches)):
+            yield from self._read(i)[1]
+
+
+def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, kind: TaskKind, spill: Path,
+             roles: tuple[str, ...] = ("labeled", "unlabeled")) -> _Collected:
+    """Pass 1 (read, clean, sign every batch on the engine; spill) and the duplicate decision."""
+    from tqdm.auto import tqdm
+
+    from lmops.tasks.engine import open_engine
+
+    collected = _Collected(spill, params)
+    for src in params.sources:
+        if src.role in roles:
+            summary.sources.setdefault(src.name, SourceCounts())
+    engine = open_engine(params.engine)
+    bar = tqdm(desc="ingest", unit="rows", disable=None, mininterval=2.0)
+    try:
+        for b in engine.map(clean_batch, _batches(params, labels, kind, set(roles), spill)):
+            c = summary.sources[params.sources[b.source].name]
+            c.rows_in += b.rows_in
+            c.quarantined += b.quarantined
+            c.boilerplate_lines += b.boilerplate_lines
+            collected.add(b)
+            bar.update(b.rows_in)
+    finally:
+        bar.close()
+        engine.close()
+    collected.resolve(summary)
+    return collected
+
+
+# a Parquet output's buffer: one row group of up to this many characters of text or rows
+SINK_CHARS, SINK_ROWS = 32_000_000, 1_000_000
+
+
+class _Sink:
+    """A Parquet file written as records arrive. Output that fits one buffer is written by the same pandas call
+    as always (so a small snapshot's bytes, and its data version, do not depend on this class); past the buffer
+    it is written a row group at a time with a fixed schema, so memory stays bounded."""
+
+    def __init__(self, path: Path, columns: list[str], schema, to_frame):
+        self.path, self.columns, self.schema, self.to_frame = path, columns, schema, to_frame
+        self.limit_chars, self.limit_rows = SINK_CHARS, SINK_ROWS
+        self.records: list[dict[str, Any]] = []
+        self.chars = 0
+        self.rows = 0
+        self._writer = None
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        self.rows += 1
+        self.chars += len(rec.get("text") or "")
+        if len(self.records) >= self.limit_rows or self.chars >= self.limit_chars:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        if self.records:
+            self._writer.write_table(pa.Table.from_pylist([{c: r.get(c) for c in self.columns} for r in self.records], schema=self.schema))
+        self.records, self.chars = [], 0
+
+    def close(self, tail=None) -> None:
+        """Write what is buffered, then ``tail`` (a frame with the same columns) after it."""
+        if self._writer is None:
+            self.to_frame(self.records, tail).to_parquet(self.path, index=False)
+            self.records = []
+            self.rows += 0 if tail is None else len(tail)
+            return
+        for start in range(0, 0 if tail is None else len(tail), 100_000):
+            for rec in tail.iloc[start : start + 100_000].to_dict("records"):
+                self.add(rec)
+        self._flush()
+        self._writer.close()
+
+
+def _corpus_sink(path: Path) -> _Sink:
     import pandas as pd
+    import pyarrow as pa
+
+    def frame(records, tail):
+        parts = [pd.DataFrame(records, columns=COLUMNS)] + ([tail.assign(label=None, entities=None)] if tail is not None else [])
+        return (pd.concat(parts, ignore_index=True) if tail is not None else parts[0])[CORPUS_COLUMNS]
+
+    return _Sink(path, CORPUS_COLUMNS, pa.schema([(c, pa.string()) for c in CORPUS_COLUMNS]), frame)
+
+
+def _quarantine_sink(path: Path, params: IngestParams) -> _Sink:
+    import pandas as pd
+    import pyarrow as pa
 
     # Paths relative to their source, so the snapshot (and its DVC md5) is the same on every machine.
     roots = {src.name: Path(src.path) for src in params.sources}
-    for rec in quarantine:
-        rec["file"] = _relative(Path(rec["file"]), roots[rec["source"]])
-        rec["text"] = _SURROGATE.sub("\ufffd", rec.get("text") or "")
-    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}).to_parquet(out_dir / "quarantine.parquet", index=False)
+
+    class Quarantine(_Sink):
+        def add(self, rec):
+            rec["file"] = _relative(Path(rec["file"]), roots[rec["source"]])
+            rec["text"] = _SURROGATE.sub("\ufffd", rec.get("text") or "")
+            super().add(rec)
+
+    schema = pa.schema([("source", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("reason", pa.string()), ("text", pa.string())])
+    return Quarantine(path, QUARANTINE_COLUMNS, schema,
+                      lambda records, tail: pd.DataFrame(records, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}))
+
+
+def _spill_dir(out_dir: Path) -> Path:
+    import tempfile
+
+    # beside the snapshot (the same disk, which has room for it), never inside it: the folder's md5 is the data version
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.ingest-", dir=out_dir.parent))
 
 
 def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, kind: TaskKind = KINDS["sequence"]):
@@ -138,9 +362,14 @@ def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    labeled, _, quarantine = _collect(params, labels, summary, kind)
-    _write_quarantine(quarantine, params, out_dir)
-    return pd.DataFrame(labeled, columns=COLUMNS), summary
+    spill = _spill_dir(out_dir)
+    try:
+        collected = _collect(params, labels, summary, kind, spill, roles=("labeled",))
+        frame = pd.DataFrame(list(collected.rows("labeled")), columns=COLUMNS)
+        _write_quarantine(collected.quarantine(), params, out_dir)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return frame, summary
 
 
 def ingest_corpus_only(params: IngestParams, out_dir: Path):
@@ -149,13 +378,28 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    _, corpus, quarantine = _collect(params, [], summary, KINDS["sequence"])
-    for rec in corpus:
-        rec.pop("_file"), rec.pop("_row")
-    _write_quarantine(quarantine, params, out_dir)
-    frame = pd.DataFrame(corpus, columns=COLUMNS)[["id", "text", "source", "date"]]
-    frame.to_parquet(out_dir / "corpus.parquet", index=False)
-    return frame, summary
+    spill = _spill_dir(out_dir)
+    try:
+        collected = _collect(params, [], summary, KINDS["sequence"], spill, roles=("unlabeled",))
+        sink = _corpus_sink(out_dir / "corpus.parquet")
+        for rec in collected.rows("unlabeled"):
+            rec.pop("_file"), rec.pop("_row")
+            sink.add(rec)
+        sink.close()
+        _write_quarantine(collected.quarantine(), params, out_dir)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    summary.corpus_rows = sink.rows
+    return pd.read_parquet(out_dir / "corpus.parquet"), summary
+
+
+def _write_quarantine(records, params: IngestParams, out_dir: Path, more=()) -> None:
+    sink = _quarantine_sink(out_dir / "quarantine.parquet", params)
+    for rec in records:
+        sink.add(rec)
+    for rec in more:
+        sink.add(rec)
+    sink.close()
 
 
 def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, kind: TaskKind = KINDS["sequence"]) -> IngestSummary:
@@ -163,17 +407,29 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ki
 
     The task kind (finetune.task) shapes the labeled rows: ``entity`` gives one row per (headline, entity),
     ``token`` one row per CoNLL sentence with its IOB2 tags as the label (space-separated, one per word).
+    Memory is bounded by the labeled rows (split in memory) and a few bytes per corpus document: the corpus
+    streams from the sources to ``corpus.parquet`` through spilled batches.
     """
-    import pandas as pd
-
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    labeled, corpus, quarantine = _collect(params, labels, summary, kind)
+    spill = _spill_dir(out_dir)
+    try:
+        _ingest(params, labels, out_dir, seed, kind, summary, spill)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return summary
 
+
+def _ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, kind: TaskKind, summary: IngestSummary, spill: Path) -> None:
+    import pandas as pd
+
+    collected = _collect(params, labels, summary, kind, spill)
+    labeled = list(collected.rows("labeled"))
     if not labeled:
         raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
     pinned = {src.name: src.assign_split for src in params.sources if src.assign_split}
     frame = pd.DataFrame(labeled, columns=COLUMNS)
+    del labeled
     alone = sorted(src.name for src in params.sources if src.split_alone and not src.assign_split)
     fixed = frame[frame["source"].isin(pinned)]
     free = frame[~frame["source"].isin(pinned) & ~frame["source"].isin(alone)]
@@ -195,32 +451,29 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ki
 
     # Leakage guard: no evaluation text may appear in what the model pretrains on.
     eval_keys = {text_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
-    corpus_rows = []
-    for rec in corpus:
+    leaked: list[dict[str, Any]] = []
+    corpus = _corpus_sink(out_dir / "corpus.parquet")
+    for rec in collected.rows("unlabeled"):
+        file, row = rec.pop("_file"), rec.pop("_row")
         if text_key(rec["text"]) in eval_keys:
             counts = summary.sources[rec["source"]]
             counts.kept -= 1
             counts.quarantined += 1
-            quarantine.append({"source": rec["source"], "file": rec.pop("_file"), "row": rec.pop("_row"), "reason": "leakage: text also in validation/test split", "text": rec["text"][:200]})
+            leaked.append({"source": rec["source"], "file": file, "row": row, "reason": "leakage: text also in validation/test split",
+                           "text": rec["text"][:200]})
             continue
-        rec.pop("_file"), rec.pop("_row")
-        corpus_rows.append(rec)
+        corpus.add(rec)
     # The labeled train texts are domain text too: pretraining sees them (never val/test).
-    corpus_frame = pd.concat(
-        [pd.DataFrame(corpus_rows, columns=COLUMNS), splits["train"].assign(label=None, entities=None)],
-        ignore_index=True,
-    )[["id", "text", "source", "date"]]
+    corpus.close(tail=splits["train"])
 
     for name, part in splits.items():
         part.to_parquet(out_dir / f"{name}.parquet", index=False)
         summary.splits[name] = len(part)
-    corpus_frame.to_parquet(out_dir / "corpus.parquet", index=False)
-    _write_quarantine(quarantine, params, out_dir)
-    summary.corpus_rows = len(corpus_frame)
+    _write_quarantine(collected.quarantine(), params, out_dir, more=leaked)
+    summary.corpus_rows = corpus.rows
     summary.label_counts = {k: int(v) for k, v in kind.label_values(frame["label"]).value_counts().sort_index().items()}
     # The snapshot's bytes must depend only on the data (its DVC md5 is the data version): no run paths.
     (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.to_dict().items() if k != "out_dir"}, indent=2))
-    return summary
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -232,23 +485,25 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str], kind: TaskKind) -> tuple[str | None, list[dict[str, Any]]]:
-    """Return (reason to quarantine, []) or (None, normalized rows); the task kind shapes labeled rows."""
+def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str], kind: TaskKind, boiler) -> tuple[str | None, list[dict[str, Any]], int]:
+    """(reason to quarantine, [], lines removed) or (None, normalized rows, boilerplate lines removed); the task
+    kind shapes labeled rows, page furniture is removed from unlabeled ones."""
     if "\ufffd" in item.text:
-        return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", []
+        return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", [], 0
     if _SURROGATE.search(item.text):
         # JSON can spell half a UTF-16 pair (\\ud800); no UTF-8 file can hold it, so Parquet would refuse the row
-        return "invalid Unicode: a lone surrogate (half of a UTF-16 pair); fix the escape in the source", []
+        return "invalid Unicode: a lone surrogate (half of a UTF-16 pair); fix the escape in the source", [], 0
     if src.role == "labeled":
-        return kind.labeled_rows(item, src, params, labels)
-    text = normalize_text(item.text)
+        return (*kind.labeled_rows(item, src, params, labels), 0)
+    raw, removed = boiler.strip(item.text)
+    text = normalize_text(raw)
     if len(text) < params.min_chars:
-        return f"text shorter than ingest.min_chars={params.min_chars} ({len(text)} chars)", []
+        return f"text shorter than ingest.min_chars={params.min_chars} ({len(text)} chars)", [], removed
     return None, [
         {"source": src.name, "date": item.date, "id": f"{src.name}:{item.row}:{k}", "text": c, "label": None, "entities": None,
          "_file": item.file, "_row": item.row}
         for k, c in enumerate(chunk_text(text, params.chunk_chars))
-    ]
+    ], removed
 
 
 def _split(frame, val_frac: float, test_frac: float, seed: int, groups=None) -> dict[str, Any]:

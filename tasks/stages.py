@@ -53,7 +53,7 @@ def ingest(p: Params, run: RunLayout, carry_from: Snapshot | None = None):
     paths = [Path(s.path) for s in p.ingest.sources]
     if any(s.format == "hf" for s in p.ingest.sources) or not all(path.exists() for path in paths):
         return compute()  # a hub dataset has no local bytes to key on; a missing path fails with its own message
-    inputs = {"ingest": p.ingest, "labels": p.validate_.labels, "seed": p.project.seed, "task": p.finetune.task,
+    inputs = {"ingest": p.ingest.content(), "labels": p.validate_.labels, "seed": p.project.seed, "task": p.finetune.task,
               "sources": [tree_digest(path) for path in paths],
               "batches": tree_digest(run.data.dir / BATCHES) if batch_sources else None}
     return _reuse(p, "ingest", inputs, run.data.dir, compute, lambda d: IngestSummary.read(run.data.dir))

@@ -248,13 +248,13 @@ def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
                    '"Steel stocks slide as prices fall in China","{\'Steel\': \'negative\'}"\n')
     p = params_from_dict(tiny_params_dict(finetune={"task": "entity"}))
     p.ingest.sources[0].path = str(src)
-    from lmops.tasks.ingest import IngestSummary, _collect
+    from lmops.tasks.ingest import ingest_labeled_only
 
-    summary = IngestSummary(out_dir=str(tmp_path))
-    labeled, _, _ = _collect(p.ingest.model_copy(update={"sources": [p.ingest.sources[0]]}), p.validate_.labels, summary, KINDS["entity"])
+    labeled, summary = ingest_labeled_only(p.ingest.model_copy(update={"sources": [p.ingest.sources[0]]}), p.validate_.labels, tmp_path / "out",
+                                           KINDS["entity"])
     c = summary.sources["sentfin"]
     assert (c.rows_in, c.kept, c.duplicates) == (3, 2, 1)
-    assert sorted(json.loads(r["entities"]).popitem()[0] for r in labeled) == ["Nifty", "Sensex", "Steel"]
+    assert sorted(json.loads(e).popitem()[0] for e in labeled["entities"]) == ["Nifty", "Sensex", "Steel"]
 
 
 def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):

@@ -1,0 +1,81 @@
+"""Where ingest's per-batch work runs: in this process, or on a Dask cluster (``ingest.engine``).
+
+An engine maps a function over a stream of argument tuples and yields the results in input order, with a
+bounded number of batches in flight, so memory stays flat however long the stream is. A new engine is a class
+registered in ``ENGINES`` under the name ``ingest.engine.kind`` takes.
+
+Dask, because it is a library and a cluster at once: the same ``distributed.Client`` drives a
+``LocalCluster`` of worker processes on one machine (the tests, a laptop) and a scheduler on many machines
+(``ingest.engine.address: tcp://scheduler:8786``, or dask-kubernetes / dask-jobqueue behind it), it ships plain
+Python functions and objects, and Prefect's own ``prefect-dask`` task runner speaks to the same scheduler.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from lmops.config import EngineParams
+
+
+class InProcess:
+    """One core, no start-up cost: the default, and right for anything that ingests in seconds."""
+
+    workers = 1
+
+    def __init__(self, params: EngineParams):
+        pass
+
+    def map(self, fn: Callable[..., Any], args: Iterable[tuple]) -> Iterator[Any]:
+        for a in args:
+            yield fn(*a)
+
+    def close(self) -> None:
+        pass
+
+
+class DaskEngine:
+    """A Dask ``distributed`` cluster: ``address`` connects to a running scheduler; without it a
+    ``LocalCluster`` of ``workers`` single-threaded processes starts here (and stops on ``close``)."""
+
+    def __init__(self, params: EngineParams):
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if params.address:
+            self._client = Client(params.address, timeout=params.connect_timeout_s)
+        else:
+            # processes, one thread each: the batch work is pure Python and holds the GIL
+            self._cluster = LocalCluster(n_workers=params.workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, memory_limit=params.worker_memory)
+            self._client = Client(self._cluster)
+        self.workers = max(1, len(self._client.scheduler_info().get("workers", {})) or params.workers)
+        self._window = params.in_flight_per_worker * self.workers
+
+    def map(self, fn: Callable[..., Any], args: Iterable[tuple]) -> Iterator[Any]:
+        pending: deque = deque()
+        for a in args:
+            pending.append(self._client.submit(fn, *a, pure=False))
+            if len(pending) >= self._window:
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def _result(future) -> Any:
+    try:
+        return future.result()
+    finally:
+        future.release()
+
+
+ENGINES: dict[str, type] = {"local": InProcess, "dask": DaskEngine}
+
+
+def open_engine(params: EngineParams):
+    return ENGINES[params.kind](params)

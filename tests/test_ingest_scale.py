@@ -1,0 +1,188 @@
+"""Ingest at scale: boilerplate removal, batches spilled to disk, the duplicate decision from arrays, a Dask cluster.
+
+The streaming path is the only path, so every other ingest test runs through it too; these pin what is new: the
+output does not depend on how the input is cut into batches or where they run, and page furniture goes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import FIXTURES, tiny_params_dict
+
+from lmops.config import ConfigError, EngineParams, IngestParams, SourceParams, ValidateParams, params_from_dict
+from lmops.tasks import ingest as ingest_mod
+from lmops.tasks.dedup import MinHasher, band_hashes, exact_keys, resolve
+from lmops.tasks.ingest import ingest, ingest_corpus_only
+
+SNAPSHOT = ["train.parquet", "validation.parquet", "test.parquet", "corpus.parquet", "quarantine.parquet", "summary.json"]
+
+PAGE = "We sell products in {n} countries and expect growth to continue in the coming years as markets expand."
+
+
+def _filing(pages: int = 6) -> str:
+    """A 10-K item as EDGAR's HTML-to-text leaves it: page numbers, "Table of Contents" links and a running header
+    at every page break, a table whose "Total" repeats, and a sentence wrapped around a lone "and"."""
+    parts = []
+    for n in range(1, pages + 1):
+        parts += [PAGE.format(n=n), "Total", "Revenue grew in segment", "and", f"margin improved {n}.", f"{n}", "\u200b",
+                  "Table of Contents", "ACME HOLDINGS INC. 2023 FORM 10-K"]
+    return "\n".join(parts)
+
+
+def test_page_furniture_goes_and_prose_stays(tmp_path):
+    src = tmp_path / "filings.jsonl"
+    src.write_text(json.dumps({"text": _filing()}) + "\n")
+    corpus, summary = ingest_corpus_only(IngestParams(sources=[SourceParams(name="10k", role="unlabeled", format="jsonl", path=str(src))]),
+                                         tmp_path / "out")
+    text = " ".join(corpus["text"])
+    assert "Table of Contents" not in text and "ACME HOLDINGS" not in text
+    # 6 page numbers + 6 links + 6 headers; the table's "Total" and the wrapped "and" repeat as often, away from page breaks
+    assert summary.sources["10k"].boilerplate_lines == 18
+    assert text.count("Total") == 6 and "Revenue grew in segment and margin improved 3." in text
+    off = IngestParams(sources=[SourceParams(name="10k", role="unlabeled", format="jsonl", path=str(src))],
+                       boilerplate={"line_patterns": [], "repeated_line_min": 0})
+    raw, raw_summary = ingest_corpus_only(off, tmp_path / "off")
+    assert raw_summary.sources["10k"].boilerplate_lines == 0 and " ".join(raw["text"]).count("Table of Contents") == 6
+
+
+def test_the_10k_sample_passes_the_boilerplate_expectation_only_with_page_furniture_removed(tmp_path):
+    from lmops.tasks.validate import validate_frames
+
+    src = SourceParams(name="10k", role="unlabeled", format="jsonl", path=str(FIXTURES / "sec10k_sample.jsonl"),
+                       text_columns=["item1", "item1a", "item7", "item7a"])
+    p = ValidateParams(min_corpus_rows=1, max_boilerplate_share=0.0)  # not one chunk with boilerplate
+    for params, passes in ((IngestParams(sources=[src], chunk_chars=300, boilerplate={"line_patterns": [], "repeated_line_min": 0}), False),
+                           (IngestParams(sources=[src], chunk_chars=300), True)):
+        corpus, _ = ingest_corpus_only(params, tmp_path / str(passes))
+        outcome = {o.expectation: o.success for o in validate_frames({"corpus": corpus}, p).outcomes}
+        assert outcome["expect_column_values_to_not_match_regex_list"] is passes
+
+
+def test_a_bad_boilerplate_pattern_names_its_key():
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(tiny_params_dict(ingest={"boilerplate": {"line_patterns": ["ok", "(unclosed"]}}))
+    assert "ingest.boilerplate.line_patterns" in str(err.value) and "[1] '(unclosed'" in str(err.value)
+
+
+def _snapshot(path):
+    return {name: (path / name).read_bytes() for name in SNAPSHOT}
+
+
+def test_the_snapshot_does_not_depend_on_how_the_sources_are_cut_into_batches(tmp_path, monkeypatch):
+    """One batch, or a batch per 3 records with every Parquet output flushed a row group at a time: the same rows,
+    the same counts; and byte for byte the same files where the output fits one buffer (the data version)."""
+    p = params_from_dict(tiny_params_dict())
+    ingest(p.ingest, p.validate_.labels, tmp_path / "one", p.project.seed)
+    ingest(p.ingest.model_copy(update={"batch_rows": 3}), p.validate_.labels, tmp_path / "small", p.project.seed)
+    assert _snapshot(tmp_path / "one") == _snapshot(tmp_path / "small")
+
+    monkeypatch.setattr(ingest_mod, "SINK_ROWS", 5)
+    ingest(p.ingest.model_copy(update={"batch_rows": 3}), p.validate_.labels, tmp_path / "flushed", p.project.seed)
+    assert pq.ParquetFile(tmp_path / "flushed" / "corpus.parquet").num_row_groups > 2
+    for name in ("corpus.parquet", "quarantine.parquet"):
+        a, b = pd.read_parquet(tmp_path / "one" / name), pd.read_parquet(tmp_path / "flushed" / name)
+        pd.testing.assert_frame_equal(a.astype(b.dtypes.to_dict()), b)
+    assert (tmp_path / "one" / "summary.json").read_text() == (tmp_path / "flushed" / "summary.json").read_text()
+    assert not [p for p in tmp_path.iterdir() if ".ingest-" in p.name], "the spill folders are removed"
+
+
+def _sequential(docs: list[str], roles: list[str], threshold: float) -> tuple[list[bool], list[bool]]:
+    """The one-document-at-a-time decision ingest made before it spilled: an LSH index of the kept documents."""
+    hasher, seen, buckets, sigs = MinHasher(), set(), {}, []
+    exact, near = [], []
+    for doc, role in zip(docs, roles):
+        key = (role, " ".join(doc.lower().split()))
+        if key in seen:
+            exact.append(True), near.append(False)
+            continue
+        seen.add(key)
+        exact.append(False)
+        if len(doc.split()) < 8:
+            near.append(False)
+            continue
+        sig = hasher.signature(doc)
+        keys = [(role, b, sig[b * 4 : (b + 1) * 4].tobytes()) for b in range(16)]
+        if any(float(np.mean(sigs[i] == sig)) >= threshold for i in {i for k in keys for i in buckets.get(k, [])}):
+            near.append(True)
+            continue
+        near.append(False)
+        for k in keys:
+            buckets.setdefault(k, []).append(len(sigs))
+        sigs.append(sig)
+    return exact, near
+
+
+def test_the_duplicate_decision_from_arrays_is_the_sequential_one():
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(400)]
+    base = [" ".join(rng.choice(vocab, 300)) for _ in range(120)]
+    docs, roles = [], []
+    for i in range(600):
+        doc = base[rng.integers(len(base))].split()
+        for _ in range(int(rng.integers(0, 9))):  # 0-8 words changed: some copies reach 0.9, some do not
+            doc[rng.integers(len(doc))] = str(rng.choice(vocab))
+        text = " ".join(doc) if i % 7 else " ".join(doc).upper()  # a case change is an exact duplicate
+        docs.append(text if i % 11 else "too short to sign")
+        roles.append("labeled" if i % 5 == 0 else "unlabeled")
+    hasher = MinHasher()
+    sigs, has = hasher.signatures(docs)
+    codes = np.array([1 if r == "labeled" else 2 for r in roles], dtype=np.uint8)
+    keys = np.concatenate([exact_keys(r, [d]) for r, d in zip(roles, docs)])
+    found = resolve(keys, codes, has, band_hashes(sigs), sigs, 0.9)
+    exact, near = _sequential(docs, roles, 0.9)
+    assert found["exact"].tolist() == exact and found["near"].tolist() == near
+    assert sum(near) > 50 and sum(exact) > 50 and sum(not e and not n for e, n in zip(exact, near)) > 50
+
+
+@pytest.fixture
+def dask_engine():
+    return EngineParams(kind="dask", workers=2)
+
+
+def test_a_dask_cluster_makes_the_same_snapshot_as_this_process(tmp_path, dask_engine):
+    p = params_from_dict(tiny_params_dict())
+    ingest(p.ingest, p.validate_.labels, tmp_path / "local", p.project.seed)
+    on_dask = p.ingest.model_copy(update={"engine": dask_engine, "batch_rows": 25})
+    summary = ingest(on_dask, p.validate_.labels, tmp_path / "dask", p.project.seed)
+    assert _snapshot(tmp_path / "local") == _snapshot(tmp_path / "dask")
+    assert summary.sources["sentfin"].rows_in == 600
+
+
+def test_bad_input_on_a_dask_cluster_is_quarantined_with_reasons(tmp_path, dask_engine):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b'{"text": "A valid filing paragraph about revenue and margins."}\n'
+                       b'{not json\n'
+                       b'\n'
+                       b'{"text": "caf\xe9 latin-1 bytes here in this line"}\n'
+                       b'{"other": 1}\n'
+                       + json.dumps({"text": "x" * (10 * 2**20)}).encode() + b"\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    params = IngestParams(sources=[SourceParams(name="c", role="unlabeled", format="jsonl", path=str(corpus)),
+                                   SourceParams(name="e", role="unlabeled", format="jsonl", path=str(empty))],
+                          engine=dask_engine, batch_rows=2)
+    frame, summary = ingest_corpus_only(params, tmp_path / "out")
+    c = summary.sources["c"]
+    assert (c.rows_in, c.kept, c.quarantined) == (6, 2, 4) and summary.sources["e"].rows_in == 0
+    reasons = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")["reason"].tolist()
+    assert [r.split(":")[0].split(" (")[0] for r in reasons] == ["invalid JSON", "empty line", "undecodable bytes", "no string field among ['text']"]
+    assert frame["text"].str.len().sum() >= 10 * 2**20, "the 10 MB line is chunked, not lost"
+
+
+@pytest.mark.slow
+def test_a_corpus_much_larger_than_the_batches_ingests_in_bounded_memory(tmp_path):
+    """A 300 MB corpus (planted near-duplicates among re-sampled 10-K/FOMC sentences) in a child process: peak
+    RSS stays far below the text it holds, and the planted pairs are found."""
+    data = tmp_path / "gen"
+    subprocess.run([sys.executable, "benchmarks/make_corpus.py", "--mb", "300", "--out", str(data)], check=True, cwd=ingest_mod.__file__.rsplit("/tasks/", 1)[0])
+    out = subprocess.run([sys.executable, "benchmarks/ingest_scale.py", "--data", str(data), "--workers", "1", "--json"],
+                         check=True, capture_output=True, text=True, cwd=ingest_mod.__file__.rsplit("/tasks/", 1)[0],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["peak_rss_mb"] < 900, result
+    assert result["near_duplicates"]["recall"] >= 0.95 and result["near_duplicates"]["precision"] >= 0.95, result
