@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -74,6 +75,7 @@ def run(data: Path, workers: int) -> dict:
     dropped = set(range(1, c.rows_in + 1)) - kept - quarantined
     planted = {copy for copy, _ in json.loads((data / "planted.json").read_text())}
     mb = (data / "corpus.jsonl").stat().st_size / 1e6
+    shutil.rmtree(out, ignore_errors=True)
     return {"workers": workers, "input_mb": round(mb, 1), "documents": c.rows_in, "seconds": round(seconds, 1),
             "mb_per_s": round(mb / seconds, 2), "peak_rss_mb": round(peak / 2**20), "duplicates": c.duplicates,
             "near_duplicates": {"found": c.near_duplicates, "planted": len(planted),

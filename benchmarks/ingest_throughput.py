@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +79,7 @@ def main() -> None:
         result["lmops_dask"] = {"workers": args.dask_workers, "cluster_start_s": round(start_s, 2), "seconds": round(dask_s, 2),
                                 "mb_per_s": round(mb / dask_s, 2), "ratio_mb_per_s": round(base_s / dask_s, 3), "same_corpus": same,
                                 "validation_success": dreport.success}
+    shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ingest_throughput.json").write_text(json.dumps(result, indent=2))

@@ -134,6 +134,8 @@ class IngestParams(Section):
 
 class ValidateParams(Section):
     labels: list[str] = Field(default_factory=lambda: list(LABELS_DEFAULT))
+    # a corpus with more rows is validated this many rows at a time (GX batches combined over all rows)
+    corpus_batch_rows: int = Field(default=500_000, ge=1)
     min_labeled_rows: int = 30
     max_labeled_rows: int = 10_000_000
     min_corpus_rows: int = 5
@@ -169,6 +171,10 @@ class TokenizeParams(Section):
     # rows per datasets.map batch: tokenization streams through Arrow files on disk in batches of this size,
     # so a corpus larger than RAM is tokenized without loading it
     map_batch_size: int = Field(default=1000, ge=1)
+    # processes for the datasets.map that turns texts into token ids (the same ids whatever the number); null =
+    # one per 5,000 corpus rows up to the cores (2 processes tokenized the 10-K corpus 1.7x faster; a small corpus
+    # does not repay starting them: BENCHMARKS.md)
+    num_proc: int | None = Field(default=None, ge=1)
     # Size bound of the tokenization caches ($LMOPS_HOME/cache/tokenize): after each run the least recently
     # used entries (results, token ids, Arrow copies of corpora) are removed down to this; null = unbounded.
     # The current run's entries are always kept.

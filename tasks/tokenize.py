@@ -118,7 +118,7 @@ def cache_key(corpus_path: Path, params: TokenizeParams, objective: str, base_mo
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     settings = params.model_dump(mode="json")
-    settings.pop("map_batch_size"), settings.pop("cache_max_gb")  # how it is computed and kept, not what
+    settings.pop("map_batch_size"), settings.pop("cache_max_gb"), settings.pop("num_proc")  # how it is computed and kept, not what
     if ids_only:
         settings.pop("block_size"), settings.pop("packing")
     h.update(json.dumps([settings, None if ids_only else objective, base_model], sort_keys=True).encode())
@@ -224,6 +224,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, base_model: str | None, out_dir: Path,
                     cache_root: Path | None = None) -> TokenizeSummary:
+    import os
     import shutil
 
     import datasets
@@ -271,10 +272,12 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
     add_cls = objective == "mlm" and tokenizer.cls_token_id is not None
 
     ids_file = cache_root / f"ids-{cache_key(corpus_path, params, objective, base_model, ids_only=True)}.arrow"
-    ids_cached = ids_file.exists()
+    procs = params.num_proc or max(1, min(os.cpu_count() or 1, len(ds) // 5000))
+    # several processes write one file each (<stem>_00000_of_00002.arrow ...), read back in order
+    ids_cached = ids_file.exists() or any(cache_root.glob(f"{ids_file.stem}_*_of_{procs:05d}.arrow"))
     ids = ds.map(
         lambda batch: {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]},
-        batched=True, batch_size=params.map_batch_size, remove_columns=["text"],
+        batched=True, batch_size=params.map_batch_size, remove_columns=["text"], num_proc=procs if procs > 1 else None,
         cache_file_name=str(ids_file), load_from_cache_file=True, new_fingerprint=ids_file.stem, desc="tokenize",
     )
     stats = {"tokens": 0, "used": 0}
@@ -293,7 +296,7 @@ def tokenize_corpus(corpus_path: Path, params: TokenizeParams, objective: str, b
     (out_dir / "tokenize.json").write_text(json.dumps(asdict(summary), indent=2))
     _publish(out_dir, hit)
     corpus_copy = [Path(f["filename"]) for f in ds.cache_files]
-    prune_cache(cache_root, params.cache_max_gb, keep=[hit, ids_file, *corpus_copy])
+    prune_cache(cache_root, params.cache_max_gb, keep=[hit, ids_file, *(Path(f["filename"]) for f in ids.cache_files), *corpus_copy])
     return summary
 
 

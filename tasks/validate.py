@@ -115,9 +115,92 @@ def _observed(res: dict[str, Any]) -> Any:
     return res.get("partial_unexpected_list", "")
 
 
+@dataclass
+class RowGroups:
+    """A Parquet file validated a piece at a time (a corpus larger than memory): each piece of at most ``rows``
+    rows is a GX batch of the same suite, and the results are combined over all rows (``_combine``)."""
+
+    path: Path
+    rows: int
+
+    def __iter__(self):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.rows):
+            yield batch.to_pandas()
+
+
+def _combine(results: list, hashes: dict[str, list]) -> Any:
+    """One suite result over all the batches: row counts summed, per-row expectations judged on the summed counts
+    (their ``mostly`` over every row), uniqueness over every row (``hashes``: 64-bit hashes of each unique-checked
+    column, batch by batch). Written into the last batch's result object, so GX renders it as any other."""
+    import numpy as np
+
+    combined = results[-1]
+    for k, r in enumerate(combined.results):
+        cfg = r.expectation_config
+        parts = [res.results[k].result or {} for res in results]
+        if cfg.type == "expect_table_row_count_to_be_between":
+            n = sum(x.get("observed_value") or 0 for x in parts)
+            lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
+            r.result = {"observed_value": n}
+            r.success = (lo is None or n >= lo) and (hi is None or n <= hi)
+            continue
+        element = sum(x.get("element_count", 0) for x in parts)
+        missing = sum(x.get("missing_count", 0) for x in parts)
+        unexpected = sum(x.get("unexpected_count", 0) for x in parts)
+        if cfg.type == "expect_column_values_to_be_unique":
+            h = np.concatenate(hashes[cfg.kwargs["column"]]) if hashes[cfg.kwargs["column"]] else np.zeros(0, np.uint64)
+            _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
+            unexpected = int((counts[inverse] > 1).sum())
+        nonmissing = element - missing
+        mostly = cfg.kwargs.get("mostly") or 1.0
+        r.success = nonmissing == 0 or (nonmissing - unexpected) / nonmissing >= mostly
+        sample = [v for x in parts for v in x.get("partial_unexpected_list") or []][:20]
+        r.result = {"element_count": element, "unexpected_count": unexpected, "missing_count": missing,
+                    "unexpected_percent": 100 * unexpected / nonmissing if nonmissing else 0.0, "partial_unexpected_list": sample}
+    ok = sum(bool(r.success) for r in combined.results)
+    combined.success = ok == len(combined.results)
+    combined.statistics = {"evaluated_expectations": len(combined.results), "successful_expectations": ok,
+                           "unsuccessful_expectations": len(combined.results) - ok,
+                           "success_percent": 100 * ok / len(combined.results) if combined.results else 100.0}
+    return combined
+
+
+def _validate_row_groups(ctx, definition, suite, pieces: RowGroups, docs: bool, name: str):
+    """Validate every piece, combine, and (with ``docs``) store the combined result and render it."""
+    import pandas as pd
+
+    unique_cols = [e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_unique"]
+    results, hashes = [], {c: [] for c in unique_cols}
+    for frame in pieces:
+        results.append(definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite))
+        for c in unique_cols:
+            values = frame[c].dropna()
+            hashes[c].append(pd.util.hash_pandas_object(values, index=False).to_numpy())
+        # only the last result object is kept whole (it carries the combined counts); the others, their counts
+        for res in results[:-1]:
+            for r in res.results:
+                (r.result or {}).pop("partial_unexpected_index_list", None)
+    if not results:  # an empty file: validate the empty frame, so the row-count floor speaks
+        results.append(definition.get_batch(batch_parameters={"dataframe": pd.DataFrame(columns=["id", "text"])}).validate(suite))
+    combined = _combine(results, hashes)
+    combined.meta["lmops_pieces"] = f"{len(results)} pieces of at most {pieces.rows} rows of {pieces.path.name}"
+    if docs:
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
+
+        key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite.name),
+                                         run_id=RunIdentifier(run_name=f"{name}_all_row_groups"), batch_identifier=f"{name}_all")
+        ctx.validation_results_store.set(key, combined)
+        ctx.build_data_docs(site_names=["lmops"])
+    return combined
+
+
 def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = KINDS["sequence"], previous_labels: dict[str, int] | None = None,
                     docs_dir: Path | None = None) -> ValidationReport:
-    """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``.
+    """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``; a ``RowGroups`` in place of a
+    frame is validated a piece at a time, its results combined over all its rows.
 
     ``previous_labels``: label counts of the previous data version (drift check); ``docs_dir``: render
     the HTML Data Docs there.
@@ -142,7 +225,9 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = 
         asset = source.add_dataframe_asset(name=name)
         definition = asset.add_batch_definition_whole_dataframe(f"{name}_all")
         suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=builders[name](gx, p, kind, previous_labels)))
-        if docs_dir is None:
+        if isinstance(frame, RowGroups):
+            result = _validate_row_groups(ctx, definition, suite, frame, docs_dir is not None, name)
+        elif docs_dir is None:
             result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
         else:
             vd = ctx.validation_definitions.add(gx.ValidationDefinition(data=definition, suite=suite, name=f"{name}_validation"))
@@ -192,7 +277,11 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     import pandas as pd
 
     labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
-    corpus = pd.read_parquet(data_dir / "corpus.parquet")
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(data_dir / "corpus.parquet").metadata.num_rows
+    # a corpus past validate.corpus_batch_rows is validated in pieces, never loaded whole
+    corpus = RowGroups(data_dir / "corpus.parquet", p.corpus_batch_rows) if rows > p.corpus_batch_rows else pd.read_parquet(data_dir / "corpus.parquet")
     previous, note = previous_label_counts(previous_dir, p.labels, kind)
     frames = {"labeled": labeled, "corpus": corpus}
     if (data_dir / "summary.json").exists():
@@ -206,6 +295,8 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     index = out_dir / "data_docs" / "index.html"
     report.data_docs = str(index) if index.exists() else None
     report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]
+    if isinstance(corpus, RowGroups):
+        report.notes.append(f"corpus ({rows} rows) validated {corpus.rows} rows at a time; counts, shares and uniqueness are over all rows")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out_dir / "validation.md").write_text(report.to_markdown())

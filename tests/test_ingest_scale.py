@@ -5,6 +5,7 @@ output does not depend on how the input is cut into batches or where they run, a
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -186,3 +187,78 @@ def test_a_corpus_much_larger_than_the_batches_ingests_in_bounded_memory(tmp_pat
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["peak_rss_mb"] < 900, result
     assert result["near_duplicates"]["recall"] >= 0.95 and result["near_duplicates"]["precision"] >= 0.95, result
+
+
+def _corpus_frame(n: int = 50):
+    text = [f"Quarterly revenue of company {i} rose on strong demand across its segments." for i in range(n)]
+    text[5] = "Table of Contents Quarterly revenue rose."  # boilerplate in 2 of 50 rows: within 0.05
+    text[30] = "See the table of contents for details of the filing."
+    ids = [f"c:{i}:0" for i in range(n)]
+    ids[40] = ids[3]  # a duplicate id in different pieces
+    return pd.DataFrame({"id": ids, "text": text, "source": "c", "date": None})
+
+
+def test_a_corpus_validated_in_pieces_is_judged_on_all_its_rows(tmp_path):
+    from lmops.tasks.validate import RowGroups, validate_frames
+
+    frame = _corpus_frame()
+    frame.to_parquet(tmp_path / "corpus.parquet", row_group_size=7)
+    p = ValidateParams(min_corpus_rows=1)
+    whole = validate_frames({"corpus": frame}, p)
+    pieces = validate_frames({"corpus": RowGroups(tmp_path / "corpus.parquet", 7)}, p, docs_dir=tmp_path / "docs")
+    assert [(o.expectation, o.success, o.observed) for o in pieces.outcomes] == [(o.expectation, o.success, o.observed) for o in whole.outcomes]
+    outcome = {o.expectation: o for o in pieces.outcomes}
+    assert not outcome["expect_column_values_to_be_unique"].success, "the duplicate id sits in two pieces"
+    assert outcome["expect_column_values_to_not_match_regex_list"].success  # 4% boilerplate, within the 5% allowed
+    assert outcome["expect_table_row_count_to_be_between"].observed == 50
+    # the Data Docs page is the combined result: every row counted, the cross-piece duplicate found
+    page = next((tmp_path / "docs" / "validations" / "corpus_suite" / "corpus_all_row_groups").rglob("*.html")).read_text()
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "values must be unique. 2 unexpected values found. 4% of 50 total rows" in text
+    # 3 boilerplate rows of 50 (6%) fail the 0.05 share: the sums over all pieces decide, not any one piece
+    frame.loc[45, "text"] = "Page 3 of 9"
+    frame.to_parquet(tmp_path / "corpus.parquet", row_group_size=7)
+    strict = validate_frames({"corpus": RowGroups(tmp_path / "corpus.parquet", 7)}, ValidateParams(min_corpus_rows=1, max_boilerplate_share=0.05))
+    assert not {o.expectation: o for o in strict.outcomes}["expect_column_values_to_not_match_regex_list"].success
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A Dask scheduler and two single-threaded workers as separate processes (a cluster, as the team stack runs
+    them), found through a scheduler file."""
+    import time
+
+    bindir = os.path.dirname(sys.executable)
+    file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([f"{bindir}/dask", "scheduler", "--scheduler-file", str(file), "--port", "0", "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([f"{bindir}/dask", "worker", "--scheduler-file", str(file), "--nworkers", "2", "--nthreads", "1",
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = json.loads(file.read_text())["address"]
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_a_running_dask_cluster_is_used_by_its_address_and_makes_the_same_snapshot(tmp_path, dask_cluster):
+    p = params_from_dict(tiny_params_dict())
+    ingest(p.ingest, p.validate_.labels, tmp_path / "local", p.project.seed)
+    remote = p.ingest.model_copy(update={"engine": EngineParams(kind="dask", address=dask_cluster), "batch_rows": 40})
+    ingest(remote, p.validate_.labels, tmp_path / "cluster", p.project.seed)
+    assert _snapshot(tmp_path / "local") == _snapshot(tmp_path / "cluster")
+    from distributed import Client
+
+    with Client(dask_cluster) as client:  # the cluster did the work (and is still up: ingest closed only its client)
+        assert "clean_batch" in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+        assert len(client.scheduler_info()["workers"]) == 2

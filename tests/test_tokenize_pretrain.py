@@ -125,6 +125,25 @@ def test_datasets_map_tokenization_streams_caches_and_matches_in_memory_packing(
     assert not c.cached and c.ids_cached and np.load(c.blocks_path).shape[1] == 48
 
 
+def test_tokenization_in_two_processes_gives_the_same_blocks_and_cache_key(ingested, tmp_path):
+    import numpy as np
+
+    from lmops.tasks.tokenize import tokenize_corpus
+
+    data, _, p = ingested
+    one = tokenize_corpus(data / "corpus.parquet", p.tokenize.model_copy(update={"map_batch_size": 7}), "mlm", None, tmp_path / "one",
+                          cache_root=tmp_path / "c1")
+    two_params = p.tokenize.model_copy(update={"map_batch_size": 7, "num_proc": 2})
+    two = tokenize_corpus(data / "corpus.parquet", two_params, "mlm", None, tmp_path / "two", cache_root=tmp_path / "c2")
+    assert two.cache_key == one.cache_key and not two.ids_cached
+    np.testing.assert_array_equal(np.load(two.blocks_path), np.load(one.blocks_path))
+    assert len(list((tmp_path / "c2").glob("ids-*_of_00002.arrow"))) == 2
+    # the two processes' token ids serve a re-pack
+    again = tokenize_corpus(data / "corpus.parquet", two_params.model_copy(update={"block_size": 48}), "mlm", None, tmp_path / "again",
+                            cache_root=tmp_path / "c2")
+    assert again.ids_cached and np.load(again.blocks_path).shape[1] == 48
+
+
 def test_tokenize_cache_is_bounded_least_recently_used_first(ingested, tmp_path):
     import os
 
