@@ -10,6 +10,7 @@
     lmops promote NAME VERSION --reason TEXT
     lmops rollback NAME --reason TEXT
     lmops compare NAME@A NAME@B [--json]
+    lmops distill --teacher NAME@champion [--teacher DIR ...] [distill.layers=[0,2,4]]
     lmops init
 """
 
@@ -513,6 +514,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Teach one teacher, or an ensemble of several, to a student with fewer layers (``distill`` params); the student
+    and every teacher scored on the same test split (report.md). The student is a model folder: ``lmops compare``,
+    ``lmops export`` and the pipeline's ``finetune.base_model`` take it."""
+    params = _params(args)
+    from lmops.tasks import stages
+
+    run = RunLayout(new_run_dir("distill"))
+    teachers = [_model_dir(ref, run.root / f"teacher-{i}") for i, ref in enumerate(args.teacher)]
+    out = stages.distill(params, teachers, _snapshot(params), run.stage("distill"), names=list(args.teacher))
+    _emit(out, args.json, lambda o: Path(o["report"]).read_text() + f"\nstudent: {o['summary']['model_dir']}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two models side by side: registered versions' params, lineage and recorded metrics, and both scored now on
     the same rows (the test split or --data FILE) with the paired-bootstrap interval of the difference."""
@@ -674,6 +689,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rollback)
+    p = with_params(sub.add_parser("distill", help="teach --teacher MODEL (repeat it for an ensemble) to a student with fewer layers; "
+                                                   "both scored on the test split"))
+    p.add_argument("--teacher", action="append", required=True, metavar="MODEL", help="a model folder or NAME@ALIAS; several = an ensemble")
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("compare", help="A [B]: B − A (one model: it − the champion) scored now on the same rows, with a paired-bootstrap "
                                        "95%% interval and whether it is distinguishable from noise; registered versions' params, "
                                        "lineage and recorded metrics side by side")

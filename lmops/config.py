@@ -295,6 +295,20 @@ class FinetuneParams(Section):
         return get_kind(self.task)
 
 
+class DistillParams(Section):
+    """`lmops distill`: teachers (an ensemble when several) taught to a student with fewer layers (tasks/distill.py)."""
+
+    # encoder layers of the first teacher the student keeps, in order; null = every other one (0, 2, 4 of 6)
+    layers: list[int] | None = None
+    alpha: float = Field(default=0.7, ge=0, le=1)  # weight of the teachers' soft labels; the rest is the gold labels'
+    temperature: float = Field(default=2.0, gt=0)  # softens both sides of the KL term (scaled back by T²)
+    # texts of the pretraining corpus added with the teachers' labels alone (sequence tasks; 0 = labeled rows only)
+    unlabeled_rows: int = Field(default=0, ge=0)
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+
+
 class EvaluateParams(Section):
     batch_size: int = 64
 
@@ -495,6 +509,7 @@ class Params(Section):
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    distill: DistillParams = Field(default_factory=DistillParams)
     gate: GateParams = Field(default_factory=GateParams)
     register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
 

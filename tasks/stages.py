@@ -363,3 +363,39 @@ def compare_models(p: Params, a: str | Path, b: str | Path, data_path: Path, out
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"a": {"model": names[0], **ra.headline(), "ci95": ra.report.get("ci95")}, "b": {"model": names[1], **rb.headline(), "ci95": rb.report.get("ci95")},
             "b_minus_a": scores.diff, "distinguishable": verdicts, "n": rb.n, "report": str(out / "report.md")}
+
+
+def distill(p: Params, teachers: list[Path], data: "Snapshot", out: Path, names: list[str] | None = None) -> dict:
+    """Teach ``teachers`` (an ensemble when several) to a student with fewer layers; score the student and every
+    teacher on the same test rows (``out/report.md``, intervals from one paired bootstrap per model against the
+    first teacher). Returns the summary, each model's headline and the report's path."""
+    from dataclasses import asdict
+
+    from lmops.tasks.distill import distill as run_distill
+
+    names = names or [str(t) for t in teachers]
+    summary = run_distill([str(t) for t in teachers], data.train, data.validation, data.corpus, p.validate_.labels, p.distill, p.finetune,
+                          p.project.seed, out / "distill")
+    student = evaluate(p, summary.model_dir, data.test, out / "student-eval", f"student ({len(summary.layers_kept)} layers) on the test split")
+    first = evaluate(p, teachers[0], data.test, out / "teacher-0-eval", f"{names[0]} on the test split")
+    rows = [("student", student, _scores(p, student, first).diff)]
+    for i, t in enumerate(teachers[1:], start=1):
+        other = evaluate(p, t, data.test, out / f"teacher-{i}-eval", f"{names[i]} on the test split")
+        rows.append((names[i], other, _scores(p, other, first).diff))
+    lines = [f"# Distilled: {len(summary.layers_kept)} of {summary.teacher_layers} layers ({summary.student_params:,} of "
+             f"{summary.teacher_params:,} parameters) from {', '.join(names)}", "",
+             f"{summary.labeled_rows} labeled + {summary.unlabeled_rows} unlabeled rows, alpha {p.distill.alpha}, T {p.distill.temperature}; "
+             f"validation macro-F1: student {summary.val_macro_f1}, teacher{'s (ensemble)' if len(teachers) > 1 else ''} {summary.teacher_val_macro_f1}",
+             "", f"| model | macro-F1 (test) | 95% interval | − {names[0]} | 95% interval of the difference |", "|---|---:|---|---:|---|",
+             f"| {names[0]} | {first.headline()['macro_f1']:.4f} | {_ci(first)} | | |"]
+    for name, res, diff in rows:
+        d = diff["macro_f1"]
+        lines.append(f"| {name} | {res.headline()['macro_f1']:.4f} | {_ci(res)} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"summary": asdict(summary), "student": student.headline(), "teachers": {names[0]: first.headline(), **{n: r.headline() for n, r, _ in rows[1:]}},
+            "report": str(out / "report.md")}
+
+
+def _ci(res) -> str:
+    ci = (res.report.get("ci95") or {}).get("macro_f1")
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
