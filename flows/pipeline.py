@@ -1,4 +1,4 @@
-"""The pipeline flow: ingest → validate → version → tokenize → pretrain → finetune → evaluate → gate → register.
+"""The pipeline flow: ingest → validate → version → tokenize → pretrain → finetune → [distill] → evaluate → gate → register.
 
 Run: ``lmops run [--params FILE] [key.path=value ...]`` (or ``make run``).
 
@@ -105,6 +105,15 @@ def finetune(p: Params, run: RunLayout, base: str):
 
 
 @step
+def distill(p: Params, run: RunLayout, teacher):
+    s = stages.distill_candidate(p, run.data, teacher, run.stage("distill"))
+    artifact("distill-loss", f"# Distillation ({s.method})\n\nstudent {s.trainable_params} params from {teacher.total_params} · best epoch "
+             f"{s.best_epoch} · val macro-F1 {s.val_macro_f1} (teacher {teacher.val_macro_f1})\n\n" + png_markdown(s.loss_plot, "loss"),
+             "distillation loss curve")
+    return s
+
+
+@step
 def evaluate(p: Params, run: RunLayout, model_dir: str):
     r = stages.evaluate(p, model_dir, run.data.test, run.stage("evaluate"), "Candidate on the test split")
     artifact("evaluation", Path(r.report_path).read_text() + "\n" + png_markdown(r.confusion_plot, "confusion matrix"), "candidate test metrics")
@@ -158,6 +167,8 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
                 data = version(run, root)
             pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
             ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
+            if p.distill.enabled:
+                ft = distill(p, run, ft)  # the student is the candidate from here on
             ev = evaluate(p, run, ft.model_dir)
             decision = gate(p, run, ev, ft.model_dir, root)
             reg = register(p, run, root, data, report, pre, ft, ev, decision)

@@ -516,8 +516,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Teach one teacher, or an ensemble of several, to a student with fewer layers (``distill`` params); the student
-    and every teacher scored on the same test split (report.md). The student is a model folder: ``lmops compare``,
-    ``lmops export`` and the pipeline's ``finetune.base_model`` take it."""
+    and every teacher scored on the same test split (report.md). The student is a model folder (``lmops compare``,
+    ``lmops evaluate``)."""
     params = _params(args)
     from lmops.tasks import stages
 

@@ -296,8 +296,14 @@ class FinetuneParams(Section):
 
 
 class DistillParams(Section):
-    """`lmops distill`: teachers (an ensemble when several) taught to a student with fewer layers (tasks/distill.py)."""
+    """Teachers (an ensemble when several) taught to a student with fewer layers (tasks/distill.py): `lmops distill`,
+    or in the pipeline with `enabled`."""
 
+    # in `lmops run`: the fine-tuned model (plus `teachers`) teaches a student, and the student is the candidate the
+    # gate judges and the registry records; the teacher stays in the run folder
+    enabled: bool = False
+    # more teachers for the pipeline's ensemble: model folders, pkg: references or registry NAME@ALIAS|@VERSION
+    teachers: list[str] = Field(default_factory=list)
     # encoder layers of the first teacher the student keeps, in order; null = every other one (0, 2, 4 of 6)
     layers: list[int] | None = None
     alpha: float = Field(default=0.7, ge=0, le=1)  # weight of the teachers' soft labels; the rest is the gold labels'

@@ -16,9 +16,13 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmops.config import DistillParams, FinetuneParams
 from lmops.errors import UserError
+
+if TYPE_CHECKING:
+    from lmops.tasks.finetune import FinetuneSummary
 
 
 @dataclass
@@ -38,6 +42,18 @@ class DistillSummary:
     temperature: float | None = None
     val_ece: float | None = None
     history: list[dict] = field(default_factory=list)
+    loss_plot: str | None = None
+    epochs_run: int = 0
+
+    def as_candidate(self, teacher) -> "FinetuneSummary":
+        """The student as the pipeline's fine-tuned model (what evaluate, gate and register read)."""
+        from lmops.tasks.finetune import FinetuneSummary
+
+        return FinetuneSummary(
+            model_dir=self.model_dir, adapter_dir=None, method=f"{teacher.method}+distill", base_model=teacher.model_dir,
+            trainable_params=self.student_params, total_params=self.student_params, best_epoch=self.best_epoch,
+            val_macro_f1=self.val_macro_f1, epochs_run=self.epochs_run, seconds=self.seconds, task=teacher.task, loss_plot=self.loss_plot,
+            history=self.history, temperature=self.temperature, val_ece=self.val_ece)
 
 
 def shrink(model, keep: list[int]):
@@ -156,6 +172,10 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
         raw = predict_logits(model, tokenizer, val_inputs, kind, labels, ft.max_length, 128)
         t = calibration.fit_temperature(raw, y_val)
         calibrated = (t, calibration.scores(raw, y_val), calibration.scores(raw / t, y_val))
+    from lmops.tasks.plots import loss_curve
+
+    plot = loss_curve({"train": [(h["epoch"], h["train_loss"]) for h in history]}, out_dir / "loss.png",
+                      f"distillation loss ({len(keep)} of {n_layers} layers)", xlabel="epoch")
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
@@ -165,7 +185,8 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
         model_dir=str(model_dir), teachers=[str(t) for t in teachers], layers_kept=keep, teacher_layers=n_layers, student_params=student_params,
         teacher_params=teacher_params, labeled_rows=len(texts), unlabeled_rows=len(extra), best_epoch=best_epoch, val_macro_f1=round(best, 4),
         teacher_val_macro_f1=round(teacher_f1, 4), seconds=round(time.perf_counter() - start, 1),
-        temperature=calibrated[0] if calibrated else None, val_ece=calibrated[2]["ece"] if calibrated else None, history=history)
+        temperature=calibrated[0] if calibrated else None, val_ece=calibrated[2]["ece"] if calibrated else None, history=history,
+        loss_plot=str(plot), epochs_run=len(history))
     (out_dir / "distill.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
 

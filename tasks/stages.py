@@ -223,6 +223,36 @@ def finetune(p: Params, data: Snapshot, base: str, out: Path, on_epoch=None):
     return _reuse(p, "finetune", inputs, out, compute, lambda d: FinetuneSummary(**{**d, "base_model": base}))
 
 
+def distill_candidate(p: Params, data: Snapshot, teacher, out: Path):
+    """The pipeline's distillation: ``teacher`` (the fine-tune stage's summary) and ``distill.teachers`` teach a
+    student; returns the student as a fine-tune summary, the candidate from here on."""
+    from lmops.tasks.distill import DistillSummary
+    from lmops.tasks.distill import distill as run_distill
+    from lmops.tasks.stagecache import file_digest, model_identity
+
+    teachers = [teacher.model_dir, *(str(_model_ref(ref, out.parent / f"teacher-{i}")) for i, ref in enumerate(p.distill.teachers, start=1))]
+
+    def compute():
+        return run_distill(teachers, data.train, data.validation, data.corpus, p.validate_.labels, p.distill, p.finetune, p.project.seed, out)
+
+    inputs = {"teachers": [model_identity(t) for t in teachers], "train": file_digest(data.train), "validation": file_digest(data.validation),
+              "corpus": file_digest(data.corpus) if p.distill.unlabeled_rows else None, "labels": p.validate_.labels, "distill": p.distill,
+              "finetune": p.finetune, "seed": p.project.seed}
+    summary = _reuse(p, "distill", inputs, out, compute, lambda d: DistillSummary(**d))
+    return summary.as_candidate(teacher)
+
+
+def _model_ref(ref: str, dest: Path) -> Path:
+    """A folder or pkg: reference as is; a registry NAME@ALIAS|@VERSION downloaded to ``dest``."""
+    from lmops.models import resolve_model_ref
+
+    if "@" not in ref or Path(ref).exists():
+        return Path(resolve_model_ref(ref))
+    from lmops.tasks import registry
+
+    return registry.download_model(registry.show(ref)["source"], dest)
+
+
 def evaluate(p: Params, model_dir: str | Path, data_path: Path, out: Path, title: str):
     from lmops.tasks.evaluate import EvalResult, evaluate_model
     from lmops.tasks.stagecache import file_digest, model_identity

@@ -74,3 +74,24 @@ def test_layers_the_teacher_lacks_are_refused_naming_its_range(teachers):
     model, _ = load_classifier(t0.model_dir, LABELS, SEQ)
     with pytest.raises(UserError, match=r"the teacher has layers 0\.\.1"):
         shrink(model, [0, 5])
+
+
+def test_the_pipeline_registers_the_distilled_student_through_the_gate(prefect_api, project, lmops_home):
+    """distill.enabled: the fine-tuned model teaches a student in the run, and the student is what the gate judges
+    and the registry records, with its lineage."""
+    import json
+    from pathlib import Path
+
+    from lmops.config import load_params
+    from lmops.flows.pipeline import pipeline
+    from lmops.tasks import registry
+
+    p = load_params(project / "params.yaml", overrides=["distill.enabled=true", "distill.epochs=2", "distill.lr=2e-3", "distill.batch_size=16"])
+    out = pipeline(params=p.to_dict(), project_root=str(project))
+    assert out["promoted"] and out["finetune"]["method"] == "full+distill"
+    info = registry.show("finance-sentiment@champion")
+    assert info["tags"]["finetune_method"] == "full+distill"
+    local = registry.download_model(info["source"], Path(out["run_dir"]) / "check")
+    assert json.loads((local / "config.json").read_text())["num_hidden_layers"] == 1  # the tiny teacher has 2
+    run = Path(out["run_dir"])
+    assert (run / "distill" / "loss.png").exists() and json.loads((run / "distill" / "distill.json").read_text())["layers_kept"] == [0]
