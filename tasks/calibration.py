@@ -29,6 +29,12 @@ def fit_temperature(logits, targets: list[int]) -> float:
     return float(grid[int(nll.argmin())])
 
 
+def fit(raw_logits, targets: list[int]) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(T, validation scores before, after): what :func:`write` saves with a model."""
+    t = fit_temperature(raw_logits, targets)
+    return t, scores(raw_logits, targets), scores(raw_logits / t, targets)
+
+
 def write(model_dir: Path, temperature: float, before: dict, after: dict) -> Path:
     path = Path(model_dir) / FILE
     path.write_text(json.dumps({"method": "temperature", "temperature": temperature, "fitted_on": "validation split",

@@ -169,9 +169,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     if ft.calibration == "temperature":
         from lmops.tasks import calibration
 
-        raw = predict_logits(model, tokenizer, val_inputs, kind, labels, ft.max_length, 128)
-        t = calibration.fit_temperature(raw, y_val)
-        calibrated = (t, calibration.scores(raw, y_val), calibration.scores(raw / t, y_val))
+        calibrated = calibration.fit(predict_logits(model, tokenizer, val_inputs, kind, labels, ft.max_length, 128), y_val)
     from lmops.tasks.plots import loss_curve
 
     plot = loss_curve({"train": [(h["epoch"], h["train_loss"]) for h in history]}, out_dir / "loss.png",

@@ -212,9 +212,7 @@ def finetune(
     if params.calibration == "temperature" and kind.calibrated:
         from lmops.tasks import calibration
 
-        raw = predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128)
-        t = calibration.fit_temperature(raw, y_val)
-        calibrated = (t, calibration.scores(raw, y_val), calibration.scores(raw / t, y_val))
+        calibrated = calibration.fit(predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128), y_val)
 
     adapter_dir = None
     model_dir = out_dir / "model"

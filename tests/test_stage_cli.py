@@ -49,7 +49,7 @@ def test_pretrain_finetune_evaluate_chain(project, env, tmp_path):
     ev = _last_json(run_cli("evaluate", ft["model_dir"], "--data", str(data), "--json", cwd=project, env=env))
     assert ev["n"] == 4 and 0 <= ev["macro_f1"] <= 1 and set(ev["per_class"]) == {"negative", "neutral", "positive"}
     # the bad row is counted, not silently dropped
-    assert ev["data_rows"] == {"rows_in": 5, "kept": 4, "quarantined": 1, "duplicates": 0, "near_duplicates": 0}
+    assert ev["data_rows"] == {"rows_in": 5, "kept": 4, "quarantined": 1, "duplicates": 0, "near_duplicates": 0, "boilerplate_lines": 0}
 
 
 @pytest.mark.slow  # the default run keeps test_entity_ner's compare-base check (the same code, NER's resampling)
