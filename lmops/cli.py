@@ -339,12 +339,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _model_dir(ref: str, run: Path) -> Path:
     """A folder path as is; ``NAME@ALIAS`` / ``NAME@VERSION`` downloaded from the registry."""
-    if Path(ref).exists():
-        return Path(ref)
-    from lmops.tasks import registry
+    from lmops.tasks.stages import model_folder
 
-    info = registry.show(ref)
-    return registry.download_model(info["source"], run / "model")
+    return model_folder(ref, run / "model")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

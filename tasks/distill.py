@@ -94,6 +94,8 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     import torch
     from tqdm.auto import tqdm
 
+    from lmops.metrics import macro_f1
+    from lmops.tasks.finetune import warmup_linear
     from lmops.tasks.predict import load_classifier, predict_logits
 
     kind = ft.kind
@@ -105,7 +107,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     texts, y = kind.inputs(train), list(kind.targets(train, labels))
     val_inputs, y_val = kind.inputs(val), kind.targets(val, labels)
     extra: list = []
-    if params.unlabeled_rows and corpus_path is not None and kind.name == "sequence":
+    if params.unlabeled_rows and corpus_path is not None and kind.text_inputs:
         corpus = pd.read_parquet(corpus_path, columns=["text"])["text"]
         known = set(train["text"])
         pool = [t for t in corpus if t not in known]  # the labeled train texts are in the corpus too
@@ -115,7 +117,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     targets = y + [-100] * len(extra)
     start = time.perf_counter()
     soft = teacher_probs(teachers, inputs, labels, ft, params.temperature)
-    teacher_f1 = _macro_f1(teacher_probs(teachers, val_inputs, labels, ft, 1.0).argmax(-1).numpy(), np.asarray(y_val), len(labels))
+    teacher_f1 = macro_f1(list(y_val), teacher_probs(teachers, val_inputs, labels, ft, 1.0).argmax(-1).tolist(), len(labels))
 
     model, tokenizer = load_classifier(teachers[0], labels, kind)
     teacher_params = sum(p.numel() for p in model.parameters())
@@ -126,8 +128,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     student_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=ft.weight_decay)
     steps = math.ceil(len(inputs) / params.batch_size) * params.epochs
-    warmup = int(steps * ft.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    sched = warmup_linear(opt, int(steps * ft.warmup_ratio), steps)
     ce = torch.nn.CrossEntropyLoss(ignore_index=-100)
     t2 = params.temperature ** 2
     rng = np.random.default_rng(seed)
@@ -153,7 +154,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
             total += float(loss.detach()) * len(idx)
             bar.update(1)
         val_logits = predict_logits(model, tokenizer, val_inputs, kind, labels, ft.max_length, 128)
-        f1 = _macro_f1(val_logits.argmax(-1).numpy(), np.asarray(y_val), len(labels))
+        f1 = macro_f1(list(y_val), val_logits.argmax(-1).tolist(), len(labels))
         history.append({"epoch": epoch, "train_loss": round(total / len(inputs), 4), "val_macro_f1": round(f1, 4)})
         bar.set_postfix(val_f1=f"{f1:.3f}")
         if f1 > best:
@@ -188,8 +189,3 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     (out_dir / "distill.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
 
-
-def _macro_f1(pred, gold, n: int) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(gold, pred, labels=list(range(n)), average="macro", zero_division=0))

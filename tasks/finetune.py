@@ -116,6 +116,13 @@ def length_grouped(order, lengths, batch_size: int, rng, window: int = 50):
     return np.concatenate([batches[k] for k in rng.permutation(len(batches))]) if batches else order
 
 
+def warmup_linear(opt, warmup: int, total: int):
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at step ``total``."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+
+
 def finetune(
     train_path: Path, val_path: Path, base: str, labels: list[str], params: FinetuneParams, seed: int, out_dir: Path, progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
@@ -157,10 +164,7 @@ def finetune(
     opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(texts) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
-    warmup = int(total_steps * params.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
-    )
+    sched = warmup_linear(opt, int(total_steps * params.warmup_ratio), total_steps)
 
     rng = np.random.default_rng(seed)
     lengths = np.array(kind.lengths(texts))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -165,7 +166,7 @@ def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set
             if len(batch) >= params.batch_rows or chars >= params.batch_chars:
                 yield (batch, s, params, labels, kind.name, str(spill / f"batch-{k:07d}.pkl"))
                 batch, chars, k = [], 0, k + 1
-        if batch or n == 0:
+        if batch:
             yield (batch, s, params, labels, kind.name, str(spill / f"batch-{k:07d}.pkl"))
             k += 1
 
@@ -283,7 +284,6 @@ class _Sink:
 
     def __init__(self, path: Path, columns: list[str], schema, to_frame):
         self.path, self.columns, self.schema, self.to_frame = path, columns, schema, to_frame
-        self.limit_chars, self.limit_rows = SINK_CHARS, SINK_ROWS
         self.records: list[dict[str, Any]] = []
         self.chars = 0
         self.rows = 0
@@ -293,7 +293,7 @@ class _Sink:
         self.records.append(rec)
         self.rows += 1
         self.chars += len(rec.get("text") or "")
-        if len(self.records) >= self.limit_rows or self.chars >= self.limit_chars:
+        if len(self.records) >= SINK_ROWS or self.chars >= SINK_CHARS:
             self._flush()
 
     def _flush(self) -> None:
@@ -349,11 +349,17 @@ def _quarantine_sink(path: Path, params: IngestParams) -> _Sink:
                       lambda records, tail: pd.DataFrame(records, columns=QUARANTINE_COLUMNS).astype({"row": "int64"}))
 
 
-def _spill_dir(out_dir: Path) -> Path:
+@contextmanager
+def _spilled(out_dir: Path) -> Iterator[Path]:
+    """A spill folder for one ingest, removed when it ends (however it ends)."""
     import tempfile
 
     # beside the snapshot (the same disk, which has room for it), never inside it: the folder's md5 is the data version
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.ingest-", dir=out_dir.parent))
+    spill = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.ingest-", dir=out_dir.parent))
+    try:
+        yield spill
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, kind: TaskKind = KINDS["sequence"]):
@@ -362,13 +368,10 @@ def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    spill = _spill_dir(out_dir)
-    try:
+    with _spilled(out_dir) as spill:
         collected = _collect(params, labels, summary, kind, spill, roles=("labeled",))
         frame = pd.DataFrame(list(collected.rows("labeled")), columns=COLUMNS)
         _write_quarantine(collected.quarantine(), params, out_dir)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
     return frame, summary
 
 
@@ -378,8 +381,7 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    spill = _spill_dir(out_dir)
-    try:
+    with _spilled(out_dir) as spill:
         collected = _collect(params, [], summary, KINDS["sequence"], spill, roles=("unlabeled",))
         sink = _corpus_sink(out_dir / "corpus.parquet")
         for rec in collected.rows("unlabeled"):
@@ -387,8 +389,6 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
             sink.add(rec)
         sink.close()
         _write_quarantine(collected.quarantine(), params, out_dir)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
     summary.corpus_rows = sink.rows
     return pd.read_parquet(out_dir / "corpus.parquet"), summary
 
@@ -412,11 +412,8 @@ def ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, ki
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = IngestSummary(out_dir=str(out_dir))
-    spill = _spill_dir(out_dir)
-    try:
+    with _spilled(out_dir) as spill:
         _ingest(params, labels, out_dir, seed, kind, summary, spill)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
     return summary
 
 

@@ -230,7 +230,7 @@ def distill_candidate(p: Params, data: Snapshot, teacher, out: Path):
     from lmops.tasks.distill import distill as run_distill
     from lmops.tasks.stagecache import file_digest, model_identity
 
-    teachers = [teacher.model_dir, *(str(_model_ref(ref, out.parent / f"teacher-{i}")) for i, ref in enumerate(p.distill.teachers, start=1))]
+    teachers = [teacher.model_dir, *(str(model_folder(ref, out.parent / f"teacher-{i}")) for i, ref in enumerate(p.distill.teachers, start=1))]
 
     def compute():
         return run_distill(teachers, data.train, data.validation, data.corpus, p.validate_.labels, p.distill, p.finetune, p.project.seed, out)
@@ -242,11 +242,13 @@ def distill_candidate(p: Params, data: Snapshot, teacher, out: Path):
     return summary.as_candidate(teacher)
 
 
-def _model_ref(ref: str, dest: Path) -> Path:
-    """A folder or pkg: reference as is; a registry NAME@ALIAS|@VERSION downloaded to ``dest``."""
-    from lmops.models import resolve_model_ref
+def model_folder(ref: str, dest: Path) -> Path:
+    """A model folder (or ``pkg:`` reference) as is; a registry ``NAME@ALIAS|@VERSION`` downloaded to ``dest``."""
+    if Path(ref).exists():
+        return Path(ref)  # as it is: a soft-prompt model folder holds an adapter and its base, no config.json
+    if ref.startswith("pkg:"):
+        from lmops.models import resolve_model_ref
 
-    if "@" not in ref or Path(ref).exists():
         return Path(resolve_model_ref(ref))
     from lmops.tasks import registry
 

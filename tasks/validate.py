@@ -178,10 +178,9 @@ def _validate_row_groups(ctx, definition, suite, pieces: RowGroups, docs: bool, 
         for c in unique_cols:
             values = frame[c].dropna()
             hashes[c].append(pd.util.hash_pandas_object(values, index=False).to_numpy())
-        # only the last result object is kept whole (it carries the combined counts); the others, their counts
-        for res in results[:-1]:
-            for r in res.results:
-                (r.result or {}).pop("partial_unexpected_index_list", None)
+        # only the last result object is kept whole (it carries the combined counts): the one before, its counts
+        for r in results[-2].results if len(results) > 1 else ():
+            (r.result or {}).pop("partial_unexpected_index_list", None)
     if not results:  # an empty file: validate the empty frame, so the row-count floor speaks
         results.append(definition.get_batch(batch_parameters={"dataframe": pd.DataFrame(columns=["id", "text"])}).validate(suite))
     combined = _combine(results, hashes)
@@ -275,10 +274,9 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     """Validate an ingested snapshot; writes validation.json/.md and the HTML Data Docs (``data_docs/``) to
     ``out_dir``; raises on failure. ``previous_dir``: the previous data version (for label drift)."""
     import pandas as pd
-
-    labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
     import pyarrow.parquet as pq
 
+    labeled = pd.concat([pd.read_parquet(data_dir / f"{s}.parquet") for s in ("train", "validation", "test")], ignore_index=True)
     rows = pq.ParquetFile(data_dir / "corpus.parquet").metadata.num_rows
     # a corpus past validate.corpus_batch_rows is validated in pieces, never loaded whole
     corpus = RowGroups(data_dir / "corpus.parquet", p.corpus_batch_rows) if rows > p.corpus_batch_rows else pd.read_parquet(data_dir / "corpus.parquet")

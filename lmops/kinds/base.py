@@ -175,6 +175,7 @@ class TaskKind:
     class_noun: ClassVar[str] = "class"  # a row of the per-class table
     # one softmax per row: a temperature fitted on the validation split calibrates its confidence (tasks/calibration.py)
     calibrated: ClassVar[bool] = True
+    text_inputs: ClassVar[bool] = True  # a model input is one plain text (so unlabeled corpus texts can be inputs too)
     resampled: ClassVar[str] = "rows"  # what the bootstrap intervals resample
     confusion_title: ClassVar[str] = "Confusion matrix"
 

@@ -140,6 +140,7 @@ class TokenKind(TaskKind):
     class_noun = "entity type"
     calibrated = False  # per-word softmaxes: not temperature-scaled here (the confidence is a mean over words)
     resampled = "sentences"  # whole, so the spans inside one stay together
+    text_inputs = False  # an input is a list of words
     confusion_title = "Tag-level confusion matrix"
 
     def report_headline(self, report: dict[str, Any], n: int) -> str:
