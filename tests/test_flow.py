@@ -154,7 +154,7 @@ def _monitor_scores_a_stream_with_the_champion(project, good, lmops_home):
         monitor(params=fast.to_dict(), project_root=str(project), inputs=[str(more)])
     ex = export("finance-sentiment@champion", project, fast, None, lmops_home / "export-check")
     assert ex["passed"] and ex["version"] == "2" and ex["test_rows"] > 50 and ex["agreement"] >= 0.9, ex
-    assert set(ex["candidates"]) == {"fp32", "int8"} and ex["precision"] in ex["candidates"]
+    assert set(ex["candidates"]) == {"fp32", "int8", "int8-ffn-fp32", "int8-proj-fp32"} and ex["precision"] in ex["candidates"]
     assert ex["delta_points"] == pytest.approx((ex["macro_f1_exported"] - ex["macro_f1_original"]) * 100, abs=1e-2)
     tags = registry.show("finance-sentiment@2")["tags"]
     assert tags["lmops.export.onnx"] == "passed" and float(tags["lmops.export.onnx.delta_points"]) == ex["delta_points"]

@@ -196,3 +196,37 @@ def test_the_inbox_flow_idles_when_empty_and_files_away_what_it_cannot_read(proj
     assert (inbox / "rejected" / "bad.csv").is_file() and not bad.exists()
     assert "monitor.text_column" in (inbox / "rejected" / "bad.csv.reason.txt").read_text()
     assert (inbox / "copying.csv").is_file()
+
+
+def test_export_keeps_the_most_accurate_copy_among_the_nearly_fastest_qualifying_ones():
+    from lmops.tasks.monitor.export import choose
+
+    def c(f1, s, ok=True):
+        return {"macro_f1": f1, "seconds": s, "passed": ok}
+
+    # all-int8 fastest but out of tolerance; of the two mixed copies within 10% of each other, the more accurate
+    tried = {"fp32": c(0.841, 2.27), "int8": c(0.832, 1.13, False), "int8-ffn-fp32": c(0.838, 1.40), "int8-proj-fp32": c(0.8408, 1.52)}
+    assert choose(tried) == "int8-proj-fp32"
+    # a copy more than 10% faster wins over a more accurate one
+    tried["int8-proj-fp32"]["seconds"] = 1.60
+    assert choose(tried) == "int8-ffn-fp32"
+    # no speed difference worth having (an AVX2-only CPU): the most accurate, fp32
+    assert choose({"fp32": c(0.841, 7.23), "int8": c(0.8364, 7.21)}) == "fp32"
+    assert choose({"fp32": c(0.84, 2.0, False)}) is None
+
+
+def test_the_mixed_copies_keep_the_projections_after_activations_and_attention_in_fp32():
+    from onnx import TensorProto, helper
+
+    from lmops.tasks.monitor.export import ACTIVATIONS, ATTENTION, projections_fed_by
+
+    nodes = [helper.make_node("Attention", ["x", "w_qkv"], ["a"], name="attn", domain="com.microsoft"),
+             helper.make_node("MatMul", ["a", "w_o"], ["h"], name="attn_out"),
+             helper.make_node("MatMul", ["h", "w_up"], ["u"], name="ffn_up"),
+             helper.make_node("BiasGelu", ["u", "b"], ["g"], name="gelu", domain="com.microsoft"),
+             helper.make_node("MatMul", ["g", "w_down"], ["y"], name="ffn_down")]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 4])], [helper.make_tensor_value_info("y", f, [1, 4])])
+    assert projections_fed_by(graph, ()) == []
+    assert projections_fed_by(graph, ACTIVATIONS) == ["ffn_down"]
+    assert projections_fed_by(graph, ACTIVATIONS + ATTENTION) == ["attn_out", "ffn_down"]
