@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-PERMS, BANDS = 64, 16
+PERMS, BANDS = 64, 16  # signature positions (one-permutation bins), LSH bands of 4
+DENSIFY_TRIES = 512
 MIN_WORDS = 8  # shorter documents get no signature: too few shingles to mean anything; exact dedup covers them
 # Candidates compared per document and LSH bucket: the earliest members of the bucket. A bucket shared by more
 # documents than this is pathological (one text repeated with small edits thousands of times); its later
@@ -26,59 +27,115 @@ _ROLES = {"labeled": 1, "unlabeled": 2}
 
 
 class MinHasher:
-    """MinHash over word 5-grams: 64 (a*h + b) mod 2^64 permutations, seeded, so every process (and every
-    Dask worker) computes the same signature for the same text."""
+    """MinHash signatures of word 5-grams by one-permutation hashing (Li, Owen & Zhang 2012): each shingle is
+    hashed once, its top 6 bits pick one of 64 bins and a bin keeps its smallest hash; bins no shingle fell in
+    borrow the value of another bin by optimal densification (Shrivastava 2017), so two signatures agree in a
+    position with probability the Jaccard similarity of the shingle sets, as with 64 independent permutations, at
+    1/64th of the hashing. Seeded, so every process (and every Dask worker) signs the same text the same way."""
 
     def __init__(self, seed: int = 1):
         import numpy as np
 
         rng = np.random.default_rng(seed)
-        self._a = rng.integers(1, (1 << 61) - 1, PERMS, dtype=np.uint64)
-        self._b = rng.integers(0, (1 << 61) - 1, PERMS, dtype=np.uint64)
+        self._seed = rng.integers(1, (1 << 63) - 1, dtype=np.uint64) | np.uint64(1)
+        # where an empty bin looks next, attempt after attempt; the same sequence for every document (that is what
+        # keeps the estimate unbiased): 64 bins × DENSIFY_TRIES candidate bins
+        self._probe = rng.integers(0, PERMS, (DENSIFY_TRIES, PERMS))
         self._words: dict[str, int] = {}
 
-    def _word_ids(self, words: list[str]):
+    def _word_ids(self, words):
+        """A stable 64-bit hash per word of an Arrow string array (Python's hash() is salted per process: same
+        data, same decisions); each distinct word of the batch is hashed once, through a cache kept across batches."""
         import numpy as np
+        import pyarrow.compute as pc
 
         cache = self._words
         if len(cache) > 2_000_000:  # a bounded cache: a long-running worker must not grow without limit
             cache.clear()
+        enc = pc.dictionary_encode(words)
         get = cache.get
-        ids = [get(w) for w in words]
-        if None in ids:
-            for i, w in enumerate(words):
-                if ids[i] is None:  # a stable hash (Python's hash() is salted per process): same data, same decisions
-                    ids[i] = cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little", signed=True)
+        uniques = enc.dictionary.to_pylist()
+        ids = [get(w) for w in uniques]
+        for i, w in enumerate(uniques):
+            if ids[i] is None:
+                ids[i] = cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little", signed=True)
         # kept signed (small Python ints convert to int64 several times faster than to uint64); the same 64 bits
-        return np.array(ids, dtype=np.int64).view(np.uint64)
+        return np.array(ids, dtype=np.int64).view(np.uint64)[enc.indices.to_numpy(zero_copy_only=False)]
 
     def signature(self, text: str):
+        """One document's signature (64,) uint64 (any length: a document under MIN_WORDS words is signed too)."""
+        return self._sign(folded_words([text]))[0]
+
+    def signatures(self, docs: list[str], words=None):
+        """(signatures (n, 64) uint64, has_signature (n,) bool); documents under MIN_WORDS words get zeros.
+        ``words``: the documents' ``folded_words`` where the caller has them already."""
         import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-        ids = self._word_ids(text.lower().split())
-        n = max(1, len(ids) - 4)
-        grams = np.zeros(n, dtype=np.uint64)
-        # each shingle's hash combines its 5 word hashes, vectorised over the document (uint64 wraps)
-        for k, mix in enumerate(_MIX[: min(5, len(ids))]):
-            grams += ids[k : k + n] * np.uint64(mix)
-        # (a*h + b) mod 2^64 per permutation, the minimum over the shingles (a repeated shingle changes no minimum),
-        # 64k shingles at a time: a 10 MB one-line document would otherwise need a gigabyte of products
-        sig = np.full(PERMS, np.iinfo(np.uint64).max, dtype=np.uint64)
-        for s in range(0, len(grams), 65536):
-            np.minimum(sig, (np.outer(grams[s : s + 65536], self._a) + self._b).min(axis=0), out=sig)
-        return sig
-
-    def signatures(self, docs: list[str]):
-        """(signatures (n, 64) uint64, has_signature (n,) bool); documents under MIN_WORDS words get zeros."""
-        import numpy as np
-
-        sigs = np.zeros((len(docs), PERMS), dtype=np.uint64)
-        has = np.zeros(len(docs), dtype=bool)
-        for i, doc in enumerate(docs):
-            if len(doc.split()) >= MIN_WORDS:
-                sigs[i] = self.signature(doc)
-                has[i] = True
+        words = folded_words(docs) if words is None else words
+        has = pc.list_value_length(words).to_numpy(zero_copy_only=False) >= MIN_WORDS
+        sigs = np.zeros((len(words), PERMS), dtype=np.uint64)
+        if has.any():
+            sigs[has] = self._sign(words.filter(pa.array(has)))
         return sigs, has
+
+    def _sign(self, words):
+        """Signatures of an Arrow list array of words per document, the whole batch in a few array operations."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = self._word_ids(pc.list_flatten(words))
+        grams_per_doc = np.maximum(counts - 4, 1)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        doc = np.repeat(np.arange(len(counts)), grams_per_doc)
+        first = np.repeat(starts, grams_per_doc) + (np.arange(len(doc)) - np.repeat(np.cumsum(grams_per_doc) - grams_per_doc, grams_per_doc))
+        grams = np.zeros(len(doc), dtype=np.uint64)
+        short = bool((counts < len(_MIX)).any())  # a document of fewer than 5 words is one shorter shingle
+        for k, mix in enumerate(_MIX):  # each shingle's hash combines its 5 word hashes (uint64 wraps)
+            if short:
+                present = k < counts[doc]
+                grams[present] += ids[first[present] + k] * np.uint64(mix)
+            else:
+                grams += ids[first + k] * np.uint64(mix)
+        h = _fmix64(grams ^ self._seed)
+        flat = np.full(len(counts) * PERMS, np.iinfo(np.uint64).max, dtype=np.uint64)
+        # the bin is the top 6 bits, so a bin's smallest hash is its smallest value (a repeated shingle changes nothing)
+        np.minimum.at(flat, doc * PERMS + (h >> np.uint64(64 - 6)).astype(np.int64), h)
+        return self._densify(flat.reshape(len(counts), PERMS))
+
+    def _densify(self, sigs):
+        import numpy as np
+
+        empty = sigs == np.iinfo(np.uint64).max
+        if not empty.any():
+            return sigs
+        out = sigs.copy()
+        todo = empty.copy()
+        for attempt in range(DENSIFY_TRIES):
+            src = self._probe[attempt]
+            take = todo & ~empty[:, src]
+            out[take] = sigs[:, src][take]
+            todo &= ~take
+            if not todo.any():
+                break
+        else:  # 64 bins, at least one full, 512 random looks: (63/64)^512 ≈ 3e-4 per empty bin of a one-shingle document
+            rows, cols = np.nonzero(todo)
+            for r, c in zip(rows.tolist(), cols.tolist()):
+                out[r, c] = sigs[r][~empty[r]][0]
+        return out
+
+
+def _fmix64(x):
+    """MurmurHash3's 64-bit finalizer: every output bit depends on every input bit (the shingle mix alone is linear)."""
+    import numpy as np
+
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
 
 
 _HASHER: MinHasher | None = None
@@ -92,13 +149,31 @@ def minhasher() -> MinHasher:
     return _HASHER
 
 
-def exact_keys(role: str, docs: list[str]):
-    """16-byte keys of the documents with case and whitespace folded, distinct per role."""
-    import numpy as np
+def folded_words(docs: list[str]):
+    """The documents' words, lower-cased (an Arrow list array): what both duplicate tests compare, computed once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
+    return pc.utf8_split_whitespace(pc.utf8_lower(pa.array(docs, type=pa.large_string())))
+
+
+def exact_keys(role: str, docs: list[str], words=None):
+    """16-byte keys of the documents with case and whitespace folded, distinct per role (``words``: their
+    ``folded_words``, where the caller has them)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    joined = pc.binary_join(folded_words(docs) if words is None else words, pa.scalar(" ", pa.large_string()))
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + len(joined) + 1]
+    data = memoryview(joined.buffers()[2] or b"")
     salt = role.encode() + b"\0"
-    return np.array([hashlib.blake2b(salt + " ".join(d.lower().split()).encode(), digest_size=16).digest() for d in docs],
-                    dtype="V16").reshape(len(docs))
+    keys = []
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        h = hashlib.blake2b(salt, digest_size=16)
+        h.update(data[a:b])
+        keys.append(h.digest())
+    return np.array(keys, dtype="V16").reshape(len(docs))
 
 
 def band_hashes(sigs):

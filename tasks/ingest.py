@@ -66,6 +66,20 @@ class IngestSummary:
                    corpus_rows=data["corpus_rows"], label_counts=data.get("label_counts", {}))
 
 
+# the whitespace after a sentence's end; searched for its leading class, several times faster than the equivalent
+# split on r"(?<=[.!?])\s+", whose look-behind is tried at every position
+_SENTENCE_END = re.compile(r"[.!?]\s+")
+
+
+def _sentences(para: str) -> list[str]:
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(para):
+        out.append(para[start : m.start() + 1])
+        start = m.end()
+    out.append(para[start:])
+    return out
+
+
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
     """Split on paragraph, then sentence boundaries, packing pieces up to ~chunk_chars."""
     if len(text) <= chunk_chars:
@@ -75,7 +89,7 @@ def chunk_text(text: str, chunk_chars: int) -> list[str]:
         if len(para) <= chunk_chars:
             pieces.append(para)
             continue
-        for sent in re.split(r"(?<=[.!?])\s+", para):
+        for sent in _sentences(para):
             # A "sentence" longer than a chunk (no punctuation) is cut hard rather than dropped.
             pieces.extend(sent[i : i + chunk_chars] for i in range(0, len(sent), chunk_chars))
     chunks, current = [], ""
@@ -113,7 +127,7 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
 
     import numpy as np
 
-    from lmops.tasks.dedup import PERMS, exact_keys, minhasher
+    from lmops.tasks.dedup import PERMS, exact_keys, folded_words, minhasher
 
     src, kind = params.sources[source], KINDS[kind_name]
     boiler = _boilerplate(params)
@@ -133,9 +147,10 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
         texts.append(" ".join(dict.fromkeys(r["text"] for r in rows)))
     with open(spill, "wb") as fh:
         pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
-    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(src.role, texts), None, None)
+    words = folded_words(texts)
+    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(src.role, texts, words), None, None)
     if params.near_duplicate_threshold:
-        out.sigs, out.has_sig = minhasher().signatures(texts)
+        out.sigs, out.has_sig = minhasher().signatures(texts, words)
     else:
         out.sigs, out.has_sig = np.zeros((len(texts), PERMS), dtype=np.uint64), np.zeros(len(texts), dtype=bool)
     return out

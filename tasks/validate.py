@@ -16,8 +16,8 @@ from lmops.config import ValidateParams
 from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
 
-# HTML/XML tags or character entities left in text (scraped pages, filings)
-MARKUP = r"<[A-Za-z/!][^>]{0,200}>|&(?:[a-z]{2,8}|#\d{2,5});"
+# HTML/XML tags or character entities left in text (scraped pages, filings); [0-9], not \d: see boilerplate_patterns
+MARKUP = r"<[A-Za-z/!][^>]{0,200}>|&(?:[a-z]{2,8}|#[0-9]{2,5});"
 
 
 @dataclass
