@@ -16,7 +16,7 @@ import pytest
 from lmops.errors import UserError
 from lmops.tasks import registry
 from tests.conftest import REPO
-from tests.registry_helpers import fake_version, start_race
+from tests.registry_helpers import fake_version, raced, start_race
 
 
 def _killed_at(point: str, script: str, lmops_home: Path) -> None:
@@ -355,7 +355,7 @@ def test_two_machines_sharing_a_registry_cannot_both_become_champion(prefect_api
 @pytest.mark.integration
 def test_without_the_lease_two_machines_both_promote(prefect_api, _empty_mlflow_db, tmp_path):
     """The test above can fail: the same race with the lease taken away promotes both."""
-    assert _race_across_homes(tmp_path, _empty_mlflow_db, lease=False) == ["True", "True"]
+    assert raced(_race_across_homes(tmp_path, _empty_mlflow_db, lease=False))
 
 
 def _race_on_a_shared_registry(tmp_path: Path, tracking_uri: str, unguarded: str) -> list[str]:
@@ -367,12 +367,13 @@ def _race_on_a_shared_registry(tmp_path: Path, tracking_uri: str, unguarded: str
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("unguarded,promoted", [("", ["False", "True"]), ("mutex", ["True", "True"])])
+@pytest.mark.parametrize("unguarded,promoted", [("", ["False", "True"]), ("mutex", "raced")])
 def test_machines_sharing_only_an_mlflow_server_change_the_champion_one_at_a_time(tmp_path, unguarded, promoted):
     """No Prefect server: the registry lock is a lock in the registry itself (a real `mlflow server`), so two
     machines cannot both become champion; with that lock taken away the same race promotes both (the test can fail)."""
     with mlflow_server(tmp_path) as uri:
-        assert _race_on_a_shared_registry(tmp_path, uri, unguarded) == promoted
+        outcome = _race_on_a_shared_registry(tmp_path, uri, unguarded)
+        assert raced(outcome) if promoted == "raced" else outcome == promoted, outcome
         from mlflow.tracking import MlflowClient
 
         assert not [m.name for m in MlflowClient(uri, uri).search_registered_models() if m.name.startswith("lmops-lock.registry-shared")
