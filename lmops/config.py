@@ -224,6 +224,11 @@ class PretrainParams(Section):
     # MLM: run the vocabulary head only on the ~15% masked positions (as MosaicBERT/llm-foundry do);
     # HF's BertForMaskedLM scores every position. Same loss, fewer FLOPs.
     sparse_mlm_head: bool = True
+    # A base checkpoint that ships no head for the objective (sentence-transformers models such as all-MiniLM-L6-v2:
+    # the encoder only) gets one from transformers' random init. prior: its output bias starts at the log unigram
+    # frequency of the training tokens, so the head first predicts the corpus's token mix (MiniLM on FOMC text: initial
+    # masked-token loss 6.9 instead of 10.8; uniform would be 10.3); random: transformers' init as is.
+    head_init: Literal["prior", "random"] = "prior"
     # round a from-config model's vocabulary up (64 suits tensor cores: GPT-2's 50257 -> 50304, as nanoGPT does)
     pad_vocab_to_multiple: int = Field(default=1, ge=1)
     peak_flops: float | None = None  # per-device peak FLOP/s for MFU; known GPUs are detected

@@ -4,6 +4,7 @@ attention kernel, and the FLOP count behind MFU."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Callable
 
 from lmops.config import PretrainParams
 from lmops.tasks.lm import mlm_parts
@@ -23,8 +24,9 @@ def set_dropout(config, rate: float | None):
     return config
 
 
-def build_model(params: PretrainParams, tokenizer, block_size: int):
-    """A fresh model from the sizes in params, or a checkpoint to continue from."""
+def build_model(params: PretrainParams, tokenizer, block_size: int, token_counts: Callable[[int], Any] | None = None):
+    """A fresh model from the sizes in params, or a checkpoint to continue from. ``token_counts(vocab_size)``: the
+    training tokens' counts per id, asked for only when the checkpoint has no head to continue (``pretrain.head_init``)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
     if params.base_model:
@@ -33,10 +35,12 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
         ref = resolve_model_ref(params.base_model)
         auto = AutoModelForMaskedLM if params.objective == "mlm" else AutoModelForCausalLM
         cfg = set_dropout(AutoConfig.from_pretrained(ref, trust_remote_code=False), params.dropout)
-        model = auto.from_pretrained(ref, config=cfg, use_safetensors=True, trust_remote_code=False,
-                                     attn_implementation=params.attn_implementation)
+        model, info = auto.from_pretrained(ref, config=cfg, use_safetensors=True, trust_remote_code=False,
+                                           attn_implementation=params.attn_implementation, output_loading_info=True)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
+        if params.head_init == "prior" and token_counts is not None and headless(model, info["missing_keys"]):
+            init_head_bias(model, token_counts)
         return named_loss(model, params.objective)
     m = params.pad_vocab_to_multiple
     vocab_size = -(-len(tokenizer) // m) * m
@@ -57,6 +61,28 @@ def build_model(params: PretrainParams, tokenizer, block_size: int):
     set_dropout(cfg, params.dropout)
     cfg._attn_implementation = params.attn_implementation
     return named_loss(GPT2LMHeadModel(cfg), params.objective)
+
+
+def headless(model, missing_keys) -> bool:
+    """Whether the checkpoint lacked the output head: weights outside the encoder were initialised fresh."""
+    prefix = f"{model.base_model_prefix}."
+    return any(not k.startswith(prefix) for k in missing_keys)
+
+
+def init_head_bias(model, token_counts: Callable[[int], Any]) -> bool:
+    """The output layer's bias set to the log unigram frequency of the training tokens (add-half smoothing). A
+    fresh head's logits are otherwise noise around zero, a loss above the uniform guess's, and its first gradients
+    into the pretrained encoder are that noise. Returns False where the output layer has no bias."""
+    import numpy as np
+    import torch
+
+    out = model.get_output_embeddings()
+    if out is None or getattr(out, "bias", None) is None:
+        return False
+    counts = np.asarray(token_counts(out.bias.shape[0]), dtype=np.float64)[: out.bias.shape[0]] + 0.5
+    with torch.no_grad():
+        out.bias.copy_(torch.from_numpy(np.log(counts / counts.sum())).to(out.bias.dtype))
+    return True
 
 
 def named_loss(model, objective: str):

@@ -150,7 +150,7 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     tokenizer = load_tokenizer(str(tokenizer_dir))
     rng = np.random.default_rng(seed)
     data = _load_blocks(blocks_path, params, rng)
-    engine = _build(params, tokenizer, data.block_size, device, rank, world, seed)
+    engine = _build(params, tokenizer, data.block_size, device, rank, world, seed, token_counts=lambda v: _token_counts(data, v))
     ckpt_dir = checkpoint_dir or out_dir / "checkpoints"
     prog = _resume(ckpt_dir, engine, _Progress(rng=rng, gen=engine.gen, epoch_order=rng.permutation(len(data.train_index))))
     _wrap_for_training(engine, params, data.block_size)
@@ -183,6 +183,18 @@ def pretrain(blocks_path: Path, tokenizer_dir: Path, params: PretrainParams, see
     return _finish(engine, prog, data, meter, params, seed, out_dir)
 
 
+def _token_counts(data: _Data, vocab_size: int):
+    """Token counts per id over the training blocks (not the held-out ones), read a slice at a time."""
+    import numpy as np
+
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    index = np.sort(data.train_index)
+    for s in range(0, len(index), 4096):
+        ids = np.asarray(data.blocks[index[s : s + 4096]]).ravel()
+        counts += np.bincount(ids[ids < vocab_size], minlength=vocab_size)
+    return counts
+
+
 def _load_blocks(blocks_path: Path, params: PretrainParams, rng) -> _Data:
     import numpy as np
 
@@ -198,7 +210,7 @@ def _load_blocks(blocks_path: Path, params: PretrainParams, rng) -> _Data:
     return data
 
 
-def _build(params: PretrainParams, tokenizer, block_size: int, device, rank: int, world: int, seed: int) -> _Engine:
+def _build(params: PretrainParams, tokenizer, block_size: int, device, rank: int, world: int, seed: int, token_counts=None) -> _Engine:
     """The model (sharded under FSDP before the optimizer sees it), AdamW without decay on norms and biases,
     precision and the masking generator."""
     import torch
@@ -206,7 +218,7 @@ def _build(params: PretrainParams, tokenizer, block_size: int, device, rank: int
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers under autocast (loss, norms)
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(params, tokenizer, block_size).to(device)
+    model = build_model(params, tokenizer, block_size, token_counts).to(device)
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     fsdp = world > 1 and params.distributed == "fsdp"

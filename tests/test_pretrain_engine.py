@@ -501,3 +501,38 @@ def test_sigterm_in_process_checkpoints_the_step_it_arrives_at(tiny_lm, tmp_path
         training.clear()
     stopped = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     assert stopped >= 3 and (ckpts / f"step-{stopped:08d}" / "state.json").exists() and err.value.exit_code == 4
+
+
+def test_a_base_without_a_head_starts_from_the_corpus_token_prior(tiny_lm, tmp_path):
+    """An encoder-only checkpoint (as sentence-transformers ship all-MiniLM): its fresh MLM head's bias is the log
+    unigram prior of the training tokens, so the first loss is the prior's, below the random head's; a checkpoint
+    with its own head keeps it."""
+    import numpy as np
+    from transformers import AutoModelForMaskedLM
+
+    from lmops.models import load_tokenizer
+    from lmops.tasks.lm_model import build_model
+    from lmops.tasks.pretrain import pretrain
+
+    tok, pre, p = tiny_lm
+    tokenizer = load_tokenizer(tok.tokenizer_dir)
+    headless = tmp_path / "encoder-only"
+    AutoModelForMaskedLM.from_pretrained(pre.model_dir).bert.save_pretrained(headless)
+    tokenizer.save_pretrained(headless)
+    counts = np.arange(len(tokenizer)) % 7
+    prior = np.log((counts + 0.5) / (counts + 0.5).sum())
+    fresh = build_model(p.pretrain.model_copy(update={"base_model": str(headless)}), tokenizer, 32, lambda v: counts[:v])
+    assert np.allclose(fresh.get_output_embeddings().bias.detach().numpy(), prior, atol=1e-5)
+    plain = build_model(p.pretrain.model_copy(update={"base_model": str(headless), "head_init": "random"}), tokenizer, 32, lambda v: counts[:v])
+    assert not np.allclose(plain.get_output_embeddings().bias.detach().numpy(), prior, atol=1e-2)
+    kept = build_model(p.pretrain.model_copy(update={"base_model": pre.model_dir}), tokenizer, 32, lambda v: counts[:v])
+    own = AutoModelForMaskedLM.from_pretrained(pre.model_dir).get_output_embeddings().bias.detach().numpy()
+    assert np.allclose(kept.get_output_embeddings().bias.detach().numpy(), own)
+
+    def first_loss(head_init: str) -> float:
+        params = p.pretrain.model_copy(update={"base_model": str(headless), "head_init": head_init, "max_steps": 1, "log_every": 1,
+                                               "warmup_steps": 0, "checkpoint_every": 0})
+        return pretrain(Path(tok.blocks_path), headless, params, 0, tmp_path / head_init, progress=False).history[0]["loss"]
+
+    random_loss, prior_loss = first_loss("random"), first_loss("prior")
+    assert prior_loss < random_loss - 0.3 and prior_loss < np.log(len(tokenizer)), (prior_loss, random_loss)
