@@ -90,7 +90,8 @@ class MinHasher:
         grams_per_doc = np.maximum(counts - 4, 1)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         doc = np.repeat(np.arange(len(counts)), grams_per_doc)
-        first = np.repeat(starts, grams_per_doc) + (np.arange(len(doc)) - np.repeat(np.cumsum(grams_per_doc) - grams_per_doc, grams_per_doc))
+        # a shingle's first word: its document's first word, plus its place among the document's shingles
+        first = np.repeat(starts - (np.cumsum(grams_per_doc) - grams_per_doc), grams_per_doc) + np.arange(len(doc))
         grams = np.zeros(len(doc), dtype=np.uint64)
         short = bool((counts < len(_MIX)).any())  # a document of fewer than 5 words is one shorter shingle
         for k, mix in enumerate(_MIX):  # each shingle's hash combines its 5 word hashes (uint64 wraps)

@@ -69,20 +69,19 @@ def headless(model, missing_keys) -> bool:
     return any(not k.startswith(prefix) for k in missing_keys)
 
 
-def init_head_bias(model, token_counts: Callable[[int], Any]) -> bool:
+def init_head_bias(model, token_counts: Callable[[int], Any]) -> None:
     """The output layer's bias set to the log unigram frequency of the training tokens (add-half smoothing). A
     fresh head's logits are otherwise noise around zero, a loss above the uniform guess's, and its first gradients
-    into the pretrained encoder are that noise. Returns False where the output layer has no bias."""
+    into the pretrained encoder are that noise. An output layer without a bias is left as it is."""
     import numpy as np
     import torch
 
     out = model.get_output_embeddings()
     if out is None or getattr(out, "bias", None) is None:
-        return False
+        return
     counts = np.asarray(token_counts(out.bias.shape[0]), dtype=np.float64)[: out.bias.shape[0]] + 0.5
     with torch.no_grad():
         out.bias.copy_(torch.from_numpy(np.log(counts / counts.sum())).to(out.bias.dtype))
-    return True
 
 
 def named_loss(model, objective: str):

@@ -62,8 +62,9 @@ def to_onnx(model_dir: Path, out: Path, max_length: int) -> Path:
 
 
 # ops whose output feeds a projection kept in fp32 by the mixed copies: an activation (the FFN down-projection), then
-# the attention op (its output projection); fused names first, the unfused graph's as exported
-ACTIVATIONS = ("BiasGelu", "Gelu", "FastGelu", "QuickGelu", "Relu", "Erf")
+# the attention op (its output projection). These are the fused graph's ops (and ReLU's, which needs no fusing); in
+# an unfused graph GELU ends in a Mul and attention in a Reshape, so no mixed copy is made there
+ACTIVATIONS = ("BiasGelu", "Gelu", "FastGelu", "QuickGelu", "Relu")
 ATTENTION = ("Attention", "MultiHeadAttention")
 LADDER = (("int8", ()), ("int8-ffn-fp32", ACTIVATIONS), ("int8-proj-fp32", ACTIVATIONS + ATTENTION))
 
