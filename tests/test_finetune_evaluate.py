@@ -306,3 +306,66 @@ def test_a_saved_model_is_read_with_its_own_label_order(lora_run, tmp_path):
     renamed.to_parquet(tmp_path / "renamed.parquet", index=False)
     with pytest.raises(DataError, match=r"predicts the labels \['negative', 'neutral', 'positive'\], but validate.labels is \['bearish'"):
         evaluate_model(Path(s.model_dir), tmp_path / "renamed.parquet", ["bearish", "neutral", "bullish"], fp.max_length, 64, tmp_path / "c", SEQ)
+
+
+def test_source_sampler_mixes_sources_by_their_share_and_walks_each_without_replacement():
+    import numpy as np
+
+    from lmops.errors import UserError
+    from lmops.tasks.finetune import SourceSampler
+
+    sources = np.array(["big"] * 900 + ["small"] * 100, dtype=object)
+    plain = SourceSampler(sources, 1.0, {}, np.random.default_rng(3))
+    assert plain.plain and (plain.epoch() == np.random.default_rng(3).permutation(1000)).all()  # single-source behaviour, draw for draw
+    assert np.allclose(plain.row_weights(), 1.0)
+
+    s = SourceSampler(sources, 0.5, {}, np.random.default_rng(0))
+    assert s.share == pytest.approx({"big": 0.75, "small": 0.25})  # 30 : 10
+    assert s.draws() == {"big": 750, "small": 250} and s.row_weights().sum() == pytest.approx(1000)
+    first, second = s.epoch(), s.epoch()
+    assert len(first) == 1000 and (sources[first] == "small").sum() == 250
+    small = np.bincount(first[sources[first] == "small"], minlength=1000)[900:]
+    assert small.min() == 2 and small.max() == 3  # every small row twice before any a third time
+    big_seen = np.bincount(np.concatenate([first, second]), minlength=1000)[:900]
+    assert big_seen.min() >= 1 and big_seen.max() <= 2  # 1,500 draws of 900 rows: all seen, none three times
+    assert len(set(first[sources[first] == "big"].tolist())) == 750  # no repeat within an epoch
+
+    off = SourceSampler(sources, 1.0, {"small": 0.0}, np.random.default_rng(0))
+    assert not off.plain and set(sources[off.epoch()]) == {"big"}
+    with pytest.raises(UserError, match=r"finetune.sampling.weights names \['tweets'\]"):
+        SourceSampler(sources, 1.0, {"tweets": 2.0}, np.random.default_rng(0))
+    with pytest.raises(UserError, match="no source to train on"):
+        SourceSampler(sources, 1.0, {"small": 0.0, "big": 0.0}, np.random.default_rng(0))
+
+
+def test_early_stopping_can_weigh_every_source_of_the_validation_split(tiny_lm, ingested, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from lmops.tasks.finetune import selection_score
+
+    assert selection_score(0.8, {"a": 0.9, "b": 0.5}, "pooled") == 0.8
+    assert selection_score(0.8, {"a": 0.9, "b": 0.5}, "source_mean") == pytest.approx(0.7)
+    assert selection_score(0.8, {"a": 0.9, "b": 0.5}, "worst_source") == 0.5
+    assert selection_score(0.8, {"a": 0.9}, "worst_source") == 0.8
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    for split in ("train", "validation"):
+        frame = pd.read_parquet(data / f"{split}.parquet")
+        frame.loc[frame.index[::3], "source"] = "tweets"
+        frame.to_parquet(tmp_path / f"{split}.parquet", index=False)
+    fp = p.finetune.model_copy(update={"epochs": 2, "patience": 5, "select_on": "worst_source",
+                                       "sampling": p.finetune.sampling.model_copy(update={"alpha": 0.0})})
+    s = finetune(tmp_path / "train.parquet", tmp_path / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / "ft", progress=False)
+    for h in s.history:
+        assert set(h["val_by_source"]) == {"sentfin", "tweets"}
+        assert h["val_select"] == pytest.approx(min(h["val_by_source"].values()), abs=1e-4)
+    assert s.best_epoch == 1 + max(range(len(s.history)), key=lambda i: s.history[i]["val_select"])
+    # the saved model is the best epoch's: its per-source scores, recomputed, are that epoch's
+    val = pd.read_parquet(tmp_path / "validation.parquet")
+    logits = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), val["text"].tolist(), SEQ, LABELS, fp.max_length, 64)
+    for name, score in s.history[s.best_epoch - 1]["val_by_source"].items():
+        rows = (val["source"] == name).to_numpy()
+        ref = [LABELS.index(l) for l in val["label"][rows]]
+        assert f1_score(ref, logits[torch.as_tensor(np.flatnonzero(rows))].argmax(-1).tolist(), labels=[0, 1, 2], average="macro", zero_division=0) == pytest.approx(score, abs=1e-3)

@@ -67,6 +67,55 @@ def test_gate_sets_each_have_a_floor_and_a_no_regression_margin(sets, params, pr
         assert f"| {name} | 200 | {sets[name].candidate['macro_f1']:.4f} [" in md, md
 
 
+@pytest.mark.parametrize(
+    "sources, drop, promote, reason",
+    [
+        # pooled better, one source worse by more than allowed: a gain on headlines does not pay for a loss on tweets
+        ({"sentfin": _set(0.90, 0.86), "tweets": _set(0.80, 0.83)}, 0.01, False,
+         "test split, source tweets: macro_f1 0.8000 fell below champion v3 0.8300 by more than 0.01 (gate.source_max_drop)"),
+        ({"sentfin": _set(0.90, 0.86), "tweets": _set(0.825, 0.83)}, 0.01, True, "test split, source tweets: macro_f1 0.8250 vs champion v3"),
+        ({"sentfin": _set(0.90, 0.86), "tweets": _set(0.80, 0.83)}, None, True, ">= champion v3"),  # off: listed, not judged
+        ({"sentfin": _set(0.90, 0.86), "tweets": _set(0.60)}, 0.0, True, "source sentfin: macro_f1 0.9000 vs champion"),  # new source
+    ],
+)
+def test_a_gate_can_refuse_a_candidate_worse_on_any_source_of_the_test_split(sources, drop, promote, reason):
+    d = decide(C(0.85, 0.85), C(0.84, 0.84), GateParams(source_max_drop=drop), champion_version="3", sources=sources)
+    assert d.promote is promote and any(reason in r for r in d.reasons), d.reasons
+    md = d.to_markdown()
+    for name, s in sources.items():
+        assert f"| test split · {name} | 200 | {s.candidate['macro_f1']:.4f} [" in md, md
+
+
+def test_the_gate_scores_each_source_of_the_test_split_on_its_own_rows(tmp_path):
+    """``stages._source_scores`` on real evaluation outputs: slices joined to the test split by id, the paired
+    bootstrap over that source's rows only."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from lmops.config import params_from_dict
+    from lmops.tasks.stages import _source_scores
+    from tests.conftest import tiny_params_dict
+
+    p = params_from_dict(tiny_params_dict())
+    ids = [f"r{i}" for i in range(40)]
+    test = pd.DataFrame({"id": ids, "text": ids, "label": ["positive", "negative"] * 20, "source": ["a"] * 20 + ["b"] * 20})
+    test.to_parquet(tmp_path / "test.parquet", index=False)
+    # candidate: right on every row; champion: right on a, wrong on b. Predictions stored in another row order.
+    cand = test.assign(prediction=test["label"], confidence=0.9).iloc[::-1]
+    champ = test.assign(prediction=[*test["label"][:20], *["neutral"] * 20], confidence=0.9)
+    for name, frame in (("cand", cand), ("champ", champ)):
+        frame[["id", "label", "prediction", "confidence"]].to_parquet(tmp_path / f"{name}.parquet", index=False)
+    sl = lambda f1: {"n": 20, "accuracy": f1, "macro_f1": f1, "micro_f1": f1}  # noqa: E731
+    c = SimpleNamespace(report={"slices": {"a": sl(1.0), "b": sl(1.0)}}, predictions_path=tmp_path / "cand.parquet")
+    h = SimpleNamespace(report={"slices": {"a": sl(1.0), "b": sl(0.0)}}, predictions_path=tmp_path / "champ.parquet")
+    out = _source_scores(p, c, h, tmp_path / "test.parquet")
+    assert set(out) == {"a", "b"} and out["a"].n == out["b"].n == 20
+    assert out["a"].diff["accuracy"]["diff"] == 0 and out["a"].diff["accuracy"]["ci95"] == [0.0, 0.0]
+    assert out["b"].diff["accuracy"]["diff"] == pytest.approx(1.0) and out["b"].champion["macro_f1"] == 0.0
+    assert _source_scores(p, SimpleNamespace(report={"slices": {}}), None, tmp_path / "test.parquet") == {}
+
+
 @pytest.mark.parametrize("lo, promote, reason", [(0.004, True, "above noise"), (-0.003, False, "cannot be told from noise")])
 def test_a_gate_can_require_a_difference_above_noise(lo, promote, reason):
     test = _set(0.85, 0.83, lo=lo)

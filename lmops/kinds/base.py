@@ -141,6 +141,10 @@ class TaskKind:
 
         return torch.cat(units) if units else torch.zeros((0, num_labels))
 
+    def subset(self, logits, idx: list[int]):
+        """The logits of some rows (e.g. one source's), in the kind's own form."""
+        return logits[idx]
+
     def decode(self, logits, labels: list[str]) -> tuple[list[str], list[float]]:
         """Predicted label per row and its confidence."""
         probs = logits.softmax(-1)

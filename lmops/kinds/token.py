@@ -106,6 +106,9 @@ class TokenKind(TaskKind):
                 [float(p.max(-1).values.mean()) if len(p) else 1.0 for p in probs])
 
     # --- metrics -------------------------------------------------------------------------------------
+    def subset(self, logits, idx: list[int]):
+        return [logits[i] for i in idx]
+
     def validation_score(self, logits, targets: list, labels: list[str], loss_fn) -> dict[str, float]:
         import torch
 
