@@ -132,6 +132,8 @@ def _snapshot(params) -> Snapshot:
         return data
     run = RunLayout(new_run_dir("ingest"))
     stages.ingest(params, run)
+    # a stage command trains only on data that passed the checks `lmops run` would make (exit 3 otherwise)
+    stages.validate(params, run, previous=None)
     return run.data
 
 

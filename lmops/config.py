@@ -50,6 +50,9 @@ class SourceParams(Section):
     # Split this source's rows among themselves (same fractions and seed): an arrived batch gets train, validation
     # and test rows of its own, and adding it never moves another source's rows between splits.
     split_alone: bool = False
+    # Decode HTML character references (&amp; → &, &lt; → <, &#39; → '): text exported from web pages or the
+    # Twitter API arrives escaped, and left so it counts as markup in validation and reads as "amp" to a tokenizer.
+    unescape_html: bool = False
 
     @model_validator(mode="after")
     def _labeled_needs_label(self) -> "SourceParams":

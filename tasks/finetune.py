@@ -52,6 +52,7 @@ class FinetuneSummary:
     temperature: float | None = None  # fitted on the validation split (finetune.calibration); None = not calibrated
     val_ece_raw: float | None = None  # validation ECE before and after the temperature
     val_ece: float | None = None
+    val_select: float | None = None  # the best epoch's early-stopping score (finetune.select_on; NER: entity F1)
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -328,7 +329,7 @@ def finetune(
         trainable_params=n_trainable, total_params=total_params, best_epoch=best_epoch, val_macro_f1=round(best_macro, 4),
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
         temperature=calibrated[0] if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
-        val_ece=calibrated[2]["ece"] if calibrated else None,
+        val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4),
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

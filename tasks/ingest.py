@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -505,6 +505,10 @@ def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]
     if _SURROGATE.search(item.text):
         # JSON can spell half a UTF-16 pair (\\ud800); no UTF-8 file can hold it, so Parquet would refuse the row
         return "invalid Unicode: a lone surrogate (half of a UTF-16 pair); fix the escape in the source", [], 0
+    if src.unescape_html:
+        import html
+
+        item = replace(item, text=html.unescape(item.text), words=[html.unescape(w) for w in item.words] if item.words else item.words)
     if src.role == "labeled":
         return (*kind.labeled_rows(item, src, params, labels), 0)
     raw, removed = boiler.strip(item.text)

@@ -60,7 +60,9 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9_.-]+$")
-    objective: Literal["val_macro_f1", "val_entity_f1"] = "val_macro_f1"  # NER: entity F1 on the validation split
+    # NER: entity F1 on the validation split; val_select: the score early stopping uses (finetune.select_on, e.g. the
+    # mean over the validation split's sources), which is also what pruning compares epoch by epoch
+    objective: Literal["val_macro_f1", "val_entity_f1", "val_select"] = "val_macro_f1"
     trials: int = Field(default=20, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)  # no new trial starts after this; the running one finishes
     # from the 2nd epoch on, stop a trial whose validation score is below the median of earlier trials at that epoch

@@ -78,6 +78,30 @@ def test_bad_conll_lines_are_quarantined_with_the_line(tmp_path):
     assert "unknown tag(s) ['B-COMPANY']" in reasons[3]
 
 
+def test_escaped_html_in_a_source_is_decoded_when_asked_and_tags_stay_aligned(tmp_path):
+    """Tweets arrive HTML-escaped (WNUT17: "AT&amp;T", "&lt;3"); ``unescape_html`` decodes word by word, another
+    tag set is mapped onto ours, and a word that decodes to a space is quarantined with its reason."""
+    wnut = tmp_path / "wnut.conll"
+    wnut.write_text("AT&amp;T\tB-corporation\nrocks\tO\n&lt;3\tO\n\nParis\tB-location\n&nbsp;\tO\n\nHi\tO\nthere\tO\n")
+    p = ner_params()
+    p.ingest.sources[0].path = str(wnut)
+    p.ingest.sources[0].label_map = {"B-corporation": "B-ORG", "B-location": "B-LOC"}
+    p.ingest.sources[0].unescape_html = True
+    out = tmp_path / "out"
+    summary = ingest(p.ingest, p.validate_.labels, out, 0, KINDS["token"])
+    c = summary.sources["fin5"]
+    assert (c.rows_in, c.kept, c.quarantined) == (3, 2, 1)
+    rows = pd.concat([pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation")])
+    first = rows[rows["source"] == "fin5"].set_index("text")["label"].to_dict()
+    assert first["AT&T rocks <3"] == "B-ORG O O"
+    q = pd.read_parquet(out / "quarantine.parquet")
+    assert "word 2 is empty or contains whitespace" in q[q["source"] == "fin5"]["reason"].iloc[0]
+    p.ingest.sources[0].unescape_html = False  # kept as it came unless asked
+    kept = ingest(p.ingest, p.validate_.labels, tmp_path / "raw", 0, KINDS["token"])
+    raw = pd.concat([pd.read_parquet(tmp_path / "raw" / f"{s}.parquet") for s in ("train", "validation")])
+    assert kept.sources["fin5"].kept == 3 and "AT&amp;T rocks &lt;3" in set(raw["text"])
+
+
 def test_ner_suite_rejects_tags_outside_the_label_set(ner_data, tmp_path):
     from lmops.tasks.validate import validate_frames
 

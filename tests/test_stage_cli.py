@@ -29,6 +29,14 @@ def test_data_ingest_failed_validation_exits_3(project, env):
     assert r.returncode == 3 and "expect_table_row_count_to_be_between" in r.stderr
 
 
+def test_stage_commands_do_not_train_on_data_that_fails_validation(project, env, lmops_home):
+    for stage in ("finetune", "pretrain"):
+        r = run_cli(stage, "--json", "--base" if stage == "finetune" else "pretrain.max_steps=1", *(["pkg:none"] if stage == "finetune" else []),
+                    "validate.min_labeled_rows=999999", cwd=project, env=env)
+        assert r.returncode == 3 and "expect_table_row_count_to_be_between" in r.stderr and "no training was started" in r.stderr, r.stderr[-2000:]
+    assert not list(lmops_home.glob("runs/*finetune*/finetune")) and not list(lmops_home.glob("runs/*pretrain*/pretrain"))
+
+
 @pytest.mark.slow
 def test_pretrain_finetune_evaluate_chain(project, env, tmp_path):
     """The three stage commands chained as a user would (slow tier: the default run drives `lmops pretrain` in
