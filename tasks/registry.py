@@ -165,6 +165,9 @@ def training_curves(pretrain_history: list[dict], finetune_history: list[dict]) 
             for k, v in h.items():
                 if k != x and isinstance(v, (int, float)):
                     curves.setdefault(f"{prefix}/{k}", []).append((h[x], v))
+                elif isinstance(v, dict):  # one curve per source (val_by_source)
+                    for name, value in v.items():
+                        curves.setdefault(f"{prefix}/{k}.{name}", []).append((h[x], value))
     return curves
 
 

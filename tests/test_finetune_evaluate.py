@@ -363,6 +363,10 @@ def test_early_stopping_can_weigh_every_source_of_the_validation_split(tiny_lm, 
         assert h["val_select"] == pytest.approx(min(h["val_by_source"].values()), abs=1e-4)
     assert s.best_epoch == 1 + max(range(len(s.history)), key=lambda i: s.history[i]["val_select"])
     assert s.val_select == pytest.approx(s.history[s.best_epoch - 1]["val_select"], abs=1e-4)  # what a sweep's val_select objective reads
+    from lmops.tasks.registry import training_curves
+
+    curves = training_curves([], s.history)  # what the MLflow run plots: a validation curve per source
+    assert [v for _, v in curves["finetune/val_by_source.tweets"]] == [h["val_by_source"]["tweets"] for h in s.history]
     # the saved model is the best epoch's: its per-source scores, recomputed, are that epoch's
     val = pd.read_parquet(tmp_path / "validation.parquet")
     logits = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), val["text"].tolist(), SEQ, LABELS, fp.max_length, 64)
