@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -58,8 +59,6 @@ def main() -> None:
         corpus, summary = ingest_corpus_only(IngestParams(sources=[src], chunk_chars=2000, engine=engine), work)
         report = validate_frames({"corpus": corpus}, ValidateParams(min_corpus_rows=1))
         return time.perf_counter() - t0, corpus, summary, report
-
-    import statistics
 
     base_times, lmops_times = [], []
     for i in range(args.repeat):

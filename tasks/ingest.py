@@ -9,6 +9,7 @@ entities), ``corpus.parquet`` (unlabeled + labeled-train text for pretraining), 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -506,8 +507,6 @@ def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]
         # JSON can spell half a UTF-16 pair (\\ud800); no UTF-8 file can hold it, so Parquet would refuse the row
         return "invalid Unicode: a lone surrogate (half of a UTF-16 pair); fix the escape in the source", [], 0
     if src.unescape_html:
-        import html
-
         item = replace(item, text=html.unescape(item.text), words=[html.unescape(w) for w in item.words] if item.words else item.words)
     if src.role == "labeled":
         return (*kind.labeled_rows(item, src, params, labels), 0)

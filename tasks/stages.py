@@ -321,13 +321,13 @@ def _source_scores(p: Params, cand, champ, test_path: Path) -> dict:
     slices = cand.report.get("slices") or {}
     if len(slices) < 2:
         return {}
-    source = pd.read_parquet(test_path, columns=["id", "source"]).set_index("id")["source"]
     b = pd.read_parquet(cand.predictions_path)
+    source = pd.read_parquet(test_path, columns=["id", "source"]).set_index("id")["source"].loc[b["id"]].to_numpy()
     a = pd.read_parquet(champ.predictions_path).set_index("id").loc[b["id"]] if champ is not None else None
     kind, labels, seed = p.finetune.kind, p.validate_.labels, p.project.seed
     out = {}
     for name in sorted(slices):
-        rows = (source.loc[b["id"]].to_numpy() == name)
+        rows = source == name
         refs, preds = b["label"][rows].tolist(), b["prediction"][rows].tolist()
         champ_slice = (champ.report.get("slices") or {}).get(name) if champ is not None else None
         out[name] = SetScores(n=int(rows.sum()), candidate={k: slices[name][k] for k in ("accuracy", "macro_f1", "micro_f1")},
