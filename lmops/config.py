@@ -300,9 +300,11 @@ class FinetuneParams(Section):
     # batch texts of similar length together (shuffled within windows of 50 batches): far less padding
     # when lengths vary a lot (NER sentences, filings); off = plain shuffling
     group_by_length: bool = False
-    # temperature = fit one temperature on the validation split after training and save it with the model, so
-    # reported and served confidences match how often the model is right (tasks/calibration.py); none = raw softmax
-    calibration: Literal["temperature", "none"] = "temperature"
+    # fit a calibrator on the validation split after training and save it with the model, so reported and served
+    # confidences match how often the model is right (tasks/calibration.py): temperature = one scalar; isotonic =
+    # the temperature, then a monotone map of the top-label confidence (fixes a shape a scalar cannot: over-confident
+    # at the top, under-confident in the middle); none = raw softmax
+    calibration: Literal["temperature", "isotonic", "none"] = "temperature"
     lora: LoraParams = Field(default_factory=LoraParams)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     # the early-stopping score when the validation split holds several sources: pooled = over all its rows;

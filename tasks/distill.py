@@ -5,7 +5,7 @@ one small model.
 Student = teacher[0] with ``distill.layers`` kept (default every other layer: 6 → 3 for MiniLM), its embeddings,
 head and tokenizer unchanged. Loss per labeled row: ``alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE``;
 rows of the pretraining corpus (``distill.unlabeled_rows``) add the KL term alone. Early stopping on validation
-macro-F1 and the temperature calibration are finetune's. Outputs ``model/`` (a plain Hugging Face model folder,
+macro-F1 and the calibration are finetune's. Outputs ``model/`` (a plain Hugging Face model folder,
 like finetune's) and ``distill.json``.
 """
 
@@ -124,7 +124,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     n_layers = model.config.num_hidden_layers
     keep = params.layers or list(range(0, n_layers, 2))
     model = shrink(model, keep)
-    model.lmops_temperature = 1.0  # the student is calibrated on its own below
+    model.lmops_calibrator = None  # the student is calibrated on its own below
     student_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=ft.weight_decay)
     steps = math.ceil(len(inputs) / params.batch_size) * params.epochs
@@ -167,10 +167,10 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     bar.close()
     model.load_state_dict(best_state)
     calibrated = None
-    if ft.calibration == "temperature":
+    if ft.calibration != "none":
         from lmops.tasks import calibration
 
-        calibrated = calibration.fit(predict_logits(model, tokenizer, val_inputs, kind, labels, ft.max_length, 128), y_val)
+        calibrated = calibration.fit(ft.calibration, predict_logits(model, tokenizer, val_inputs, kind, labels, ft.max_length, 128), y_val)
     from lmops.tasks.plots import loss_curve
 
     plot = loss_curve({"train": [(h["epoch"], h["train_loss"]) for h in history]}, out_dir / "loss.png",
@@ -184,7 +184,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
         model_dir=str(model_dir), teachers=[str(t) for t in teachers], layers_kept=keep, teacher_layers=n_layers, student_params=student_params,
         teacher_params=teacher_params, labeled_rows=len(texts), unlabeled_rows=len(extra), best_epoch=best_epoch, val_macro_f1=round(best, 4),
         teacher_val_macro_f1=round(teacher_f1, 4), seconds=round(time.perf_counter() - start, 1),
-        temperature=calibrated[0] if calibrated else None, val_ece=calibrated[2]["ece"] if calibrated else None, history=history,
+        temperature=calibrated[0].temperature if calibrated else None, val_ece=calibrated[2]["ece"] if calibrated else None, history=history,
         loss_plot=str(plot), epochs_run=len(history))
     (out_dir / "distill.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

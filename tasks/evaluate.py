@@ -37,7 +37,9 @@ class EvalResult:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "weighted_f1": self.weighted_f1, "micro_f1": self.micro_f1}
 
     def extra(self) -> dict[str, float]:
-        return {"ece": self.ece, **{f"slice.{k}.macro_f1": v["macro_f1"] for k, v in (self.report.get("slices") or {}).items()}}
+        slices = (self.report.get("slices") or {}).items()
+        return {"ece": self.ece, **{f"slice.{k}.macro_f1": v["macro_f1"] for k, v in slices},
+                **{f"slice.{k}.ece": v["ece"] for k, v in slices if "ece" in v}}
 
 
 def report_markdown(report: dict[str, Any], labels: list[str], title: str, kind: TaskKind) -> str:
@@ -53,9 +55,12 @@ def report_markdown(report: dict[str, Any], labels: list[str], title: str, kind:
     for avg in ("micro", "macro", "weighted"):
         a = report["averages"][avg]
         lines.append(f"| *{avg} avg* | {a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | |")
-    lines += ["", f"Expected calibration error (10 bins): **{report.get('ece', float('nan')):.4f}**"]
+    ece_ci = (report.get("calibration") or {}).get("ci95")
+    lines += ["", f"Expected calibration error (10 bins): **{report.get('ece', float('nan')):.4f}**"
+              + (f", 95% bootstrap interval [{ece_ci[0]:.4f}, {ece_ci[1]:.4f}]" if ece_ci else "")]
     for name, sl in (report.get("slices") or {}).items():
-        lines.append(f"- slice `{name}`: n = {sl['n']}, accuracy {sl['accuracy']:.4f}, macro-F1 {sl['macro_f1']:.4f}")
+        lines.append(f"- slice `{name}`: n = {sl['n']}, accuracy {sl['accuracy']:.4f}, macro-F1 {sl['macro_f1']:.4f}"
+                     + (f", ECE {sl['ece']:.4f}" if "ece" in sl else ""))
     lines += ["", f"{kind.confusion_title} (rows = true, columns = predicted): " + ", ".join(labels), ""]
     for name, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"- {name}: {row}")
@@ -88,7 +93,8 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     if "source" in data and data["source"].nunique() > 1:
         for name, idx in data.groupby("source").indices.items():
             sub = score(list(idx))
-            report["slices"][str(name)] = {"n": len(idx), "accuracy": sub["accuracy"], "macro_f1": sub["macro_f1"], "micro_f1": sub["micro_f1"]}
+            report["slices"][str(name)] = {"n": len(idx), "accuracy": sub["accuracy"], "macro_f1": sub["macro_f1"], "micro_f1": sub["micro_f1"],
+                                           **({"ece": sub["ece"]} if "ece" in sub else {})}
 
     pd.DataFrame({"id": data["id"], "label": data["label"], "prediction": pred_text,
                   "confidence": confidence}).to_parquet(out_dir / "predictions.parquet", index=False)

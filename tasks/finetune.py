@@ -300,10 +300,10 @@ def finetune(
     bar.close()
     model.load_state_dict(best_state)
     calibrated = None
-    if params.calibration == "temperature" and kind.calibrated:
+    if params.calibration != "none" and kind.calibrated:
         from lmops.tasks import calibration
 
-        calibrated = calibration.fit(predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128), y_val)
+        calibrated = calibration.fit(params.calibration, predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128), y_val)
 
     adapter_dir = None
     model_dir = out_dir / "model"
@@ -328,7 +328,7 @@ def finetune(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,
         trainable_params=n_trainable, total_params=total_params, best_epoch=best_epoch, val_macro_f1=round(best_macro, 4),
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
-        temperature=calibrated[0] if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
+        temperature=calibrated[0].temperature if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
         val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4),
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))

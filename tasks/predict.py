@@ -37,7 +37,7 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     ``model.lmops_new_modules``: PEFT must train and save them, or a reload re-randomises them.
     """
     from lmops.models import load_tokenizer
-    from lmops.tasks.calibration import temperature
+    from lmops.tasks import calibration
 
     adapter_cfg = Path(base) / "adapter_config.json"
     if adapter_cfg.is_file():
@@ -48,7 +48,7 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
             ref = str(Path(base) / ref)
         model, _ = load_classifier(ref, labels, kind, train=True)  # the head lives in the adapter, saved in labels order
         peft = PeftModel.from_pretrained(model, base)
-        peft.lmops_temperature = 1.0 if train else temperature(base)
+        peft.lmops_calibrator = calibration.Identity() if train else calibration.load(base)
         return peft, load_tokenizer(base)
     tokenizer = load_tokenizer(base)
     own = None if train else saved_labels(base)
@@ -64,8 +64,8 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     if own is not None and own != list(labels):
         model.lmops_label_order = [own.index(l) for l in labels]  # logits column j is labels[j]
     model.lmops_new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
-    # the temperature fitted on its validation split (tasks/calibration.py) scales every prediction
-    model.lmops_temperature = 1.0 if train else temperature(base)
+    # the calibrator fitted on its validation split (tasks/calibration.py) adjusts every prediction
+    model.lmops_calibrator = calibration.Identity() if train else calibration.load(base)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -78,7 +78,7 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
     model.eval()
     fill = kind.fill_index(labels)
     order = getattr(model, "lmops_label_order", None)  # a model saved with another label order, read by name
-    temp = getattr(model, "lmops_temperature", 1.0)
+    calibrator = getattr(model, "lmops_calibrator", None)
     units: list = []
     with torch.no_grad():
         for i in range(0, len(inputs), batch_size):
@@ -87,8 +87,8 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
             logits = model(**enc).logits.float()
             if order is not None:
                 logits = logits[..., order]
-            if temp != 1.0:
-                logits = logits / temp
+            if calibrator is not None and calibrator.method != "none":
+                logits = torch.as_tensor(calibrator.apply(logits.numpy()))
             units.extend(kind.batch_logits(enc, logits, batch, fill))
     return kind.stack(units, len(labels))
 

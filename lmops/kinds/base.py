@@ -163,21 +163,24 @@ class TaskKind:
 
     def report(self, logits, refs: list, labels: list[str]) -> tuple[dict[str, Any], list[str], list[float], Any]:
         """(report, predicted label text, confidence, scorer of a row subset) for an evaluation."""
-        from lmops.metrics import calibration, classification_report
+        from lmops.metrics import bootstrap_ece, calibration, classification_report
 
         probs = logits.softmax(-1)
         preds = probs.argmax(-1).tolist()
         report = classification_report(preds, refs, labels)
         report["calibration"] = calibration(probs, refs)
+        conf, right = probs.max(-1).values.tolist(), [int(p == r) for p, r in zip(preds, refs)]
+        report["calibration"]["ci95"] = bootstrap_ece(conf, right)
 
         def score(idx):
-            return classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)
+            sub = classification_report([preds[i] for i in idx], [refs[i] for i in idx], labels)
+            return {**sub, "ece": calibration(probs[list(idx)], [refs[i] for i in idx])["ece"]}
 
         text, confidence = self.decode(logits, labels)
         return report, text, confidence, score
 
     class_noun: ClassVar[str] = "class"  # a row of the per-class table
-    # one softmax per row: a temperature fitted on the validation split calibrates its confidence (tasks/calibration.py)
+    # one softmax per row: a calibrator fitted on the validation split adjusts its confidence (tasks/calibration.py)
     calibrated: ClassVar[bool] = True
     text_inputs: ClassVar[bool] = True  # a model input is one plain text (so unlabeled corpus texts can be inputs too)
     resampled: ClassVar[str] = "rows"  # what the bootstrap intervals resample

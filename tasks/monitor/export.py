@@ -56,7 +56,7 @@ def to_onnx(model_dir: Path, out: Path, max_length: int) -> Path:
     tok.save_pretrained(str(out))
     from lmops.tasks.calibration import FILE
 
-    if (Path(model_dir) / FILE).is_file():  # the graph gives raw logits; the scorer applies the model's temperature
+    if (Path(model_dir) / FILE).is_file():  # the graph gives raw logits; the scorer applies the model's calibrator
         (out / FILE).write_text((Path(model_dir) / FILE).read_text())
     return out / "model.fp32.onnx"
 

@@ -39,9 +39,9 @@ class OnnxScorer:
         self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = load_tokenizer(str(folder))
-        from lmops.tasks.calibration import temperature
+        from lmops.tasks import calibration
 
-        self.temperature = temperature(folder)  # as load_classifier applies it to the torch model
+        self.calibrator = calibration.load(folder)  # as load_classifier applies it to the torch model
 
     def logits(self, texts: list[str], batch_size: int, max_length: int):
         import numpy as np
@@ -53,7 +53,7 @@ class OnnxScorer:
             feed = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"], dtype=np.int64) for n in self.names}
             out.append(self.session.run(["logits"], feed)[0])
         z = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-        return z / self.temperature if self.temperature != 1.0 else z
+        return self.calibrator.apply(z) if len(z) else z
 
     def probabilities(self, texts: list[str], batch_size: int, max_length: int):
         import numpy as np
