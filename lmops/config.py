@@ -310,6 +310,18 @@ class FinetuneParams(Section):
     # the early-stopping score when the validation split holds several sources: pooled = over all its rows;
     # source_mean = the mean of each source's score; worst_source = the lowest one (no source may be given up)
     select_on: Literal["pooled", "source_mean", "worst_source"] = "pooled"
+    # token_type = tell the model which words start with a capital letter through its token-type (segment)
+    # embeddings: an uncased base (all-MiniLM-L6-v2) lowercases "Apple" and "apple" alike, and capitals are the
+    # strongest cue for names. Saved in the model's config, so every reader of the model encodes the same way.
+    # Tasks that read words (token); none = the tokenizer's own encoding
+    casing: Literal["none", "token_type"] = "none"
+
+    @model_validator(mode="after")
+    def _casing_needs_words(self) -> "FinetuneParams":
+        if self.casing != "none" and not self.kind.casing_feature:
+            raise ValueError(f"finetune.casing: {self.casing} marks capitalised words, which task {self.task!r} does not read "
+                             "one by one; use it with task: token, or set finetune.casing: none")
+        return self
 
     @field_validator("task")
     @classmethod

@@ -96,7 +96,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
 
     from lmops.metrics import macro_f1
     from lmops.tasks.finetune import warmup_linear
-    from lmops.tasks.predict import load_classifier, predict_logits
+    from lmops.tasks.predict import casing_of, load_classifier, predict_logits
 
     kind = ft.kind
     if not kind.calibrated:
@@ -140,7 +140,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
         total = 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
-            enc = kind.encode(tokenizer, [inputs[j] for j in idx], ft.max_length)
+            enc = kind.encode(tokenizer, [inputs[j] for j in idx], ft.max_length, casing_of(model))
             logits = model(**enc).logits
             kl = torch.nn.functional.kl_div(torch.log_softmax(logits / params.temperature, -1), soft[torch.as_tensor(idx)], reduction="batchmean") * t2
             target = torch.tensor([targets[j] for j in idx])

@@ -198,6 +198,26 @@ def selection_score(pooled: float, by_source: dict[str, float], select_on: str) 
     return min(values) if select_on == "worst_source" else sum(values) / len(values)
 
 
+def enable_casing(model, casing: str) -> None:
+    """Record ``casing`` in the model's config (saved with it, read by every encoder of its inputs) and make sure the
+    token-type embeddings have the second row it uses; a base with one row gets a copy of it, so training starts
+    from the base's own behaviour."""
+    import torch
+
+    emb = getattr(getattr(model, "base_model", model), "embeddings", None)
+    table = getattr(emb, "token_type_embeddings", None)
+    if table is None:
+        raise UserError(f"finetune.casing: {casing} needs token-type embeddings (BERT-style models); {model.config.model_type!r} has none: "
+                        "set finetune.casing: none")
+    if table.num_embeddings < 2:
+        grown = torch.nn.Embedding(2, table.embedding_dim)
+        with torch.no_grad():
+            grown.weight.copy_(table.weight[:1].expand(2, -1))
+        emb.token_type_embeddings = grown
+        model.config.type_vocab_size = 2
+    model.config.lmops_casing = casing
+
+
 def warmup_linear(opt, warmup: int, total: int):
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at step ``total``."""
     import torch
@@ -227,6 +247,11 @@ def finetune(
     texts, val_inputs = kind.inputs(train), kind.inputs(val)
 
     model, tokenizer = load_classifier(base, labels, kind, train=True)
+    if params.casing != "none":
+        enable_casing(model, params.casing)
+    # sentences longer than max_length become several training rows instead of losing their tail
+    texts, y_train, origin = kind.training_windows(tokenizer, texts, y_train, labels, params.max_length)
+    train_sources = (train["source"].to_numpy()[origin] if "source" in train else ["all"] * len(texts))
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -239,7 +264,7 @@ def finetune(
     n_trainable = sum(p.numel() for p in trainable)
 
     rng = np.random.default_rng(seed)
-    sampler = SourceSampler(train["source"] if "source" in train else ["all"] * len(train), params.sampling.alpha, params.sampling.weights, rng)
+    sampler = SourceSampler(train_sources, params.sampling.alpha, params.sampling.weights, rng)
     val_sources = val["source"].tolist() if "source" in val else []
     weight = None
     if params.class_weighting and kind.class_weighting:
@@ -266,7 +291,7 @@ def finetune(
         epoch_loss = 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
-            enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length)
+            enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length, params.casing)
             loss = kind.batch_loss(loss_fn, model(**enc).logits, enc, [y_train[j] for j in idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -71,6 +71,11 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     return model, tokenizer
 
 
+def casing_of(model) -> str:
+    """How the model was taught to see capitals (``finetune.casing``, saved in its config as ``lmops_casing``)."""
+    return getattr(getattr(model, "config", None), "lmops_casing", None) or "none"
+
+
 def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[str], max_length: int, batch_size: int):
     """Logits per row: a [n, labels] tensor, or for token kinds a list of [words, labels] tensors."""
     import torch
@@ -79,18 +84,20 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
     fill = kind.fill_index(labels)
     order = getattr(model, "lmops_label_order", None)  # a model saved with another label order, read by name
     calibrator = getattr(model, "lmops_calibrator", None)
+    casing = casing_of(model)
     units: list = []
+    pieces, plan = kind.windows(tokenizer, inputs, max_length)
     with torch.no_grad():
-        for i in range(0, len(inputs), batch_size):
-            batch = inputs[i : i + batch_size]
-            enc = kind.encode(tokenizer, batch, max_length)
+        for i in range(0, len(pieces), batch_size):
+            batch = pieces[i : i + batch_size]
+            enc = kind.encode(tokenizer, batch, max_length, casing)
             logits = model(**enc).logits.float()
             if order is not None:
                 logits = logits[..., order]
             if calibrator is not None and calibrator.method != "none":
                 logits = torch.as_tensor(calibrator.apply(logits.numpy()))
             units.extend(kind.batch_logits(enc, logits, batch, fill))
-    return kind.stack(units, len(labels))
+    return kind.stack(kind.join(units, plan), len(labels))
 
 
 def predict_labels(model, tokenizer, frame, labels: list[str], kind: TaskKind, max_length: int, batch_size: int) -> tuple[list[str], list[float]]:

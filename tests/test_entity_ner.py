@@ -335,3 +335,110 @@ def test_the_monitor_finds_companies_with_a_registered_tagger(ner_runs):
     assert "Canonical Co" in {n for f in found for n, _ in f}
     with pytest.raises(TypeError, match="use tags"):
         tagger.probabilities(texts[:2], 2, 32)
+
+
+def _vocab_tokenizer(tmp_path):
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "apple", "rose", "sil", "##icon", "valley", "$"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    return BertTokenizerFast(str(tmp_path / "vocab.txt"))  # uncased: lower-cases before it looks words up
+
+
+def test_casing_marks_every_subtoken_of_a_capitalised_word(tmp_path):
+    tok = _vocab_tokenizer(tmp_path)
+    kind = KINDS["token"]
+    words = [["Silicon", "valley", "ROSE", "$Apple", "iPhone"], ["apple"]]
+    plain, cased = kind.encode(tok, words, 16), kind.encode(tok, words, 16, "token_type")
+    assert tok.convert_ids_to_tokens(cased["input_ids"][0])[:7] == ["[CLS]", "sil", "##icon", "valley", "rose", "$", "apple"]
+    torch.testing.assert_close(cased["input_ids"], plain["input_ids"])  # the same ids: the tokenizer cannot see case
+    assert plain["token_type_ids"].sum() == 0
+    # [CLS] Sil ##icon valley ROSE $ Apple iPhone(unk) [SEP]: all sub-tokens of "Silicon", "ROSE", "$Apple"; padding 0
+    assert cased["token_type_ids"][0, :9].tolist() == [0, 1, 1, 0, 1, 1, 1, 0, 0]
+    assert cased["token_type_ids"][1].tolist() == [0, 0, 0] + [0] * (cased["input_ids"].shape[1] - 3)
+
+
+def test_casing_is_a_token_task_option_and_needs_token_type_embeddings():
+    from transformers import BertConfig, BertForTokenClassification, GPT2Config, GPT2ForTokenClassification
+
+    from lmops.errors import UserError
+    from lmops.tasks.finetune import enable_casing
+
+    with pytest.raises(ConfigError, match="finetune.casing"):
+        params_from_dict(tiny_params_dict(finetune={"casing": "token_type"}))  # the headline task reads texts, not words
+    assert ner_params(casing="token_type").finetune.casing == "token_type"
+    one = BertForTokenClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=16, type_vocab_size=1, num_labels=3))
+    row = one.bert.embeddings.token_type_embeddings.weight[0].detach().clone()
+    enable_casing(one, "token_type")
+    grown = one.bert.embeddings.token_type_embeddings.weight
+    assert grown.shape[0] == 2 and one.config.type_vocab_size == 2 and one.config.lmops_casing == "token_type"
+    torch.testing.assert_close(grown[1].detach(), row)  # starts as the base's only segment: no change until trained
+    gpt = GPT2ForTokenClassification(GPT2Config(vocab_size=20, n_embd=8, n_layer=1, n_head=2, num_labels=3))
+    with pytest.raises(UserError, match="token-type embeddings"):
+        enable_casing(gpt, "token_type")
+
+
+def test_a_cased_tagger_saves_its_casing_and_every_reader_encodes_alike(tiny_lm, ner_data, tmp_path):
+    from lmops.tasks.finetune import finetune
+    from lmops.tasks.predict import casing_of, load_classifier, predict_logits
+
+    _, pre, _ = tiny_lm
+    out, _, p = ner_data
+    fp = p.finetune.model_copy(update={"method": "full", "lr": 3e-3, "epochs": 2, "batch_size": 8, "casing": "token_type"})
+    s = finetune(out / "train.parquet", out / "validation.parquet", pre.model_dir, NER_LABELS, fp, 0, tmp_path / "ft", progress=False)
+    assert json.loads((Path(s.model_dir) / "config.json").read_text())["lmops_casing"] == "token_type"
+    kind = KINDS["token"]
+    model, tok = load_classifier(s.model_dir, NER_LABELS, kind)
+    assert casing_of(model) == "token_type"
+    words = kind.inputs(pd.read_parquet(out / "test.parquet").head(12))
+    cased = predict_logits(model, tok, words, kind, NER_LABELS, fp.max_length, 8)
+    lowered = predict_logits(model, tok, [[w.lower() for w in ws] for ws in words], kind, NER_LABELS, fp.max_length, 8)
+    assert any(not torch.allclose(a, b) for a, b in zip(cased, lowered))  # capitals reach the model
+    model.config.lmops_casing = "none"  # a reader that ignored the saved casing would see other inputs
+    assert any(not torch.allclose(a, b) for a, b in zip(cased, predict_logits(model, tok, words, kind, NER_LABELS, fp.max_length, 8)))
+
+
+def test_word_windows_cover_a_long_sentence_within_budget_and_never_cut_inside_an_entity():
+    from lmops.kinds.token import word_windows
+
+    counts = [1, 2, 1, 1, 3, 1, 1, 2, 1, 1, 1, 1]
+    assert word_windows(counts, 100, 10) == [(0, 12)]  # fits: one window
+    spans = word_windows(counts, 5, 2)
+    assert spans[0][0] == 0 and spans[-1][1] == 12
+    for (a, b), (c, d) in zip(spans, spans[1:]):
+        assert a < c <= b and sum(counts[c:b]) <= 2  # forward, overlapping by at most 2 sub-tokens
+    assert all(sum(counts[a:b]) <= 5 for a, b in spans)
+    flat = word_windows(counts, 5, 0)
+    assert [b for _, b in flat[:-1]] == [a for a, _ in flat[1:]]  # back to back
+    # word 4 continues an entity (an I- tag): no window ends before it while the entity fits
+    guarded = word_windows(counts, 5, 0, can_cut=[j != 4 for j in range(12)])
+    assert all(b != 4 for _, b in guarded[:-1]) and guarded[-1][1] == 12
+    assert word_windows([9, 1], 5, 0) == [(0, 1), (1, 2)]  # one over-long word is a window alone
+
+
+def test_a_sentence_longer_than_max_length_is_tagged_to_its_last_word(tmp_path):
+    kind = KINDS["token"]
+    tok = _vocab_tokenizer(tmp_path)
+    words = [["apple", "Silicon", "valley", "rose"] * 6, ["apple", "rose"]]  # 30 sub-tokens, then 2
+    pieces, plan = kind.windows(tok, words, 12)  # 10 sub-tokens per window
+    assert len(plan[0]) > 2 and len(plan[1]) == 1 and pieces[plan[1][0][0]] == ["apple", "rose"]
+    # a unit per piece whose rows name the word they score: join must give every word its own row back
+    units = [torch.tensor([[a + j, k] for j in range(b - a)], dtype=torch.float) for spans in plan for k, a, b in spans]
+    joined = kind.join(units, plan)
+    assert joined[0][:, 0].tolist() == list(range(24)) and joined[1][:, 0].tolist() == [0, 1]
+    # a word near a window's cut is read from the neighbour where it sits more centrally
+    spans = plan[0]
+
+    def context(j, a, b):  # words between j and the nearer cut (a sentence's own ends are not cuts)
+        return min(j - a if a else 99, b - 1 - j if b < 24 else 99)
+
+    for j, (_, piece) in enumerate(joined[0].tolist()):
+        _, a, b = spans[int(piece)]
+        assert a <= j < b and all(context(j, a, b) >= context(j, c, d) for _, c, d in spans if c <= j < d)
+    # training: back-to-back windows, each row's tags with it, no window opening on an I- tag when avoidable
+    labels = ["O", "B-ORG", "I-ORG"]
+    tags = [[0, 1, 2, 0] * 6, [0, 0]]
+    inputs, targets, origin = kind.training_windows(tok, words, tags, labels, 12)
+    assert sum(len(x) for x in inputs[:-1]) == 24 and origin == [0] * (len(inputs) - 1) + [1]
+    assert all(t[0] != 2 for t in targets) and [w for x in inputs[:-1] for w in x] == words[0]

@@ -115,8 +115,21 @@ class TaskKind:
         index = {l: i for i, l in enumerate(labels)}
         return [index[l] for l in frame["label"]]
 
-    def encode(self, tokenizer, inputs: list, max_length: int):
+    def encode(self, tokenizer, inputs: list, max_length: int, casing: str = "none"):
+        """A padded batch for the model; ``casing`` is the model's ``lmops_casing`` (see :func:`casing_of`)."""
         return tokenizer(inputs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+    def windows(self, tokenizer, inputs: list, max_length: int) -> tuple[list, Any]:
+        """Inputs as the pieces the model reads, and a plan :meth:`join` puts their outputs back by. Texts are
+        truncated at ``max_length`` (the tokenizer cuts them): one piece per input, no plan."""
+        return inputs, None
+
+    def join(self, units: list, plan: Any) -> list:
+        return units
+
+    def training_windows(self, tokenizer, inputs: list, targets: list, labels: list[str], max_length: int) -> tuple[list, list, list[int]]:
+        """Training rows as the model reads them: (inputs, targets, the source row of each)."""
+        return inputs, targets, list(range(len(inputs)))
 
     def batch_loss(self, loss_fn, logits, enc, targets: list):
         import torch
@@ -182,6 +195,8 @@ class TaskKind:
     class_noun: ClassVar[str] = "class"  # a row of the per-class table
     # one softmax per row: a calibrator fitted on the validation split adjusts its confidence (tasks/calibration.py)
     calibrated: ClassVar[bool] = True
+    # encode can mark capitalised words (finetune.casing): only kinds whose inputs are words
+    casing_feature: ClassVar[bool] = False
     text_inputs: ClassVar[bool] = True  # a model input is one plain text (so unlabeled corpus texts can be inputs too)
     resampled: ClassVar[str] = "rows"  # what the bootstrap intervals resample
     confusion_title: ClassVar[str] = "Confusion matrix"

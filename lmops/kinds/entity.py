@@ -48,7 +48,7 @@ class EntityKind(TaskKind):
     def inputs(self, frame) -> list:
         return [(next(iter(json.loads(e))), t) for e, t in zip(frame["entities"], frame["text"])]
 
-    def encode(self, tokenizer, inputs: list, max_length: int):
+    def encode(self, tokenizer, inputs: list, max_length: int, casing: str = "none"):
         # [CLS] entity [SEP] headline [SEP]: the headline is cut, never the entity
         return tokenizer([e for e, _ in inputs], [t for _, t in inputs], truncation="only_second", max_length=max_length,
                          padding=True, return_tensors="pt")
