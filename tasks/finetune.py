@@ -216,6 +216,9 @@ def enable_casing(model, casing: str) -> None:
         emb.token_type_embeddings = grown
         model.config.type_vocab_size = 2
     model.config.lmops_casing = casing
+    # a PEFT method freezes the embeddings: list the table as a module to train and save, as a fresh head is
+    prefix = getattr(model, "base_model_prefix", "")
+    model.lmops_new_modules = sorted({*getattr(model, "lmops_new_modules", []), f"{prefix}.embeddings.token_type_embeddings"})
 
 
 def warmup_linear(opt, warmup: int, total: int):

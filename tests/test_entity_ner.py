@@ -442,3 +442,19 @@ def test_a_sentence_longer_than_max_length_is_tagged_to_its_last_word(tmp_path):
     inputs, targets, origin = kind.training_windows(tok, words, tags, labels, 12)
     assert sum(len(x) for x in inputs[:-1]) == 24 and origin == [0] * (len(inputs) - 1) + [1]
     assert all(t[0] != 2 for t in targets) and [w for x in inputs[:-1] for w in x] == words[0]
+
+
+def test_lora_trains_and_saves_the_casing_embeddings(tiny_lm, ner_data, tmp_path):
+    """PEFT freezes embeddings: with casing on, the token-type table is trained and saved with the merged model."""
+    from safetensors.torch import load_file
+
+    from lmops.tasks.finetune import finetune
+
+    _, pre, _ = tiny_lm
+    out, _, p = ner_data
+    fp = p.finetune.model_copy(update={"method": "lora", "lr": 1e-2, "epochs": 1, "casing": "token_type"})
+    s = finetune(out / "train.parquet", out / "validation.parquet", pre.model_dir, NER_LABELS, fp, 0, tmp_path / "ft", progress=False)
+    key = next(k for k in load_file(str(Path(s.model_dir) / "model.safetensors")) if k.endswith("token_type_embeddings.weight"))
+    trained, base = load_file(str(Path(s.model_dir) / "model.safetensors"))[key], load_file(str(Path(pre.model_dir) / "model.safetensors"))
+    before = next(v for k, v in base.items() if k.endswith("token_type_embeddings.weight"))
+    assert trained.shape[0] == 2 and not torch.allclose(trained[: before.shape[0]], before)
