@@ -91,10 +91,10 @@ class Isotonic(Temperature):
     def apply(self, z):
         import numpy as np
 
-        zt = np.asarray(super().apply(z), dtype=np.float64)
-        if not self.x or zt.size == 0:
-            return np.asarray(super().apply(z))
-        p = _softmax(zt)
+        zt = super().apply(z)
+        if not self.x or np.size(zt) == 0:
+            return zt
+        p = _softmax(np.asarray(zt, dtype=np.float64))
         rows = np.arange(len(p))
         top = p.argmax(-1)
         new = np.interp(p[rows, top], self.x, self.y)  # as sklearn's predict: linear between knots, clipped outside

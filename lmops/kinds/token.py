@@ -107,8 +107,7 @@ class TokenKind(TaskKind):
             n = spans[-1][2]
             rows = []
             for j in range(n):
-                # the window where word j sits farthest from a cut (a sentence's own ends are not cuts)
-                k, a, _ = max(spans, key=lambda s: min(j - s[1] if s[1] > 0 else n, s[2] - 1 - j if s[2] < n else n) if s[1] <= j < s[2] else -1)
+                k, a, _ = max((s for s in spans if s[1] <= j < s[2]), key=lambda s: _context(j, s[1], s[2], n))
                 rows.append(units[k][j - a])
             out.append(torch.stack(rows))
         return out
@@ -226,6 +225,11 @@ def _subtoken_counts(tokenizer, inputs: list) -> list[list[int]]:
                 counts[w] += 1
         out.append(counts)
     return out
+
+
+def _context(j: int, a: int, b: int, n: int) -> int:
+    """Words between word j and the nearer cut of window [a, b) of an n-word sentence (its own ends are not cuts)."""
+    return min(j - a if a > 0 else n, b - 1 - j if b < n else n)
 
 
 def word_windows(counts: list[int], budget: int, overlap: int, can_cut: list[bool] | None = None) -> list[tuple[int, int]]:
