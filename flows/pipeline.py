@@ -99,8 +99,8 @@ def pretrain(p: Params, run: RunLayout, tok):
 @step
 def finetune(p: Params, run: RunLayout, base: str):
     s = stages.finetune(p, run.data, base, run.stage("finetune"))
-    artifact("finetune-loss", f"# Fine-tuning ({s.method})\n\ntrainable {s.trainable_params} / {s.total_params} params · best epoch {s.best_epoch} · "
-             f"val macro-F1 {s.val_macro_f1}\n\n" + png_markdown(s.loss_plot, "loss"), "fine-tuning loss curve")
+    artifact("finetune-loss", f"# Fine-tuning ({s.method})\n\ntrainable {s.trainable_params} / {s.total_params} params · best epoch {s.best_epoch}"
+             f"{' (averaged weights)' if s.best_weights == 'averaged' else ''} · val macro-F1 {s.val_macro_f1}\n\n" + png_markdown(s.loss_plot, "loss"), "fine-tuning loss curve")
     return s
 
 

@@ -53,6 +53,7 @@ class FinetuneSummary:
     val_ece_raw: float | None = None  # validation ECE before and after the temperature
     val_ece: float | None = None
     val_select: float | None = None  # the best epoch's early-stopping score (finetune.select_on; NER: entity F1)
+    best_weights: str = "trained"  # or "averaged": finetune.averaging's average scored better on validation
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -221,6 +222,13 @@ def enable_casing(model, casing: str) -> None:
     model.lmops_new_modules = sorted({*getattr(model, "lmops_new_modules", []), f"{prefix}.embeddings.token_type_embeddings"})
 
 
+def _scores(v: dict, by_source: dict, select: float) -> dict:
+    """One epoch's validation scores as the history records them."""
+    return {"val_loss": round(v["val_loss"], 4), "val_macro_f1": round(v["macro"], 4),
+            **({"val_entity_f1": round(v["entity_f1"], 4)} if v.get("entity_f1") is not None else {}),
+            **({"val_by_source": {k: round(x, 4) for k, x in by_source.items()}, "val_select": round(select, 4)} if by_source else {})}
+
+
 def warmup_linear(opt, warmup: int, total: int):
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at step ``total``."""
     import torch
@@ -278,10 +286,22 @@ def finetune(
     steps_per_epoch = math.ceil(len(texts) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
     sched = warmup_linear(opt, int(total_steps * params.warmup_ratio), total_steps)
+    average = None
+    if params.averaging.method == "ema":
+        from lmops.tasks.averaging import WeightAverage, ema_decay
+
+        average = WeightAverage(trainable, ema_decay(params.averaging.horizon_epochs, steps_per_epoch))
+
+    def validate():
+        """(selection score, validation scores, per-source scores) of the weights in the model now."""
+        val_logits = predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128)
+        v = kind.validation_score(val_logits, y_val, labels, loss_fn)
+        by_source = source_scores(kind, val_logits, y_val, val_sources, labels, loss_fn) if len(set(val_sources)) > 1 else {}
+        return selection_score(v["select"], by_source, params.select_on), v, by_source
 
     lengths = np.array(kind.lengths(texts))
-    history, train_pts, val_pts = [], [], []
-    best_f1, best_epoch, best_state, stale, best_macro, best_entity = -1.0, 0, None, 0, 0.0, None
+    history, train_pts, val_pts, avg_pts = [], [], [], []
+    best_f1, best_epoch, best_state, stale, best_macro, best_entity, best_weights = -1.0, 0, None, 0, 0.0, None, "trained"
     start = time.perf_counter()
     step = 0
     bar = tqdm(total=total_steps, desc=f"finetune ({params.method})", disable=not progress, unit="step", mininterval=2.0)
@@ -301,26 +321,32 @@ def finetune(
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
             epoch_loss += float(loss.detach()) * len(idx)
             step += 1
             bar.update(1)
         epoch_loss /= len(texts)
-        val_logits = predict_logits(model, tokenizer, val_inputs, kind, labels, params.max_length, 128)
-        v = kind.validation_score(val_logits, y_val, labels, loss_fn)
+        f1, v, by_source = validate()
         val_loss, macro, entity_f1 = v["val_loss"], v["macro"], v.get("entity_f1")
-        by_source = source_scores(kind, val_logits, y_val, val_sources, labels, loss_fn) if len(set(val_sources)) > 1 else {}
-        f1 = selection_score(v["select"], by_source, params.select_on)
-        history.append({"epoch": epoch, "train_loss": round(epoch_loss, 4), "val_loss": round(val_loss, 4), "val_macro_f1": round(macro, 4),
-                        **({"val_entity_f1": round(entity_f1, 4)} if entity_f1 is not None else {}),
-                        **({"val_by_source": {k: round(x, 4) for k, x in by_source.items()}, "val_select": round(f1, 4)} if by_source else {})})
+        history.append({"epoch": epoch, "train_loss": round(epoch_loss, 4), **_scores(v, by_source, f1)})
+        weights = "trained"
+        if average is not None:
+            with average.applied():
+                f1_avg, v_avg, by_source_avg = validate()
+                history[-1]["averaged"] = _scores(v_avg, by_source_avg, f1_avg)
+                avg_pts.append((epoch, v_avg["val_loss"]))
+                if f1_avg > f1:  # the average is this epoch's candidate (ties go to the trained weights)
+                    f1, weights, macro, entity_f1 = f1_avg, "averaged", v_avg["macro"], v_avg.get("entity_f1")
+                    candidate = {k: t.detach().clone() for k, t in model.state_dict().items()}
         train_pts.append((epoch, epoch_loss))
         val_pts.append((epoch, val_loss))
         bar.set_postfix(val_f1=f"{f1:.3f}")
         if on_epoch:
             on_epoch(epoch, f1)
         if f1 > best_f1:
-            best_f1, best_epoch, stale, best_macro, best_entity = f1, epoch, 0, macro, entity_f1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_f1, best_epoch, stale, best_macro, best_entity, best_weights = f1, epoch, 0, macro, entity_f1, weights
+            best_state = candidate if weights == "averaged" else {k: t.detach().clone() for k, t in model.state_dict().items()}
         else:
             stale += 1
             if stale >= params.patience:
@@ -351,13 +377,13 @@ def finetune(
         _embed_base(model_dir, base)
     if calibrated:
         calibration.write(model_dir, *calibrated)
-    plot = loss_curve({"train": train_pts, "validation": val_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
+    plot = loss_curve({"train": train_pts, "validation": val_pts, "validation, averaged weights": avg_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
     summary = FinetuneSummary(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,
         trainable_params=n_trainable, total_params=total_params, best_epoch=best_epoch, val_macro_f1=round(best_macro, 4),
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
         temperature=calibrated[0].temperature if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
-        val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4),
+        val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4), best_weights=best_weights,
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

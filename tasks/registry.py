@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lmops.errors import UserError
 
@@ -162,13 +162,20 @@ def training_curves(pretrain_history: list[dict], finetune_history: list[dict]) 
     curves: dict[str, list[tuple[int, float]]] = {}
     for prefix, history, x in (("pretrain", pretrain_history, "step"), ("finetune", finetune_history, "epoch")):
         for h in history:
-            for k, v in h.items():
-                if k != x and isinstance(v, (int, float)):
+            for k, v in _leaves(h):
+                if k != x:
                     curves.setdefault(f"{prefix}/{k}", []).append((h[x], v))
-                elif isinstance(v, dict):  # one curve per source (val_by_source)
-                    for name, value in v.items():
-                        curves.setdefault(f"{prefix}/{k}.{name}", []).append((h[x], value))
     return curves
+
+
+def _leaves(d: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, number) of a nested dict: one curve per source (val_by_source), and the averaged weights' scores
+    (averaged.val_loss, averaged.val_by_source.tweets)."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{prefix}{k}", v
 
 
 def log_candidate(experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], artifacts: dict[str, Path],
