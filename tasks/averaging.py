@@ -20,8 +20,10 @@ def ema_decay(horizon_epochs: float, steps_per_epoch: int) -> float:
 
 class WeightAverage:
     """An EMA of ``params`` (the trainable tensors): ``update()`` after each optimizer step, ``applied()`` to put the
-    average in the model for a while. The decay ramps up as ``(1 + t) / (10 + t)`` until it reaches ``decay``, so
-    the first steps (the random head's) do not dominate the average for long (timm's ModelEma warm-up)."""
+    average in the model for a while. Until ``1 / (1 - decay)`` steps have been taken it is the plain mean of the
+    steps so far (decay ``t / (t + 1)``), so the weights it started from (the random head's) weigh no more than any
+    step; after that, an EMA with ``decay``. (timm's ``(1 + t) / (10 + t)`` warm-up would cap the reach at about
+    t / 9 steps for the first 9 / (1 - decay) steps: all of a few-epoch fine-tuning, whatever the horizon asked.)"""
 
     def __init__(self, params: list, decay: float):
         if not 0.0 <= decay < 1.0:
@@ -32,7 +34,7 @@ class WeightAverage:
         self.shadow = [p.detach().clone() for p in self.params]
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return min(self.decay, self.updates / (self.updates + 1))
 
     def update(self) -> None:
         import torch

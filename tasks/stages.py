@@ -357,6 +357,7 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
         "root_flow_run_id": root_flow_run_id or flow_run_id,  # the deployment's run when the pipeline ran as its subflow
         "parent_model": p.finetune.base_model or (pre.model_dir if pre else ""),
         "finetune_method": ft.method,
+        "finetune_weights": ft.best_weights,  # "averaged" when finetune.averaging's average was the better one
         "gate_promote": str(decision.promote).lower(),
         "gate_reasons": json.dumps(decision.reasons),
         "run_dir": str(run.root),

@@ -497,12 +497,19 @@ def test_weight_average_is_an_ema_with_warmup_and_is_swapped_in_and_out():
     for t in range(100):
         with torch.no_grad():
             w.add_(1.0)  # a "step": the trained weight is t + 1
-        d = min(0.9, (1 + t) / (10 + t))
+        d = min(0.9, t / (t + 1))
         seen.append(d)
         expected = d * expected + (1 - d) * w.detach()
         avg.update()
-    assert seen[0] == pytest.approx(0.1) and seen[-1] == 0.9  # warm-up, then the decay asked for
+    assert seen[:3] == [0.0, 0.5, pytest.approx(2 / 3)] and seen[9] == 0.9 and seen[-1] == 0.9  # a running mean, then the decay
     assert torch.allclose(avg.shadow[0], expected)
+    # the first 10 steps (1 / (1 - 0.9)) are their plain mean: the starting weights (0) count for nothing
+    mean = WeightAverage([torch.nn.Parameter(torch.zeros(1))], decay=0.9)
+    for t in range(10):
+        with torch.no_grad():
+            mean.params[0].fill_(t + 1.0)
+        mean.update()
+    assert mean.shadow[0].item() == pytest.approx(5.5)
     with pytest.raises(RuntimeError):
         with avg.applied():
             assert torch.allclose(w.detach(), expected)

@@ -35,6 +35,7 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     assert info["data_version"] == (project / "data.dvc").read_text().split("md5: ")[1].split()[0]
     assert info["params_hash"] == good.hash()
     assert len(info["git_commit"]) == 40
+    assert info["tags"]["finetune_weights"] == "trained"  # finetune.averaging is off by default
     assert _flow_run_state(info["flow_run_id"]) == "COMPLETED"
     assert info["metrics"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"])
     run_dir = Path(first["run_dir"])
