@@ -24,7 +24,8 @@ def _reuse(p: Params, stage: str, inputs: dict, out: Path, compute, load):
     summary, reused = stagecache.reuse(stage, stagecache.stage_key(stage, inputs), out, compute, load, p.cache.max_gb)
     if reused:
         (out / "REUSED.json").write_text(json.dumps({"stage": stage, "key": reused.key, "origin": reused.origin}))
-        print(f"{stage}: inputs unchanged since {reused.origin}; its result is reused (cache key {reused.key})")
+        # stderr: stdout is the command's result (one JSON line with --json), which a cache hit must not break
+        print(f"{stage}: inputs unchanged since {reused.origin}; its result is reused (cache key {reused.key})", file=sys.stderr)
     return summary
 
 
@@ -123,7 +124,7 @@ def unchanged(p: Params, run: RunLayout, root: Path):
         return None
     same = registry.find_version(p.register_.model_name, data_version=md5, model_params_hash=p.model_hash(), code_version=code_version())
     if same and not registry.promotion_settled(same["name"], same["version"]):
-        print(f"{same['name']} v{same['version']} passed its gate but its promotion never happened (an interrupted run): running again")
+        print(f"{same['name']} v{same['version']} passed its gate but its promotion never happened (an interrupted run): running again", file=sys.stderr)
         return None
     if same:
         # nothing to train, but what serves must still be there: a champion whose files are gone fails as it would at the gate
@@ -145,7 +146,7 @@ def previous_version(root: Path, run: RunLayout) -> Snapshot | None:
     try:
         text = dvc.api.read("data/summary.json", repo=str(root))
     except Exception as exc:  # noqa: BLE001 - no remote, unreachable, pruned: drift cannot be checked, validation goes on
-        print(f"label drift: the previous data version's summary could not be read from the DVC remote ({type(exc).__name__}: {exc})")
+        print(f"label drift: the previous data version's summary could not be read from the DVC remote ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None
     folder = run.root / "previous-data"
     folder.mkdir(parents=True, exist_ok=True)

@@ -138,3 +138,17 @@ def test_a_run_with_nothing_new_still_notices_a_champion_whose_files_are_gone(lm
     Path(source.removeprefix("file://"), registry.REQUIRED_FILES[0]).unlink()
     with pytest.raises(RegistryError, match=f"m v1 is registered but its artifacts lack \\['{registry.REQUIRED_FILES[0]}'\\]"):
         registry.require_artifacts(champion)
+
+
+def test_a_cache_hit_is_told_on_stderr_so_json_output_stays_one_line(lmops_home, tmp_path, tiny_params, capsys):
+    """`lmops compare … --json` printed the reuse notice on stdout before its JSON line, so a script reading the
+    result broke on the second run of the same comparison."""
+    from lmops.tasks.stages import _reuse
+
+    calls: list[int] = []
+    for run in ("run1", "run2"):
+        out = tmp_path / run / "demo"
+        _reuse(tiny_params, "demo", {"data": "abc"}, out, _compute(out, 1, calls), lambda d: _Out(**d))
+    captured = capsys.readouterr()
+    assert calls == [1] and captured.out == ""
+    assert "demo: inputs unchanged since" in captured.err and (tmp_path / "run2" / "demo" / "REUSED.json").exists()
