@@ -288,6 +288,9 @@ class AveragingParams(Section):
     # how far back the average reaches, in epochs (its decay is 1 - 1 / (horizon_epochs · steps per epoch)), so one
     # setting means the same on a 1,000-row and a 100,000-row training set
     horizon_epochs: float = Field(default=0.5, gt=0)
+    # better: each epoch's candidate is whichever of the trained and the averaged weights scores higher on validation;
+    # averaged: always the average (SWA's use: the trained weights only move the average)
+    choose: Literal["better", "averaged"] = "better"
 
 
 class FinetuneParams(Section):

@@ -336,7 +336,8 @@ def finetune(
                 f1_avg, v_avg, by_source_avg = validate()
                 history[-1]["averaged"] = _scores(v_avg, by_source_avg, f1_avg)
                 avg_pts.append((epoch, v_avg["val_loss"]))
-                if f1_avg > f1:  # the average is this epoch's candidate (ties go to the trained weights)
+                # the average is this epoch's candidate (with "better", ties go to the trained weights)
+                if params.averaging.choose == "averaged" or f1_avg > f1:
                     f1, weights, macro, entity_f1 = f1_avg, "averaged", v_avg["macro"], v_avg.get("entity_f1")
                     candidate = {k: t.detach().clone() for k, t in model.state_dict().items()}
         train_pts.append((epoch, epoch_loss))
