@@ -280,7 +280,7 @@ class SamplingParams(Section):
 
 class AveragingParams(Section):
     """Weight averaging while fine-tuning (tasks/averaging.py): an exponential moving average of the trainable
-    weights, scored on validation beside the raw weights after every epoch; the better of the two is kept."""
+    weights, scored on validation beside the trained weights after every epoch; ``choose`` says which is kept."""
 
     # ema: flat regions of the loss generalise better than the point the last steps ended in (SWA, SWAD); the
     # average costs no inference and one extra validation pass per epoch

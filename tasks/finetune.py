@@ -53,7 +53,7 @@ class FinetuneSummary:
     val_ece_raw: float | None = None  # validation ECE before and after the temperature
     val_ece: float | None = None
     val_select: float | None = None  # the best epoch's early-stopping score (finetune.select_on; NER: entity F1)
-    best_weights: str = "trained"  # or "averaged": finetune.averaging's average scored better on validation
+    best_weights: str = "trained"  # or "averaged": the saved weights are finetune.averaging's average
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
