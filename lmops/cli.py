@@ -129,12 +129,30 @@ def _snapshot(params) -> Snapshot:
 
     data = Snapshot(project_root() / "data")
     if data.exists():
+        _check_labels(data.summary, params.validate_.labels)
         return data
     run = RunLayout(new_run_dir("ingest"))
     stages.ingest(params, run)
     # a stage command trains only on data that passed the checks `lmops run` would make (exit 3 otherwise)
     stages.validate(params, run, previous=None)
     return run.data
+
+
+def _check_labels(summary: Path, labels: list[str]) -> None:
+    """The project's snapshot must hold the labels these params train on: ``data/`` is what ``lmops run`` last
+    versioned, and a stage command with another task's params (NER params in a sentiment project) would otherwise
+    fail deep in training on a label it has never heard of."""
+    from lmops.errors import UserError
+
+    if not summary.exists():
+        return
+    found = sorted(json.loads(summary.read_text()).get("label_counts") or {})
+    unknown = [label for label in found if label not in labels]
+    if unknown:
+        raise UserError(
+            f"{summary.parent} (the project's versioned data) holds labels {unknown} that validate.labels {labels} "
+            "does not list: it was ingested for another task. Run these params in a project of their own (another "
+            "folder, or `lmops run` here to version their data), or give the stage the labels the snapshot has.")
 
 
 def cmd_data_ingest(args: argparse.Namespace) -> int:

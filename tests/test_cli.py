@@ -68,3 +68,16 @@ def test_a_model_argument_before_overrides_is_the_model():
         assert getattr(args, attr) == argv[1] and args.overrides == argv[2:], vars(args)
     cmp = p.parse_args(["compare", "m@2", "a.b=1"])  # the optional second model: an override in its place is an override
     assert (cmp.first, cmp.second, cmp.overrides) == ("m@2", "a.b=1", [])  # cmd_compare moves it (tested through test_flow)
+
+
+def test_a_stage_refuses_a_project_snapshot_of_another_task(project, lmops_home, ingested):
+    """A stage command reads the project's versioned data/; NER params in a sentiment project got a KeyError from
+    deep in fine-tuning. Now: a clear error naming the labels and the way out, before any training."""
+    import shutil
+
+    shutil.copytree(ingested[0], project / "data")
+    (project / "other.yaml").write_text(yaml.safe_dump({"validate": {"labels": ["bearish", "bullish", "neutral"]},
+                                                      "monitor": {"positive_label": "bullish", "negative_label": "bearish"}}))
+    r = run_cli("finetune", "--params", "other.yaml", "--base", "never-read", cwd=project, env={"LMOPS_HOME": str(lmops_home)})
+    assert r.returncode == 2, r.stderr
+    assert "holds labels ['negative', 'positive']" in r.stderr and "another task" in r.stderr and "Traceback" not in r.stderr
