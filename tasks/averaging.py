@@ -29,6 +29,7 @@ class WeightAverage:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"an EMA decay must be in [0, 1), got {decay}")
         self.params = list(params)
+        self._live = [p.detach() for p in self.params]  # views of the same storage: made once, not every step
         self.decay = decay
         self.updates = 0
         self.shadow = [p.detach().clone() for p in self.params]
@@ -43,7 +44,7 @@ class WeightAverage:
         self.updates += 1
         with torch.no_grad():
             # shadow += (1 - d) · (param - shadow), over all tensors in one fused call
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+            torch._foreach_lerp_(self.shadow, self._live, 1.0 - d)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
