@@ -53,11 +53,18 @@ class SourceParams(Section):
     # Decode HTML character references (&amp; → &, &lt; → <, &#39; → '): text exported from web pages or the
     # Twitter API arrives escaped, and left so it counts as markup in validation and reads as "amp" to a tokenizer.
     unescape_html: bool = False
+    # A SEntFiN headline whose entities disagree ("A up, B down") has no headline label: quarantine it, or keep it
+    # as an auxiliary row (the snapshot's auxiliary.parquet, train-only) whose entity labels finetune.entity_auxiliary
+    # trains on. Sentence-classification tasks only; other kinds read every entity label already.
+    mixed_entities: Literal["quarantine", "auxiliary"] = "quarantine"
 
     @model_validator(mode="after")
     def _labeled_needs_label(self) -> "SourceParams":
         if self.role == "labeled" and self.format in {"csv", "jsonl"} and not self.label_column:
             raise ValueError(f"source {self.name!r}: a labeled {self.format} source needs label_column")
+        if self.mixed_entities == "auxiliary" and (self.role != "labeled" or self.format != "sentfin"):
+            raise ValueError(f"source {self.name!r}: mixed_entities: auxiliary keeps SEntFiN headlines with mixed entity labels; "
+                             "it needs role: labeled and format: sentfin")
         return self
 
 
@@ -331,12 +338,21 @@ class FinetuneParams(Section):
     # strongest cue for names. Saved in the model's config, so every reader of the model encodes the same way.
     # Tasks that read words (token); none = the tokenizer's own encoding
     casing: Literal["none", "token_type"] = "none"
+    # entity labels as an auxiliary signal for a sentence classifier: each (entity, headline) pair becomes a training
+    # row "entity [SEP] headline" with the entity's label, beside the headline rows (never in validation). mixed = the
+    # pairs of the auxiliary rows only (headlines whose entities disagree: ingest.sources[].mixed_entities: auxiliary),
+    # all = also the pairs of every training headline; none = headlines only. The pairs' source is "<source>:entities",
+    # so finetune.sampling.weights sets their share of the draws.
+    entity_auxiliary: Literal["none", "mixed", "all"] = "none"
 
     @model_validator(mode="after")
     def _casing_needs_words(self) -> "FinetuneParams":
         if self.casing != "none" and not self.kind.casing_feature:
             raise ValueError(f"finetune.casing: {self.casing} marks capitalised words, which task {self.task!r} does not read "
                              "one by one; use it with task: token, or set finetune.casing: none")
+        if self.entity_auxiliary != "none" and not self.kind.entity_auxiliary:
+            raise ValueError(f"finetune.entity_auxiliary: {self.entity_auxiliary} adds entity-labelled pairs to a sentence classifier; "
+                             f"task {self.task!r} cannot train on them: set finetune.entity_auxiliary: none")
         return self
 
     @field_validator("task")
@@ -603,6 +619,13 @@ class Params(Section):
                                                  format_owners())
         if errors:
             raise ValueError("; ".join(errors))
+        kept = [s.name for s in self.ingest.sources if s.mixed_entities == "auxiliary"]
+        if kept and not self.finetune.kind.entity_auxiliary:
+            raise ValueError(f"ingest.sources {kept}: mixed_entities: auxiliary keeps headlines for a sentence classifier's entity "
+                             f"pairs; task {self.finetune.task!r} reads the entity labels itself: set mixed_entities: quarantine")
+        if self.finetune.entity_auxiliary == "mixed" and not any(s.mixed_entities == "auxiliary" for s in self.ingest.sources):
+            raise ValueError("finetune.entity_auxiliary: mixed trains on the headlines a source keeps with mixed_entities: auxiliary; "
+                             "set ingest.sources[<the sentfin source>].mixed_entities: auxiliary, or finetune.entity_auxiliary: all")
         if self.validate_.text_max_chars < self.validate_.text_min_chars:
             raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
         if self.finetune.task == "sequence":

@@ -48,6 +48,11 @@ class Snapshot:
         return self.dir / "corpus.parquet"
 
     @property
+    def auxiliary(self) -> Path:
+        """Training-only rows kept for their entity labels (ingest.sources[].mixed_entities: auxiliary); may not exist."""
+        return self.dir / "auxiliary.parquet"
+
+    @property
     def quarantine(self) -> Path:
         return self.dir / "quarantine.parquet"
 

@@ -23,7 +23,9 @@ CAP = 64
 
 # odd multipliers that mix five word hashes into one 5-gram hash (mod 2^64)
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
-_ROLES = {"labeled": 1, "unlabeled": 2}
+# a role's documents are deduplicated among themselves; auxiliary = labeled rows kept only for their entity labels,
+# so that one never knocks a labeled row out of the splits
+_ROLES = {"labeled": 1, "unlabeled": 2, "auxiliary": 3}
 
 
 class MinHasher:
@@ -158,9 +160,9 @@ def folded_words(docs: list[str]):
     return pc.utf8_split_whitespace(pc.utf8_lower(pa.array(docs, type=pa.large_string())))
 
 
-def exact_keys(role: str, docs: list[str], words=None):
-    """16-byte keys of the documents with case and whitespace folded, distinct per role (``words``: their
-    ``folded_words``, where the caller has them)."""
+def exact_keys(role: str | list[str], docs: list[str], words=None):
+    """16-byte keys of the documents with case and whitespace folded, distinct per role (one for all, or one per
+    document; ``words``: their ``folded_words``, where the caller has them)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -168,9 +170,9 @@ def exact_keys(role: str, docs: list[str], words=None):
     joined = pc.binary_join(folded_words(docs) if words is None else words, pa.scalar(" ", pa.large_string()))
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + len(joined) + 1]
     data = memoryview(joined.buffers()[2] or b"")
-    salt = role.encode() + b"\0"
+    salts = [role.encode() + b"\0"] * len(docs) if isinstance(role, str) else [r.encode() + b"\0" for r in role]
     keys = []
-    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+    for salt, a, b in zip(salts, offsets[:-1].tolist(), offsets[1:].tolist()):
         h = hashlib.blake2b(salt, digest_size=16)
         h.update(data[a:b])
         keys.append(h.digest())

@@ -54,6 +54,7 @@ class FinetuneSummary:
     val_ece: float | None = None
     val_select: float | None = None  # the best epoch's early-stopping score (finetune.select_on; NER: entity F1)
     best_weights: str = "trained"  # or "averaged": the saved weights are finetune.averaging's average
+    train_rows: int | None = None  # rows one epoch draws from: training rows (windows), plus entity pairs (finetune.entity_auxiliary)
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -262,7 +263,12 @@ def finetune(
         enable_casing(model, params.casing)
     # sentences longer than max_length become several training rows instead of losing their tail
     texts, y_train, origin = kind.training_windows(tokenizer, texts, y_train, labels, params.max_length)
-    train_sources = (train["source"].to_numpy()[origin] if "source" in train else ["all"] * len(texts))
+    train_sources = (train["source"].to_numpy()[origin] if "source" in train else np.array(["all"] * len(texts), dtype=object))
+    if params.entity_auxiliary != "none":
+        for frame in ([train] if params.entity_auxiliary == "all" else []) + _auxiliary_frames(train_path, params.entity_auxiliary):
+            more, y_more, src_more = kind.auxiliary_pairs(frame, labels, tokenizer.sep_token)
+            texts, y_train = list(texts) + more, list(y_train) + y_more
+            train_sources = np.concatenate([np.asarray(train_sources, dtype=object), np.asarray(src_more, dtype=object)])
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -385,9 +391,23 @@ def finetune(
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
         temperature=calibrated[0].temperature if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
         val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4), best_weights=best_weights,
+        train_rows=len(texts),
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def _auxiliary_frames(train_path: Path, mode: str) -> list:
+    """The snapshot's auxiliary rows (beside its train split) for finetune.entity_auxiliary, if it has them."""
+    import pandas as pd
+
+    path = train_path.with_name("auxiliary.parquet")
+    if path.is_file():
+        return [pd.read_parquet(path)]
+    if mode == "mixed":
+        raise UserError(f"finetune.entity_auxiliary: mixed trains on {path}, which this snapshot does not have: set "
+                        "ingest.sources[<the sentfin source>].mixed_entities: auxiliary and ingest again")
+    return []
 
 
 BASE_SUBDIR = "base"

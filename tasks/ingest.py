@@ -49,6 +49,7 @@ class IngestSummary:
     splits: dict[str, int] = field(default_factory=dict)
     corpus_rows: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
+    auxiliary_rows: int = 0  # headlines kept for their entity labels alone (auxiliary.parquet)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,6 +58,8 @@ class IngestSummary:
         for counts in d["sources"].values():
             if not counts["boilerplate_lines"]:
                 del counts["boilerplate_lines"]
+        if not d["auxiliary_rows"]:
+            del d["auxiliary_rows"]
         return d
 
     @classmethod
@@ -64,7 +67,7 @@ class IngestSummary:
         """The summary a snapshot was written with (its summary.json)."""
         data = json.loads((snapshot_dir / "summary.json").read_text())
         return cls(out_dir=str(snapshot_dir), sources={k: SourceCounts(**v) for k, v in data["sources"].items()}, splits=data["splits"],
-                   corpus_rows=data["corpus_rows"], label_counts=data.get("label_counts", {}))
+                   corpus_rows=data["corpus_rows"], label_counts=data.get("label_counts", {}), auxiliary_rows=data.get("auxiliary_rows", 0))
 
 
 # the whitespace after a sentence's end; searched for its leading class, several times faster than the equivalent
@@ -118,6 +121,7 @@ class CleanedBatch:
     keys: Any  # (n,) V16
     sigs: Any  # (n, 64) uint64
     has_sig: Any  # (n,) bool
+    roles: Any = None  # (n,) dedup role codes where they differ from the source's role (auxiliary rows), else None
 
 
 def clean_batch(items: list, source: int, params: IngestParams, labels: list[str], kind_name: str, spill: str) -> CleanedBatch:
@@ -128,7 +132,7 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
 
     import numpy as np
 
-    from lmops.tasks.dedup import PERMS, exact_keys, folded_words, minhasher
+    from lmops.tasks.dedup import PERMS, exact_keys, folded_words, minhasher, role_code
 
     src, kind = params.sources[source], KINDS[kind_name]
     boiler = _boilerplate(params)
@@ -149,7 +153,11 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
     with open(spill, "wb") as fh:
         pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
     words = folded_words(texts)
-    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(src.role, texts, words), None, None)
+    # a labeled document without a label (mixed_entities: auxiliary) is deduplicated apart from the labeled ones
+    roles = ["auxiliary" if src.role == "labeled" and rows[0]["label"] is None else src.role for rows in docs]
+    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(roles, texts, words), None, None)
+    if any(r != src.role for r in roles):
+        out.roles = np.array([role_code(r) for r in roles], dtype=np.uint8)
     if params.near_duplicate_threshold:
         out.sigs, out.has_sig = minhasher().signatures(texts, words)
     else:
@@ -208,7 +216,7 @@ class _Collected:
         n = b.docs
         self.batches.append((b.source, self.docs, n))
         self._keys.append(b.keys)
-        self._roles.append(np.full(n, role_code(self.params.sources[b.source].role), dtype=np.uint8))
+        self._roles.append(b.roles if b.roles is not None else np.full(n, role_code(self.params.sources[b.source].role), dtype=np.uint8))
         self._has.append(b.has_sig)
         self._bands.append(band_hashes(b.sigs))
         self._src.append(np.full(n, b.source, dtype=np.int32))
@@ -438,11 +446,14 @@ def _ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, k
 
     collected = _collect(params, labels, summary, kind, spill)
     labeled = list(collected.rows("labeled"))
-    if not labeled:
-        raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
     pinned = {src.name: src.assign_split for src in params.sources if src.assign_split}
     frame = pd.DataFrame(labeled, columns=COLUMNS)
     del labeled
+    # rows without a label of their own (mixed_entities: auxiliary) train on their entity labels only: never split
+    auxiliary = frame[frame["label"].isna()].reset_index(drop=True)
+    frame = frame[frame["label"].notna()].reset_index(drop=True)
+    if frame.empty:
+        raise DataError("ingest kept no labeled rows; see quarantine.parquet for the reasons")
     alone = sorted(src.name for src in params.sources if src.split_alone and not src.assign_split)
     fixed = frame[frame["source"].isin(pinned)]
     free = frame[~frame["source"].isin(pinned) & ~frame["source"].isin(alone)]
@@ -465,15 +476,30 @@ def _ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, k
     # Leakage guard: no evaluation text may appear in what the model pretrains on.
     eval_keys = {text_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
     leaked: list[dict[str, Any]] = []
+
+    def leak(rec, file, row):
+        counts = summary.sources[rec["source"]]
+        counts.kept -= 1
+        counts.quarantined += 1
+        leaked.append({"source": rec["source"], "file": file, "row": row, "reason": "leakage: text also in validation/test split",
+                       "text": rec["text"][:200]})
+
+    if len(auxiliary):
+        # an auxiliary headline is training data: one that is also an evaluation text goes to quarantine
+        clean, paths = [], {src.name: src.path for src in params.sources}
+        for rec in auxiliary.to_dict("records"):
+            if text_key(rec["text"]) in eval_keys:
+                leak(rec, paths[rec["source"]], int(rec["id"].rsplit(":", 1)[1]))
+            else:
+                clean.append(rec)
+        auxiliary = pd.DataFrame(clean, columns=COLUMNS)
+        auxiliary.to_parquet(out_dir / "auxiliary.parquet", index=False)
+        summary.auxiliary_rows = len(auxiliary)
     corpus = _corpus_sink(out_dir / "corpus.parquet")
     for rec in collected.rows("unlabeled"):
         file, row = rec.pop("_file"), rec.pop("_row")
         if text_key(rec["text"]) in eval_keys:
-            counts = summary.sources[rec["source"]]
-            counts.kept -= 1
-            counts.quarantined += 1
-            leaked.append({"source": rec["source"], "file": file, "row": row, "reason": "leakage: text also in validation/test split",
-                           "text": rec["text"][:200]})
+            leak(rec, file, row)
             continue
         corpus.add(rec)
     # The labeled train texts are domain text too: pretraining sees them (never val/test).

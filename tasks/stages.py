@@ -221,6 +221,8 @@ def finetune(p: Params, data: Snapshot, base: str, out: Path, on_epoch=None):
 
     inputs = {"train": file_digest(data.train), "validation": file_digest(data.validation), "base": model_identity(base),
               "labels": p.validate_.labels, "finetune": p.finetune, "seed": p.project.seed}
+    if p.finetune.entity_auxiliary != "none" and data.auxiliary.is_file():
+        inputs["auxiliary"] = file_digest(data.auxiliary)
     return _reuse(p, "finetune", inputs, out, compute, lambda d: FinetuneSummary(**{**d, "base_model": base}))
 
 

@@ -92,6 +92,18 @@ def _corpus_suite(gx, p: ValidateParams, kind: TaskKind, previous=None):
     ]
 
 
+def _auxiliary_suite(gx, p: ValidateParams, kind: TaskKind, previous=None):
+    """Headlines kept for their entity labels alone (ingest.sources[].mixed_entities: auxiliary): training text too."""
+    E = gx.expectations
+    return _text_quality(E, p) + [
+        E.ExpectColumnValuesToNotBeNull(column="text", mostly=p.mostly),
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=p.text_min_chars, max_value=p.text_max_chars, mostly=p.mostly),
+        E.ExpectColumnValuesToNotBeNull(column="entities"),
+        E.ExpectColumnValuesToBeNull(column="label"),
+        E.ExpectColumnValuesToBeUnique(column="id"),
+    ]
+
+
 def _sources_suite(gx, p: ValidateParams, kind: TaskKind, previous=None):
     """One row per source (from the snapshot's summary.json): how much of it ingest quarantined."""
     E = gx.expectations
@@ -219,7 +231,7 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = 
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
     source = ctx.data_sources.add_pandas("lmops")
     report = ValidationReport(success=True)
-    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite, "sources": _sources_suite}
+    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite, "auxiliary": _auxiliary_suite, "sources": _sources_suite}
     for name, frame in frames.items():
         asset = source.add_dataframe_asset(name=name)
         definition = asset.add_batch_definition_whole_dataframe(f"{name}_all")
@@ -282,6 +294,8 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     corpus = RowGroups(data_dir / "corpus.parquet", p.corpus_batch_rows) if rows > p.corpus_batch_rows else pd.read_parquet(data_dir / "corpus.parquet")
     previous, note = previous_label_counts(previous_dir, p.labels, kind)
     frames = {"labeled": labeled, "corpus": corpus}
+    if (data_dir / "auxiliary.parquet").exists():
+        frames["auxiliary"] = pd.read_parquet(data_dir / "auxiliary.parquet")
     if (data_dir / "summary.json").exists():
         frames["sources"] = sources_frame(json.loads((data_dir / "summary.json").read_text()))
     report = validate_frames(frames, p, kind, previous, docs_dir=out_dir / "data_docs")

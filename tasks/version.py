@@ -16,7 +16,8 @@ import yaml
 
 from lmops.errors import TransientError, UserError
 
-SNAPSHOT_FILES = ("train.parquet", "validation.parquet", "test.parquet", "corpus.parquet", "quarantine.parquet", "summary.json")
+SNAPSHOT_FILES = ("train.parquet", "validation.parquet", "test.parquet", "auxiliary.parquet", "corpus.parquet", "quarantine.parquet",
+                  "summary.json")
 BATCHES = "batches"  # data handed in between runs (tasks/arrival.py), one folder per batch, carried from version to version
 
 

@@ -20,6 +20,8 @@ class TaskKind:
     class_weighting: ClassVar[bool] = True
     soft_prompts: ClassVar[bool] = True  # prompt / prefix tuning apply
     label_drift: ClassVar[bool] = True  # the label mix can be compared with the previous data version
+    # entity-labelled (entity, text) pairs can be extra training rows (finetune.entity_auxiliary): a sentence classifier
+    entity_auxiliary: ClassVar[bool] = True
 
     # --- params --------------------------------------------------------------------------------------
     def check_params(self, labeled_formats: list[str], method: str, owners: dict[str, "TaskKind"]) -> list[str]:
@@ -54,6 +56,8 @@ class TaskKind:
         import json
 
         if item.label is None:
+            if item.entities and getattr(src, "mixed_entities", "quarantine") == "auxiliary" and self.entity_auxiliary:
+                return self.auxiliary_row(item, src, text, labels, base)
             if item.entities:
                 return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
             return "missing label", []
@@ -63,6 +67,44 @@ class TaskKind:
             return f"unknown label {raw!r}: map it in ingest.sources[{src.name}].label_map or add it to validate.labels {labels}", []
         entities = json.dumps(item.entities, sort_keys=True) if item.entities else None
         return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
+
+    def auxiliary_row(self, item, src, text: str, labels: list[str], base: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+        """A headline without a label of its own, kept for its entity labels (ingest writes it to auxiliary.parquet)."""
+        import json
+
+        from lmops.text import normalize_text
+
+        entities = {}
+        for entity, raw in item.entities.items():
+            label = self.label_in(self.map_label(src, raw), labels)
+            if label not in labels:
+                return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
+            if not normalize_text(entity):
+                return f"empty entity name (labelled {raw!r})", []
+            entities[normalize_text(entity)] = label
+        return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": None, "entities": json.dumps(entities, sort_keys=True)}]
+
+    def auxiliary_pairs(self, frame, labels: list[str], sep: str) -> tuple[list, list, list]:
+        """(inputs, label ids, sources) of the (entity, text) pairs in ``frame``'s ``entities`` column: one training row
+        ``entity <sep> text`` per entity, with the entity's label; the source is ``<source>:entities``."""
+        import json
+
+        index = {l: i for i, l in enumerate(labels)}
+        inputs, targets, sources = [], [], []
+        for text, ents, source in zip(frame["text"], frame["entities"], frame["source"]):
+            if not isinstance(ents, str) or not ents:  # None / NaN: a row of a source without entity labels
+                continue
+            for entity, label in sorted(json.loads(ents).items()):
+                label = self.label_in(label, labels)
+                if label not in index:
+                    from lmops.errors import DataError
+
+                    raise DataError(f"entity {entity!r} of {text[:60]!r} ({source}) is labelled {label!r}, not one of {labels}: "
+                                    f"map it in ingest.sources[{source}].label_map and re-ingest")
+                inputs.append(f"{entity} {sep} {text}")
+                targets.append(index[label])
+                sources.append(f"{source}:entities")
+        return inputs, targets, sources
 
     @staticmethod
     def label_in(label: str, labels: list[str]) -> str:

@@ -14,6 +14,7 @@ class EntityKind(TaskKind):
     description = "entity-targeted sentiment"
     labeled_format = "sentfin"
     text_inputs = False  # an input is an (entity, headline) pair
+    entity_auxiliary = False  # its rows are the entity pairs already
 
     def rows(self, item, src, text: str, labels: list[str], base: dict[str, Any]):
         """One row per (headline, entity); the pair is kept in ``entities`` as {entity: label}."""

@@ -17,6 +17,7 @@ class TokenKind(TaskKind):
     owns_format = True
     carries = "word tags"
     class_weighting = False  # "O" dominates; weighting it down costs precision
+    entity_auxiliary = False
     soft_prompts = False
     label_drift = False  # labels are tag sequences
 
