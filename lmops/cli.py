@@ -554,7 +554,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     params = _params(args)
     a_ref, b_ref = (args.first, args.second) if args.second else (f"{params.register_.model_name}@champion", args.first)
     out: dict = {}
-    if not Path(a_ref).exists() and not Path(b_ref).exists():
+    # A and B may each name several runs of one recipe (other seeds), comma-separated
+    runs = [ref.split(",") if "," in ref and not Path(ref).exists() else [ref] for ref in (a_ref, b_ref)]
+    if not Path(a_ref).exists() and not Path(b_ref).exists() and all(len(r) == 1 for r in runs):
         from lmops.tasks.registry import compare
 
         out = compare(a_ref, b_ref)
@@ -563,9 +565,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from lmops.tasks.evaluate import load_labeled_file
 
         run = RunLayout(new_run_dir("compare"))
-        a, b = _model_dir(a_ref, run.root / "a"), _model_dir(b_ref, run.root / "b")
+        a, b = ([_model_dir(r, run.root / f"{side}{i}") for i, r in enumerate(refs)] for side, refs in zip("ab", runs))
         data = load_labeled_file(Path(args.data), params, run.stage("data"))[0] if args.data else _snapshot(params).test
-        out["scored"] = stages.compare_models(params, a, b, data, run.stage("compare"), names=(a_ref, b_ref))
+        out["scored"] = stages.compare_models(params, a if len(a) > 1 else a[0], b if len(b) > 1 else b[0], data, run.stage("compare"),
+                                              names=(a_ref, b_ref))
 
     def text(o):
         rows = []
@@ -714,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="A [B]: B − A (one model: it − the champion) scored now on the same rows, with a paired-bootstrap "
                                        "95%% interval and whether it is distinguishable from noise; registered versions' params, "
                                        "lineage and recorded metrics side by side")
-    p.add_argument("first", metavar="A", help="model folder or NAME@ALIAS / NAME@VERSION")
+    p.add_argument("first", metavar="A", help="model folder or NAME@ALIAS / NAME@VERSION; several runs of one recipe (seeds) "
+                                              "comma-separated: each side is then their mean, and the interval resamples the runs too")
     p.add_argument("second", metavar="B", nargs="?", help="the same (default: A is compared with register.model_name@champion)")
     with_params(p)
     p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file, ingested with the same rules (default: the test split)")

@@ -405,25 +405,50 @@ def compare_bases(p: Params, data: Snapshot, run: RunLayout, domain_model: str, 
     return {"generic_base": generic, "domain": domain.headline(), "generic": plain.headline(), "domain_minus_generic": _scores(p, domain, plain).diff}
 
 
-def compare_models(p: Params, a: str | Path, b: str | Path, data_path: Path, out: Path, names: tuple[str, str] = ("A", "B")) -> dict:
+def compare_models(p: Params, a, b, data_path: Path, out: Path, names: tuple[str, str] = ("A", "B")) -> dict:
     """Score two models on the same rows and say whether (B − A) is distinguishable from noise: the paired
-    bootstrap's 95% interval excludes 0. Writes ``out/report.md``; returns both headlines and the difference."""
-    ra = evaluate(p, a, data_path, out / "a", f"{names[0]} on {data_path.name}")
-    rb = evaluate(p, b, data_path, out / "b", f"{names[1]} on {data_path.name}")
-    scores = _scores(p, rb, ra)
-    metrics = [m for m in dict.fromkeys((p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1")) if m in scores.diff]
-    verdicts = {m: scores.diff[m]["ci95"][0] > 0 or scores.diff[m]["ci95"][1] < 0 for m in metrics}
-    lines = [f"# {names[1]} − {names[0]} on {data_path.name}", "", f"n = {rb.n} · paired bootstrap, {scores.diff['n_bootstrap']} resamples "
-             f"of the same rows for both models", "", f"| metric | {names[0]} | {names[1]} | difference | 95% interval | distinguishable from noise |",
-             "|---|---:|---:|---:|---|---|"]
+    bootstrap's 95% interval excludes 0. ``a`` / ``b`` may each be a list of models — runs of one recipe with other
+    seeds: each side's score is then the mean over its runs, and the interval resamples the runs too (training noise,
+    not only which rows were tested). Writes ``out/report.md``; returns both headlines and the difference."""
+    import pandas as pd
+
+    runs_a, runs_b = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
+    labels_a = [names[0]] if len(runs_a) == 1 else [f"{names[0]} [{i + 1}]" for i in range(len(runs_a))]
+    labels_b = [names[1]] if len(runs_b) == 1 else [f"{names[1]} [{i + 1}]" for i in range(len(runs_b))]
+    sub = (lambda side, i, k: out / side if k == 1 else out / f"{side}{i + 1}")
+    ra = [evaluate(p, m, data_path, sub("a", i, len(runs_a)), f"{labels_a[i]} on {data_path.name}") for i, m in enumerate(runs_a)]
+    rb = [evaluate(p, m, data_path, sub("b", i, len(runs_b)), f"{labels_b[i]} on {data_path.name}") for i, m in enumerate(runs_b)]
+    if len(ra) == 1 and len(rb) == 1:
+        diff = _scores(p, rb[0], ra[0]).diff
+    else:
+        frames = [pd.read_parquet(r.predictions_path) for r in ra + rb]
+        diff = p.finetune.kind.paired_bootstrap_runs(frames[0]["label"].tolist(), [f["prediction"].tolist() for f in frames[: len(ra)]],
+                                                     [f["prediction"].tolist() for f in frames[len(ra):]], p.validate_.labels, p.project.seed)
+
+    def side(results, name):
+        heads = [r.headline() for r in results]
+        mean = heads[0] if len(heads) == 1 else {k: round(sum(h[k] for h in heads) / len(heads), 6) for k in heads[0]}
+        if len(results) == 1:
+            return {"model": name, **mean, "ci95": results[0].report.get("ci95")}
+        return {"model": name, **mean, "runs": [{"model": m, **h} for m, h in zip(name.split(","), heads)]}
+
+    sa, sb = side(ra, names[0]), side(rb, names[1])
+    metrics = [m for m in dict.fromkeys((p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1")) if m in diff]
+    verdicts = {m: diff[m]["ci95"][0] > 0 or diff[m]["ci95"][1] < 0 for m in metrics}
+    resampled = (f"paired bootstrap, {diff['n_bootstrap']} resamples of the same rows for both models" if "runs" not in diff else
+                 f"the mean over {len(ra)} run(s) of A and {len(rb)} of B; two-level bootstrap, {diff['n_bootstrap']} resamples of the "
+                 "same rows and of each side's runs (so the interval holds the spread between seeds too)")
+    lines = [f"# {names[1]} − {names[0]} on {data_path.name}", "", f"n = {rb[0].n} · {resampled}", "",
+             f"| metric | {names[0]} | {names[1]} | difference | 95% interval | distinguishable from noise |", "|---|---:|---:|---:|---|---|"]
     for m in metrics:
-        d = scores.diff[m]
-        lines.append(f"| {m} | {ra.headline()[m]:.4f} | {rb.headline()[m]:.4f} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
+        d = diff[m]
+        lines.append(f"| {m} | {sa[m]:.4f} | {sb[m]:.4f} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
                      f"{'yes' if verdicts[m] else 'no'} |")
+    for label, r in zip(labels_a + labels_b, ra + rb) if "runs" in diff else ():
+        lines.append(f"\n{label}: " + ", ".join(f"{m} {r.headline()[m]:.4f}" for m in metrics))
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"a": {"model": names[0], **ra.headline(), "ci95": ra.report.get("ci95")}, "b": {"model": names[1], **rb.headline(), "ci95": rb.report.get("ci95")},
-            "b_minus_a": scores.diff, "distinguishable": verdicts, "n": rb.n, "report": str(out / "report.md")}
+    return {"a": sa, "b": sb, "b_minus_a": diff, "distinguishable": verdicts, "n": rb[0].n, "report": str(out / "report.md")}
 
 
 def distill(p: Params, teachers: list[Path], data: "Snapshot", out: Path, names: list[str] | None = None) -> dict:

@@ -279,6 +279,27 @@ def test_bootstrap_diff_sees_a_real_improvement_and_not_noise():
     assert same["macro_f1"]["diff"] == 0 and same["macro_f1"]["ci95"] == [0.0, 0.0]
 
 
+def test_several_runs_per_side_score_their_mean_and_widen_the_interval_by_their_spread():
+    """Two seeds of a recipe can differ by more than the row bootstrap's interval: resampling the runs too shows it."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from lmops.metrics import bootstrap_diff, bootstrap_diff_runs
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600).tolist()
+    run = lambda right: [t if rng.random() < right else (t + 1) % 3 for t in y]  # noqa: E731
+    a1, a2, b1, b2 = run(0.70), run(0.70), run(0.85), run(0.65)  # B's two seeds disagree by 20 points
+    f1 = lambda p: f1_score(y, p, average="macro")  # noqa: E731
+    both = bootstrap_diff_runs(y, [a1, a2], [b1, b2], LABELS, n=300)
+    assert both["runs"] == {"a": 2, "b": 2}
+    assert both["macro_f1"]["diff"] == pytest.approx((f1(b1) + f1(b2) - f1(a1) - f1(a2)) / 2, abs=1e-4)
+    width = lambda d: d["macro_f1"]["ci95"][1] - d["macro_f1"]["ci95"][0]  # noqa: E731
+    one = bootstrap_diff(y, a1, b1, LABELS, n=300)
+    assert one["macro_f1"]["ci95"][0] > 0  # one seed each: B "distinguishably better"
+    assert width(both) > 2 * width(one) and both["macro_f1"]["ci95"][0] < 0  # with both seeds: not distinguishable
+
+
 def test_entity_bootstrap_resamples_sentences_and_scores_spans_like_seqeval():
     import numpy as np
     from seqeval.metrics import accuracy_score, f1_score

@@ -92,6 +92,14 @@ def test_pipeline_registers_champion_and_refuses_a_worse_model(prefect_api, proj
     assert cmp["scored"]["b_minus_a"]["macro_f1"] == gate["test"]["diff"]["macro_f1"]
     assert cmp["scored"]["distinguishable"]["macro_f1"] == (gate["test"]["diff"]["macro_f1"]["ci95"][1] < 0)
     assert "distinguishable from noise" in Path(cmp["scored"]["report"]).read_text()
+    # several runs on a side (comma-separated): that side is their mean, and the interval resamples the runs too
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["compare", "finance-sentiment@1,finance-sentiment@2", "finance-sentiment@2", "--json"]) == 0
+    runs = json.loads(out.getvalue().strip().splitlines()[-1])["scored"]
+    assert [r["model"] for r in runs["a"]["runs"]] == ["finance-sentiment@1", "finance-sentiment@2"] and runs["b_minus_a"]["runs"] == {"a": 2, "b": 1}
+    assert runs["b_minus_a"]["macro_f1"]["diff"] == pytest.approx(gate["test"]["diff"]["macro_f1"]["diff"] / 2, abs=2e-4)
+    assert "two-level bootstrap" in Path(runs["report"]).read_text()
     # only fine-tuning params changed: ingest and pretraining were reused from the first run, not recomputed
     assert "pretrain" in second["reused"] and "ingest" in second["reused"] and "finetune" not in second["reused"]
     assert second["pretrain"] == first["pretrain"]

@@ -259,3 +259,12 @@ class TaskKind:
 
         index = {l: i for i, l in enumerate(labels)}
         return bootstrap_diff([index[x] for x in refs_text], [index[x] for x in preds_a], [index[x] for x in preds_b], labels, n=1000, seed=seed)
+
+    def paired_bootstrap_runs(self, refs_text: list[str], runs_a: list[list[str]], runs_b: list[list[str]], labels: list[str],
+                              seed: int) -> dict[str, Any]:
+        """(mean of B's runs − mean of A's runs) with 95% intervals over resampled test rows and runs (seeds of a recipe)."""
+        from lmops.metrics import bootstrap_diff_runs
+
+        index = {l: i for i, l in enumerate(labels)}
+        code = lambda preds: [index[x] for x in preds]  # noqa: E731
+        return bootstrap_diff_runs(code(refs_text), [code(r) for r in runs_a], [code(r) for r in runs_b], labels, n=1000, seed=seed)

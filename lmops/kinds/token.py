@@ -214,6 +214,13 @@ class TokenKind(TaskKind):
 
         return bootstrap_diff_entities([x.split() for x in refs_text], [x.split() for x in preds_a], [x.split() for x in preds_b], n=1000, seed=seed)
 
+    def paired_bootstrap_runs(self, refs_text, runs_a, runs_b, labels, seed: int) -> dict[str, Any]:
+        if len(runs_a) > 1 or len(runs_b) > 1:
+            from lmops.errors import UserError
+
+            raise UserError("several runs per side are compared for sentence and entity tasks; for NER, compare one model with another")
+        return self.paired_bootstrap(refs_text, runs_a[0], runs_b[0], labels, seed)
+
 
 def _subtoken_counts(tokenizer, inputs: list) -> list[list[int]]:
     """Sub-tokens per word, per sentence (without specials)."""

@@ -83,24 +83,43 @@ def bootstrap_ece(confidences, correct, n: int = 1000, seed: int = 0, n_bins: in
 
 def bootstrap_diff(refs: list[int], pred_a: list[int], pred_b: list[int], labels: list[str], n: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired bootstrap over test rows: (b − a) for accuracy and macro-F1 with a 95% interval."""
+    return bootstrap_diff_runs(refs, [pred_a], [pred_b], labels, n=n, seed=seed)
+
+
+def bootstrap_diff_runs(refs: list[int], runs_a: list[list[int]], runs_b: list[list[int]], labels: list[str], n: int = 1000,
+                        seed: int = 0) -> dict[str, Any]:
+    """(mean over B's runs − mean over A's runs) for accuracy and macro-F1, with a 95% interval from resampling the
+    test rows (the same rows for every run: paired) and, where an arm has several runs (seeds of one recipe), its
+    runs as well — a two-level bootstrap, so the interval holds the noise of training as well as of the test rows.
+    With one run per arm it is the plain paired bootstrap, draw for draw."""
     import numpy as np
     from sklearn.metrics import f1_score
 
-    y, a, b = (np.asarray(v) for v in (refs, pred_a, pred_b))
+    y = np.asarray(refs)
+    A, B = (np.asarray(r).reshape(len(r), len(y)) for r in (runs_a, runs_b))
     ids = list(range(len(labels)))
 
-    def scores(idx):
-        return (float((b[idx] == y[idx]).mean() - (a[idx] == y[idx]).mean()),
-                float(f1_score(y[idx], b[idx], labels=ids, average="macro", zero_division=0) - f1_score(y[idx], a[idx], labels=ids, average="macro", zero_division=0)))
+    def arm(runs, pick, idx):
+        return (float(np.mean([(runs[r][idx] == y[idx]).mean() for r in pick])),
+                float(np.mean([f1_score(y[idx], runs[r][idx], labels=ids, average="macro", zero_division=0) for r in pick])))
+
+    def scores(idx, pick_a, pick_b):
+        (acc_a, f1_a), (acc_b, f1_b) = arm(A, pick_a, idx), arm(B, pick_b, idx)
+        return acc_b - acc_a, f1_b - f1_a
+
+    def runs(k):  # a resample of an arm's runs (none to draw when it has one)
+        return rng.integers(0, k, k) if k > 1 else [0]
 
     rng = np.random.default_rng(seed)
-    draws = np.array([scores(rng.integers(0, len(y), len(y))) for _ in range(n)])
-    point = scores(np.arange(len(y)))
+    draws = np.array([scores(rng.integers(0, len(y), len(y)), runs(len(A)), runs(len(B))) for _ in range(n)])
+    point = scores(np.arange(len(y)), range(len(A)), range(len(B)))
     out = {}
     for j, name in enumerate(("accuracy", "macro_f1")):
         lo, hi = np.percentile(draws[:, j], [2.5, 97.5])
         out[name] = {"diff": round(point[j], 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "p_b_not_better": round(float((draws[:, j] <= 0).mean()), 4)}
     out["n_test"], out["n_bootstrap"] = len(y), n
+    if len(A) > 1 or len(B) > 1:
+        out["runs"] = {"a": len(A), "b": len(B)}
     return out
 
 
