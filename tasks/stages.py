@@ -413,8 +413,11 @@ def compare_models(p: Params, a, b, data_path: Path, out: Path, names: tuple[str
     import pandas as pd
 
     runs_a, runs_b = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
-    labels_a = [names[0]] if len(runs_a) == 1 else [f"{names[0]} [{i + 1}]" for i in range(len(runs_a))]
-    labels_b = [names[1]] if len(runs_b) == 1 else [f"{names[1]} [{i + 1}]" for i in range(len(runs_b))]
+    def run_names(name: str, k: int) -> list[str]:
+        parts = name.split(",")
+        return [name] if k == 1 else parts if len(parts) == k else [f"{name} [{i + 1}]" for i in range(k)]
+
+    labels_a, labels_b = run_names(names[0], len(runs_a)), run_names(names[1], len(runs_b))
     sub = (lambda side, i, k: out / side if k == 1 else out / f"{side}{i + 1}")
     ra = [evaluate(p, m, data_path, sub("a", i, len(runs_a)), f"{labels_a[i]} on {data_path.name}") for i, m in enumerate(runs_a)]
     rb = [evaluate(p, m, data_path, sub("b", i, len(runs_b)), f"{labels_b[i]} on {data_path.name}") for i, m in enumerate(runs_b)]
@@ -425,14 +428,14 @@ def compare_models(p: Params, a, b, data_path: Path, out: Path, names: tuple[str
         diff = p.finetune.kind.paired_bootstrap_runs(frames[0]["label"].tolist(), [f["prediction"].tolist() for f in frames[: len(ra)]],
                                                      [f["prediction"].tolist() for f in frames[len(ra):]], p.validate_.labels, p.project.seed)
 
-    def side(results, name):
+    def side(results, name, labels):
         heads = [r.headline() for r in results]
         mean = heads[0] if len(heads) == 1 else {k: round(sum(h[k] for h in heads) / len(heads), 6) for k in heads[0]}
         if len(results) == 1:
             return {"model": name, **mean, "ci95": results[0].report.get("ci95")}
-        return {"model": name, **mean, "runs": [{"model": m, **h} for m, h in zip(name.split(","), heads)]}
+        return {"model": name, **mean, "runs": [{"model": m, **h} for m, h in zip(labels, heads)]}
 
-    sa, sb = side(ra, names[0]), side(rb, names[1])
+    sa, sb = side(ra, names[0], labels_a), side(rb, names[1], labels_b)
     metrics = [m for m in dict.fromkeys((p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1")) if m in diff]
     verdicts = {m: diff[m]["ci95"][0] > 0 or diff[m]["ci95"][1] < 0 for m in metrics}
     resampled = (f"paired bootstrap, {diff['n_bootstrap']} resamples of the same rows for both models" if "runs" not in diff else
@@ -444,8 +447,10 @@ def compare_models(p: Params, a, b, data_path: Path, out: Path, names: tuple[str
         d = diff[m]
         lines.append(f"| {m} | {sa[m]:.4f} | {sb[m]:.4f} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | "
                      f"{'yes' if verdicts[m] else 'no'} |")
-    for label, r in zip(labels_a + labels_b, ra + rb) if "runs" in diff else ():
-        lines.append(f"\n{label}: " + ", ".join(f"{m} {r.headline()[m]:.4f}" for m in metrics))
+    if "runs" in diff:
+        lines += ["", "| run | side | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
+        lines += [f"| {label} | {side} | " + " | ".join(f"{r.headline()[m]:.4f}" for m in metrics) + " |"
+                  for side, labels, results in (("A", labels_a, ra), ("B", labels_b, rb)) for label, r in zip(labels, results)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"a": sa, "b": sb, "b_minus_a": diff, "distinguishable": verdicts, "n": rb[0].n, "report": str(out / "report.md")}
