@@ -567,8 +567,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run = RunLayout(new_run_dir("compare"))
         a, b = ([_model_dir(r, run.root / f"{side}{i}") for i, r in enumerate(refs)] for side, refs in zip("ab", runs))
         data = load_labeled_file(Path(args.data), params, run.stage("data"))[0] if args.data else _snapshot(params).test
-        out["scored"] = stages.compare_models(params, a if len(a) > 1 else a[0], b if len(b) > 1 else b[0], data, run.stage("compare"),
-                                              names=(a_ref, b_ref))
+        out["scored"] = stages.compare_models(params, a, b, data, run.stage("compare"), names=(a_ref, b_ref))
 
     def text(o):
         rows = []

@@ -405,14 +405,15 @@ def compare_bases(p: Params, data: Snapshot, run: RunLayout, domain_model: str, 
     return {"generic_base": generic, "domain": domain.headline(), "generic": plain.headline(), "domain_minus_generic": _scores(p, domain, plain).diff}
 
 
-def compare_models(p: Params, a, b, data_path: Path, out: Path, names: tuple[str, str] = ("A", "B")) -> dict:
+def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, names: tuple[str, str] = ("A", "B")) -> dict:
     """Score two models on the same rows and say whether (B − A) is distinguishable from noise: the paired
-    bootstrap's 95% interval excludes 0. ``a`` / ``b`` may each be a list of models — runs of one recipe with other
-    seeds: each side's score is then the mean over its runs, and the interval resamples the runs too (training noise,
+    bootstrap's 95% interval excludes 0. ``a`` / ``b`` are lists of models: one each, or runs of one recipe with other
+    seeds, when each side's score is the mean over its runs and the interval resamples the runs too (training noise,
     not only which rows were tested). Writes ``out/report.md``; returns both headlines and the difference."""
     import pandas as pd
 
-    runs_a, runs_b = (list(x) if isinstance(x, (list, tuple)) else [x] for x in (a, b))
+    runs_a, runs_b = list(a), list(b)
+
     def run_names(name: str, k: int) -> list[str]:
         parts = name.split(",")
         return [name] if k == 1 else parts if len(parts) == k else [f"{name} [{i + 1}]" for i in range(k)]
@@ -421,12 +422,10 @@ def compare_models(p: Params, a, b, data_path: Path, out: Path, names: tuple[str
     sub = (lambda side, i, k: out / side if k == 1 else out / f"{side}{i + 1}")
     ra = [evaluate(p, m, data_path, sub("a", i, len(runs_a)), f"{labels_a[i]} on {data_path.name}") for i, m in enumerate(runs_a)]
     rb = [evaluate(p, m, data_path, sub("b", i, len(runs_b)), f"{labels_b[i]} on {data_path.name}") for i, m in enumerate(runs_b)]
-    if len(ra) == 1 and len(rb) == 1:
-        diff = _scores(p, rb[0], ra[0]).diff
-    else:
-        frames = [pd.read_parquet(r.predictions_path) for r in ra + rb]
-        diff = p.finetune.kind.paired_bootstrap_runs(frames[0]["label"].tolist(), [f["prediction"].tolist() for f in frames[: len(ra)]],
-                                                     [f["prediction"].tolist() for f in frames[len(ra):]], p.validate_.labels, p.project.seed)
+    # one run a side: the plain paired bootstrap, draw for draw (what the gate computes)
+    frames = [pd.read_parquet(r.predictions_path) for r in ra + rb]
+    diff = p.finetune.kind.paired_bootstrap_runs(frames[0]["label"].tolist(), [f["prediction"].tolist() for f in frames[: len(ra)]],
+                                                 [f["prediction"].tolist() for f in frames[len(ra):]], p.validate_.labels, p.project.seed)
 
     def side(results, name, labels):
         heads = [r.headline() for r in results]

@@ -56,7 +56,7 @@ class TaskKind:
         import json
 
         if item.label is None:
-            if item.entities and getattr(src, "mixed_entities", "quarantine") == "auxiliary" and self.entity_auxiliary:
+            if item.entities and src.mixed_entities == "auxiliary" and self.entity_auxiliary:
                 return self.auxiliary_row(item, src, text, labels, base)
             if item.entities:
                 return "mixed entity sentiment: no single headline label (entity labels kept in source)", []
@@ -68,21 +68,28 @@ class TaskKind:
         entities = json.dumps(item.entities, sort_keys=True) if item.entities else None
         return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": label, "entities": entities}]
 
-    def auxiliary_row(self, item, src, text: str, labels: list[str], base: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
-        """A headline without a label of its own, kept for its entity labels (ingest writes it to auxiliary.parquet)."""
-        import json
-
+    def entity_labels(self, item, src, labels: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+        """(reason to quarantine, []) or (None, [(normalized entity, label)]) of a record's entity labels, in entity order."""
         from lmops.text import normalize_text
 
-        entities = {}
-        for entity, raw in item.entities.items():
+        pairs = []
+        for entity, raw in sorted(item.entities.items()):
             label = self.label_in(self.map_label(src, raw), labels)
             if label not in labels:
                 return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
             if not normalize_text(entity):
                 return f"empty entity name (labelled {raw!r})", []
-            entities[normalize_text(entity)] = label
-        return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": None, "entities": json.dumps(entities, sort_keys=True)}]
+            pairs.append((normalize_text(entity), label))
+        return None, pairs
+
+    def auxiliary_row(self, item, src, text: str, labels: list[str], base: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+        """A headline without a label of its own, kept for its entity labels (ingest writes it to auxiliary.parquet)."""
+        import json
+
+        reason, pairs = self.entity_labels(item, src, labels)
+        if reason:
+            return reason, []
+        return None, [{**base, "id": f"{src.name}:{item.row}", "text": text, "label": None, "entities": json.dumps(dict(pairs), sort_keys=True)}]
 
     def auxiliary_pairs(self, frame, labels: list[str], sep: str) -> tuple[list, list, list]:
         """(inputs, label ids, sources) of the (entity, text) pairs in ``frame``'s ``entities`` column: one training row

@@ -18,20 +18,13 @@ class EntityKind(TaskKind):
 
     def rows(self, item, src, text: str, labels: list[str], base: dict[str, Any]):
         """One row per (headline, entity); the pair is kept in ``entities`` as {entity: label}."""
-        from lmops.text import normalize_text
-
         if not item.entities:
             return "no entity labels: the entity task needs (text, entity, label) triples", []
-        rows = []
-        for k, (entity, raw) in enumerate(sorted(item.entities.items())):
-            label = self.label_in(self.map_label(src, raw), labels)
-            if label not in labels:
-                return f"unknown label {raw!r} for entity {entity!r}: map it in ingest.sources[{src.name}].label_map", []
-            if not normalize_text(entity):
-                return f"empty entity name (labelled {raw!r})", []
-            rows.append({**base, "id": f"{src.name}:{item.row}:{k}", "text": text, "label": label,
-                         "entities": json.dumps({normalize_text(entity): label})})
-        return None, rows
+        reason, pairs = self.entity_labels(item, src, labels)
+        if reason:
+            return reason, []
+        return None, [{**base, "id": f"{src.name}:{item.row}:{k}", "text": text, "label": label, "entities": json.dumps({entity: label})}
+                      for k, (entity, label) in enumerate(pairs)]
 
     def split_groups(self, frame):
         # rows of one headline share an id prefix: no headline is in two splits
