@@ -89,24 +89,47 @@ class MinHasher:
 
         counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
         ids = self._word_ids(pc.list_flatten(words))
+        if len(counts) and (counts >= len(_MIX)).all():
+            grams, doc = self._grams(ids, counts)
+        else:  # a document of fewer than 5 words is one shorter shingle
+            grams, doc = self._short_grams(ids, counts)
+        h = _fmix64(grams ^ self._seed)
+        flat = np.full(len(counts) * PERMS, np.iinfo(np.uint64).max, dtype=np.uint64)
+        # the bin is the top 6 bits, so a bin's smallest hash is its smallest value (a repeated shingle changes nothing)
+        np.minimum.at(flat, doc * PERMS + (h >> np.uint64(64 - 6)).astype(np.int64), h)
+        return self._densify(flat.reshape(len(counts), PERMS))
+
+    @staticmethod
+    def _grams(ids, counts):
+        """(5-gram hashes, their documents) when every document has 5 words or more: the hash at every position of
+        the flat word array by five shifted slices, then the positions whose five words cross into the next
+        document left out (fancy-indexing five words per shingle cost 40% more)."""
+        import numpy as np
+
+        n = len(ids)
+        grams = ids[: n - 4] * np.uint64(_MIX[0])
+        for k in range(1, len(_MIX)):  # each shingle's hash combines its 5 word hashes (uint64 wraps)
+            grams += ids[k : n - 4 + k] * np.uint64(_MIX[k])
+        ends = np.cumsum(counts)
+        edge = np.zeros(n - 3, dtype=np.int64)  # +1 where a document's shingles start, -1 where they end
+        np.add.at(edge, ends - counts, 1)
+        np.add.at(edge, ends - 4, -1)
+        return grams[np.cumsum(edge[:-1]) > 0], np.repeat(np.arange(len(counts)), counts - 4)
+
+    @staticmethod
+    def _short_grams(ids, counts):
+        import numpy as np
+
         grams_per_doc = np.maximum(counts - 4, 1)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         doc = np.repeat(np.arange(len(counts)), grams_per_doc)
         # a shingle's first word: its document's first word, plus its place among the document's shingles
         first = np.repeat(starts - (np.cumsum(grams_per_doc) - grams_per_doc), grams_per_doc) + np.arange(len(doc))
         grams = np.zeros(len(doc), dtype=np.uint64)
-        short = bool((counts < len(_MIX)).any())  # a document of fewer than 5 words is one shorter shingle
-        for k, mix in enumerate(_MIX):  # each shingle's hash combines its 5 word hashes (uint64 wraps)
-            if short:
-                present = k < counts[doc]
-                grams[present] += ids[first[present] + k] * np.uint64(mix)
-            else:
-                grams += ids[first + k] * np.uint64(mix)
-        h = _fmix64(grams ^ self._seed)
-        flat = np.full(len(counts) * PERMS, np.iinfo(np.uint64).max, dtype=np.uint64)
-        # the bin is the top 6 bits, so a bin's smallest hash is its smallest value (a repeated shingle changes nothing)
-        np.minimum.at(flat, doc * PERMS + (h >> np.uint64(64 - 6)).astype(np.int64), h)
-        return self._densify(flat.reshape(len(counts), PERMS))
+        for k, mix in enumerate(_MIX):
+            present = k < counts[doc]
+            grams[present] += ids[first[present] + k] * np.uint64(mix)
+        return grams, doc
 
     def _densify(self, sigs):
         import numpy as np

@@ -288,6 +288,15 @@ def test_signatures_estimate_the_jaccard_similarity_of_the_shingles_at_every_len
     # the batch path and the one-document path sign alike, and the same text always the same way
     docs = [" ".join(rng.choice(vocab, n)) for n in (9, 40, 700)]
     assert (hasher.signatures(docs)[0] == np.stack([MinHasher().signature(d) for d in docs])).all()
+    # shingles by shifted slices (every document of 5 words or more) are the per-shingle ones, hash for hash
+    import pyarrow.compute as pc
+
+    from lmops.tasks.dedup import folded_words
+
+    words = folded_words([" ".join(rng.choice(vocab[:30], n)) for n in (5, 6, 5, 9, 300, 5, 41)])
+    ids, counts = hasher._word_ids(pc.list_flatten(words)), pc.list_value_length(words).to_numpy().astype(np.int64)
+    fast, slow = MinHasher._grams(ids, counts), MinHasher._short_grams(ids, counts)
+    assert (fast[0] == slow[0]).all() and (fast[1] == slow[1]).all() and len(fast[0]) == int((counts - 4).sum())
 
 
 def test_sentence_cuts_are_the_look_behind_split():
