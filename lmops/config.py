@@ -99,7 +99,8 @@ class BoilerplateParams(Section):
 
 
 class EngineParams(Section):
-    """Where ingest's per-batch work (cleaning, chunking, signatures) runs; see ``lmops/tasks/engine.py``."""
+    """Where ingest's per-batch work (cleaning, chunking, signatures) runs, and the pieces of a corpus validated in
+    pieces (``validate.corpus_batch_rows``); see ``lmops/tasks/engine.py``."""
 
     # local = this process; dask = a Dask cluster: a LocalCluster of `workers` processes, or the scheduler at `address`
     kind: Literal["local", "dask"] = "local"

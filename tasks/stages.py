@@ -158,7 +158,8 @@ def validate(p: Params, run: RunLayout, previous: Snapshot | None):
     """Great Expectations over ``run.data``; ``previous`` is the data version it would replace (label drift)."""
     from lmops.tasks.validate import validate_snapshot
 
-    return validate_snapshot(run.data.dir, p.validate_, run.validate, p.finetune.kind, previous_dir=previous.dir if previous else None)
+    return validate_snapshot(run.data.dir, p.validate_, run.validate, p.finetune.kind, previous_dir=previous.dir if previous else None,
+                             engine=p.ingest.engine)
 
 
 def version(run: RunLayout, root: Path):

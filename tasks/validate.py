@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmops.config import ValidateParams
+from lmops.config import EngineParams, ValidateParams
 from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
 
@@ -130,16 +130,29 @@ def _observed(res: dict[str, Any]) -> Any:
 @dataclass
 class RowGroups:
     """A Parquet file validated a piece at a time (a corpus larger than memory): each piece of at most ``rows``
-    rows is a GX batch of the same suite, and the results are combined over all rows (``_combine``)."""
+    rows is a GX batch of the same suite, and the results are combined over all rows (``_combine``). Pieces lie
+    within the file's row groups, so each is read on its own: on this process or on an engine's worker."""
 
     path: Path
     rows: int
 
-    def __iter__(self):
+    def pieces(self) -> list[tuple[int, int, int]]:
+        """(row group, first row in it, rows) of every piece, in file order."""
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.rows):
-            yield batch.to_pandas()
+        meta = pq.ParquetFile(self.path).metadata
+        return [(g, start, min(self.rows, meta.row_group(g).num_rows - start))
+                for g in range(meta.num_row_groups) for start in range(0, meta.row_group(g).num_rows, self.rows)]
+
+    def read(self, piece: tuple[int, int, int]):
+        import pyarrow.parquet as pq
+
+        group, start, rows = piece
+        return pq.ParquetFile(self.path).read_row_group(group).slice(start, rows).to_pandas()
+
+    def __iter__(self):
+        for piece in self.pieces():
+            yield self.read(piece)
 
 
 def _combine(results: list, hashes: dict[str, list]) -> Any:
@@ -179,20 +192,52 @@ def _combine(results: list, hashes: dict[str, list]) -> Any:
     return combined
 
 
-def _validate_row_groups(ctx, validation, suite, pieces: RowGroups, docs: bool, name: str):
-    """Validate every piece, combine, and (with ``docs``) store the combined result and render it."""
+def _unique_columns(suite) -> list[str]:
+    return [e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_unique"]
+
+
+def _piece_result(validation, unique_cols: list[str], frame) -> tuple[Any, dict[str, Any]]:
+    """One piece's suite result, and 64-bit hashes of its unique-checked columns (uniqueness is judged over all)."""
     import pandas as pd
 
-    unique_cols = [e.column for e in suite.expectations if e.expectation_type == "expect_column_values_to_be_unique"]
+    result = validation.run(batch_parameters={"dataframe": frame})
+    for r in result.results:  # row indexes within a piece mean nothing once pieces are combined
+        (r.result or {}).pop("partial_unexpected_index_list", None)
+    return result, {c: pd.util.hash_pandas_object(frame[c].dropna(), index=False).to_numpy() for c in unique_cols}
+
+
+_WORKER_VALIDATIONS: dict[str, Any] = {}
+
+
+def validate_piece(path: str, rows: int, piece: tuple[int, int, int], name: str, params: dict[str, Any], kind_name: str,
+                   previous: dict[str, int] | None) -> tuple[Any, dict[str, Any]]:
+    """Validate one piece of a Parquet file with the ``name`` suite: runs on an engine's worker (which then needs
+    the file: local workers share this disk; a cluster, a shared file system). The GX context and suite are built
+    once per worker process and params."""
+    key = json.dumps([name, params, kind_name, previous], sort_keys=True, default=str)
+    if key not in _WORKER_VALIDATIONS:
+        ctx = _context(None)
+        _WORKER_VALIDATIONS.clear()  # one suite at a time: a long-lived worker must not collect contexts
+        _WORKER_VALIDATIONS[key] = _validation(ctx, ctx.data_sources.add_pandas("lmops"), name, ValidateParams(**params), KINDS[kind_name], previous)
+    validation, suite = _WORKER_VALIDATIONS[key]
+    return _piece_result(validation, _unique_columns(suite), RowGroups(Path(path), rows).read(piece))
+
+
+def _validate_row_groups(ctx, validation, suite, pieces: RowGroups, docs: bool, name: str, engine=None, remote_args=()):
+    """Validate every piece (on ``engine``'s workers where one is given), combine, and (with ``docs``) store the
+    combined result and render it."""
+    import pandas as pd
+
+    unique_cols = _unique_columns(suite)
     results, hashes = [], {c: [] for c in unique_cols}
-    for frame in pieces:
-        results.append(validation.run(batch_parameters={"dataframe": frame}))
+    if engine is None:
+        done = (_piece_result(validation, unique_cols, frame) for frame in pieces)
+    else:
+        done = engine.map(validate_piece, ((str(pieces.path), pieces.rows, piece, name, *remote_args) for piece in pieces.pieces()))
+    for result, piece_hashes in done:
+        results.append(result)
         for c in unique_cols:
-            values = frame[c].dropna()
-            hashes[c].append(pd.util.hash_pandas_object(values, index=False).to_numpy())
-        # only the last result object is kept whole (it carries the combined counts): the one before, its counts
-        for r in results[-2].results if len(results) > 1 else ():
-            (r.result or {}).pop("partial_unexpected_index_list", None)
+            hashes[c].append(piece_hashes[c])
     if not results:  # an empty file: validate the empty frame, so the row-count floor speaks
         results.append(validation.run(batch_parameters={"dataframe": pd.DataFrame(columns=["id", "text"])}))
     combined = _combine(results, hashes)
@@ -208,14 +253,7 @@ def _validate_row_groups(ctx, validation, suite, pieces: RowGroups, docs: bool, 
     return combined
 
 
-def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = KINDS["sequence"], previous_labels: dict[str, int] | None = None,
-                    docs_dir: Path | None = None) -> ValidationReport:
-    """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``; a ``RowGroups`` in place of a
-    frame is validated a piece at a time, its results combined over all its rows.
-
-    ``previous_labels``: label counts of the previous data version (drift check); ``docs_dir``: render
-    the HTML Data Docs there.
-    """
+def _context(docs_dir: Path | None):
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -229,18 +267,51 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = 
         ctx.add_data_docs_site(site_name="lmops", site_config={
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
+    return ctx
+
+
+_BUILDERS = {"labeled": _labeled_suite, "corpus": _corpus_suite, "auxiliary": _auxiliary_suite, "sources": _sources_suite}
+
+
+def _validation(ctx, source, name: str, p: ValidateParams, kind: TaskKind, previous: dict[str, int] | None):
+    """(validation definition, suite) of one frame name: its suite from params, a whole-dataframe batch."""
+    import great_expectations as gx
+
+    definition = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(f"{name}_all")
+    suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=_BUILDERS[name](gx, p, kind, previous)))
+    # a validation definition, not batch.validate(suite): that fetches the batch twice, and GX fingerprints the
+    # whole frame on each fetch (0.1 s per fetch on the 10-K corpus)
+    return ctx.validation_definitions.add(gx.ValidationDefinition(data=definition, suite=suite, name=f"{name}_validation")), suite
+
+
+def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = KINDS["sequence"], previous_labels: dict[str, int] | None = None,
+                    docs_dir: Path | None = None, engine: EngineParams | None = None) -> ValidationReport:
+    """Run the suites over in-memory frames: ``{"labeled": df, "corpus": df}``; a ``RowGroups`` in place of a
+    frame is validated a piece at a time, its results combined over all its rows, the pieces on ``engine``'s
+    workers where it is not the local one.
+
+    ``previous_labels``: label counts of the previous data version (drift check); ``docs_dir``: render
+    the HTML Data Docs there.
+    """
+    import great_expectations as gx
+
+    ctx = _context(docs_dir)
     source = ctx.data_sources.add_pandas("lmops")
     report = ValidationReport(success=True)
-    builders = {"labeled": _labeled_suite, "corpus": _corpus_suite, "auxiliary": _auxiliary_suite, "sources": _sources_suite}
     for name, frame in frames.items():
-        asset = source.add_dataframe_asset(name=name)
-        definition = asset.add_batch_definition_whole_dataframe(f"{name}_all")
-        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=builders[name](gx, p, kind, previous_labels)))
-        # a validation definition, not batch.validate(suite): that fetches the batch twice, and GX fingerprints the
-        # whole frame on each fetch (0.1 s per fetch on the 10-K corpus)
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(data=definition, suite=suite, name=f"{name}_validation"))
+        vd, suite = _validation(ctx, source, name, p, kind, previous_labels)
         if isinstance(frame, RowGroups):
-            result = _validate_row_groups(ctx, vd, suite, frame, docs_dir is not None, name)
+            if engine is None or engine.kind == "local":
+                result = _validate_row_groups(ctx, vd, suite, frame, docs_dir is not None, name)
+            else:
+                from lmops.tasks.engine import open_engine
+
+                running = open_engine(engine)
+                try:
+                    result = _validate_row_groups(ctx, vd, suite, frame, docs_dir is not None, name, running,
+                                                  (p.model_dump(mode="json"), kind.name, previous_labels))
+                finally:
+                    running.close()
         elif docs_dir is None:
             result = vd.run(batch_parameters={"dataframe": frame})
         else:
@@ -284,9 +355,11 @@ def previous_label_counts(previous_dir: Path | None, labels: list[str], kind: Ta
     return {k: int(v) for k, v in counts.items()}, None
 
 
-def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: TaskKind = KINDS["sequence"], previous_dir: Path | None = None) -> ValidationReport:
+def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: TaskKind = KINDS["sequence"], previous_dir: Path | None = None,
+                      engine: EngineParams | None = None) -> ValidationReport:
     """Validate an ingested snapshot; writes validation.json/.md and the HTML Data Docs (``data_docs/``) to
-    ``out_dir``; raises on failure. ``previous_dir``: the previous data version (for label drift)."""
+    ``out_dir``; raises on failure. ``previous_dir``: the previous data version (for label drift); ``engine``:
+    where the pieces of a corpus validated in pieces run (``ingest.engine``)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -300,7 +373,7 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
         frames["auxiliary"] = pd.read_parquet(data_dir / "auxiliary.parquet")
     if (data_dir / "summary.json").exists():
         frames["sources"] = sources_frame(json.loads((data_dir / "summary.json").read_text()))
-    report = validate_frames(frames, p, kind, previous, docs_dir=out_dir / "data_docs")
+    report = validate_frames(frames, p, kind, previous, docs_dir=out_dir / "data_docs", engine=engine)
     if "sources" in frames:
         over = frames["sources"][frames["sources"]["quarantined_share"] > p.max_quarantine_share]
         report.notes += [f"source {r.source!r}: {r.quarantined} of {r.rows_in} rows quarantined ({r.quarantined_share:.0%} > "
@@ -310,7 +383,8 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     report.data_docs = str(index) if index.exists() else None
     report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]
     if isinstance(corpus, RowGroups):
-        report.notes.append(f"corpus ({rows} rows) validated {corpus.rows} rows at a time; counts, shares and uniqueness are over all rows")
+        where = f" on a Dask cluster ({engine.address or f'{engine.workers} local workers'})" if engine is not None and engine.kind != "local" else ""
+        report.notes.append(f"corpus ({rows} rows) validated {corpus.rows} rows at a time{where}; counts, shares and uniqueness are over all rows")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out_dir / "validation.md").write_text(report.to_markdown())

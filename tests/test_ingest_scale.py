@@ -259,8 +259,24 @@ def test_a_running_dask_cluster_is_used_by_its_address_and_makes_the_same_snapsh
     assert _snapshot(tmp_path / "local") == _snapshot(tmp_path / "cluster")
     from distributed import Client
 
+    # a corpus validated in pieces: the pieces on the cluster's workers, judged as in this process (the duplicate
+    # id in two pieces found, shares over all rows)
+    from lmops.tasks.validate import RowGroups, validate_frames, validate_snapshot
+
+    _corpus_frame().to_parquet(tmp_path / "corpus.parquet", row_group_size=7)
+    pieces = RowGroups(tmp_path / "corpus.parquet", 4)  # pieces of 4 rows within row groups of 7
+    assert [n for _, _, n in pieces.pieces()][:3] == [4, 3, 4] and sum(n for _, _, n in pieces.pieces()) == 50
+    here = validate_frames({"corpus": pieces}, ValidateParams(min_corpus_rows=1))
+    there = validate_frames({"corpus": pieces}, ValidateParams(min_corpus_rows=1), engine=remote.engine)
+    assert [(o.expectation, o.success, o.observed) for o in there.outcomes] == [(o.expectation, o.success, o.observed) for o in here.outcomes]
+    assert not {o.expectation: o for o in there.outcomes}["expect_column_values_to_be_unique"].success
+    report = validate_snapshot(tmp_path / "cluster", p.validate_.model_copy(update={"corpus_batch_rows": 10}), tmp_path / "validate",
+                               engine=remote.engine)
+    assert report.success and any("on a Dask cluster" in n for n in report.notes), report.notes
+    assert (tmp_path / "validate" / "data_docs" / "index.html").exists()
     with Client(dask_cluster) as client:  # the cluster did the work (and is still up: ingest closed only its client)
-        assert "clean_batch" in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+        assert "clean_batch" in prefixes and "validate_piece" in prefixes
         assert len(client.scheduler_info()["workers"]) == 2
 
 
