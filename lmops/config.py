@@ -319,6 +319,11 @@ class FinetuneParams(Section):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=64, ge=8)
     class_weighting: bool = True
+    # regularisers of the fine-tuning recipe: the training targets mix this share of the uniform distribution
+    # (validation loss and selection stay on the plain targets); each encoder layer below the top one learns at this
+    # factor of the one above it (the embeddings one step below the first layer, the head at finetune.lr)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    layer_lr_decay: float = Field(default=1.0, gt=0, le=1)
     patience: int = Field(default=2, ge=1)
     # batch texts of similar length together (shuffled within windows of 50 batches): far less padding
     # when lengths vary a lot (NER sentences, filings); off = plain shuffling

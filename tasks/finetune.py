@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lmops.config import FinetuneParams
 from lmops.errors import UserError
@@ -230,6 +231,29 @@ def _scores(v: dict, by_source: dict, select: float) -> dict:
             **({"val_by_source": {k: round(x, 4) for k, x in by_source.items()}, "val_select": round(select, 4)} if by_source else {})}
 
 
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_groups(model, lr: float, decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups, each encoder layer at ``decay`` times the learning rate of the
+    layer above it: the embeddings one step below layer 0, everything above the last layer (pooler, head) at ``lr``.
+    ``decay`` 1: one group. A model whose parameter names number no layers cannot be decayed by layer."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if decay == 1.0:
+        return [{"params": [p for _, p in trainable]}]
+    depth = {n: int(m.group(1)) + 1 if (m := _LAYER.search(n)) else None for n, _ in trainable}
+    numbered = [d for d in depth.values() if d is not None]
+    if not numbered:
+        raise UserError(f"finetune.layer_lr_decay {decay}: no numbered layers among the trainable parameters of {type(model).__name__}; "
+                        "set finetune.layer_lr_decay: 1.0")
+    top = max(numbered) + 1  # the head and anything else above the encoder
+    groups: dict[int, list] = {}
+    for n, p in trainable:
+        d = depth[n] if depth[n] is not None else (0 if "embed" in n else top)
+        groups.setdefault(d, []).append(p)
+    return [{"params": ps, "lr": lr * decay ** (top - d)} for d, ps in sorted(groups.items())]
+
+
 def warmup_linear(opt, warmup: int, total: int):
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at step ``total``."""
     import torch
@@ -288,7 +312,9 @@ def finetune(
         counts = np.bincount(y_train, weights=sampler.row_weights(), minlength=len(labels))  # as drawn, not as stored
         weight = torch.tensor(len(y_train) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100)
-    opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    train_loss_fn = (torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100, label_smoothing=params.label_smoothing)
+                     if params.label_smoothing else loss_fn)
+    opt = torch.optim.AdamW(layer_groups(model, params.lr, params.layer_lr_decay), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(texts) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
     sched = warmup_linear(opt, int(total_steps * params.warmup_ratio), total_steps)
@@ -321,7 +347,7 @@ def finetune(
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
             enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length, params.casing)
-            loss = kind.batch_loss(loss_fn, model(**enc).logits, enc, [y_train[j] for j in idx])
+            loss = kind.batch_loss(train_loss_fn, model(**enc).logits, enc, [y_train[j] for j in idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()

@@ -577,3 +577,45 @@ def test_ema_averaging_scores_both_weights_and_saves_the_one_it_chose(method, ch
     assert abs(chosen["val_loss"] - chosen["averaged"]["val_loss"]) > 1e-3  # so the check above tells them apart
     curves = training_curves([], s.history)
     assert [v for _, v in curves["finetune/averaged.val_loss"]] == [h["averaged"]["val_loss"] for h in s.history]
+
+
+def test_layer_wise_learning_rates_cover_every_parameter_once_and_step_down_by_the_decay(tiny_lm):
+    from lmops.errors import UserError
+    from lmops.tasks.finetune import layer_groups
+
+    _, pre, _ = tiny_lm
+    model, _ = load_classifier(pre.model_dir, LABELS, SEQ, train=True)
+    groups = layer_groups(model, 1e-3, 0.5)
+    assert sorted(id(q) for g in groups for q in g["params"]) == sorted(id(q) for q in model.parameters() if q.requires_grad)
+    lrs = [g["lr"] for g in groups]  # embeddings, each encoder layer, then the head at finetune.lr
+    assert len(groups) == model.config.num_hidden_layers + 2 and lrs[-1] == 1e-3
+    assert all(hi / lo == pytest.approx(2.0) for lo, hi in zip(lrs, lrs[1:]))
+    assert [g.keys() for g in layer_groups(model, 1e-3, 1.0)] == [{"params"}]
+    with pytest.raises(UserError, match="finetune.layer_lr_decay"):
+        layer_groups(torch.nn.Linear(2, 2), 1e-3, 0.5)
+
+
+def test_label_smoothing_trains_a_less_confident_model_and_selects_on_plain_targets(tiny_lm, ingested, tmp_path):
+    import pandas as pd
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    # 24 rows fitted for 25 epochs: the plain run learns them by heart, the smoothed one cannot be sure of any
+    train = pd.read_parquet(data / "train.parquet").groupby("label").head(8)
+    train.to_parquet(tmp_path / "train.parquet")
+    runs = {}
+    for share in (0.0, 0.6):
+        fp = p.finetune.model_copy(update={"label_smoothing": share, "calibration": "none", "class_weighting": False, "epochs": 25, "patience": 25,
+                                          "batch_size": 8})
+        s = finetune(tmp_path / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / str(share), progress=False)
+        logits = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), train["text"].tolist(), SEQ, LABELS, fp.max_length, 64)
+        runs[share] = (s, torch.softmax(logits.float(), -1).max(-1).values.mean().item())
+    (plain, plain_conf), (smooth, smooth_conf) = runs[0.0], runs[0.6]
+    # smoothing 0.6 over 3 labels: a target of 0.6 on the label, 0.2 on each other; its optimum is that confidence
+    assert plain_conf > 0.8 and smooth_conf < 0.7, (plain_conf, smooth_conf)
+    # the validation loss it reports (and early stopping reads) is the plain cross-entropy, not the smoothed objective
+    val = pd.read_parquet(data / "validation.parquet")
+    logits = predict_logits(*load_classifier(smooth.model_dir, LABELS, SEQ), val["text"].tolist(), SEQ, LABELS, fp.max_length, 64)
+    y = torch.tensor([LABELS.index(v) for v in val["label"]])
+    best = next(h for h in smooth.history if h["epoch"] == smooth.best_epoch)
+    assert best["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits.float(), y).item(), abs=2e-3)
