@@ -89,6 +89,8 @@ def main() -> None:
 class _Borrowed:
     """An engine that is already running (closing it is the benchmark's business)."""
 
+    in_process = False
+
     def __init__(self, engine):
         self.engine, self.workers = engine, engine.workers
 

@@ -22,6 +22,7 @@ class InProcess:
     """One core, no start-up cost: the default, and right for anything that ingests in seconds."""
 
     workers = 1
+    in_process = True  # work mapped here can share this process's objects (a GX context) instead of building its own
 
     def __init__(self, params: EngineParams):
         pass
@@ -37,6 +38,8 @@ class InProcess:
 class DaskEngine:
     """A Dask ``distributed`` cluster: ``address`` connects to a running scheduler; without it a
     ``LocalCluster`` of ``workers`` single-threaded processes starts here (and stops on ``close``)."""
+
+    in_process = False
 
     def __init__(self, params: EngineParams):
         from distributed import Client, LocalCluster

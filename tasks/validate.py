@@ -145,14 +145,20 @@ class RowGroups:
                 for g in range(meta.num_row_groups) for start in range(0, meta.row_group(g).num_rows, self.rows)]
 
     def read(self, piece: tuple[int, int, int]):
+        """One piece alone (a worker's read: its whole row group, then the piece's rows)."""
         import pyarrow.parquet as pq
 
         group, start, rows = piece
         return pq.ParquetFile(self.path).read_row_group(group).slice(start, rows).to_pandas()
 
     def __iter__(self):
-        for piece in self.pieces():
-            yield self.read(piece)
+        import pyarrow.parquet as pq
+
+        file, current, table = pq.ParquetFile(self.path), None, None
+        for group, start, rows in self.pieces():
+            if group != current:  # each row group read once, however many pieces it holds
+                table, current = file.read_row_group(group), group
+            yield table.slice(start, rows).to_pandas()
 
 
 def _combine(results: list, hashes: dict[str, list]) -> Any:
@@ -301,17 +307,14 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = 
     for name, frame in frames.items():
         vd, suite = _validation(ctx, source, name, p, kind, previous_labels)
         if isinstance(frame, RowGroups):
-            if engine is None or engine.kind == "local":
-                result = _validate_row_groups(ctx, vd, suite, frame, docs_dir is not None, name)
-            else:
-                from lmops.tasks.engine import open_engine
+            from lmops.tasks.engine import open_engine
 
-                running = open_engine(engine)
-                try:
-                    result = _validate_row_groups(ctx, vd, suite, frame, docs_dir is not None, name, running,
-                                                  (p.model_dump(mode="json"), kind.name, previous_labels))
-                finally:
-                    running.close()
+            running = open_engine(engine or EngineParams())
+            try:
+                result = _validate_row_groups(ctx, vd, suite, frame, docs_dir is not None, name, None if running.in_process else running,
+                                              (p.model_dump(mode="json"), kind.name, previous_labels))
+            finally:
+                running.close()
         elif docs_dir is None:
             result = vd.run(batch_parameters={"dataframe": frame})
         else:
@@ -383,7 +386,10 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     report.data_docs = str(index) if index.exists() else None
     report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]
     if isinstance(corpus, RowGroups):
-        where = f" on a Dask cluster ({engine.address or f'{engine.workers} local workers'})" if engine is not None and engine.kind != "local" else ""
+        from lmops.tasks.engine import ENGINES
+
+        remote = engine is not None and not ENGINES[engine.kind].in_process
+        where = f" on {engine.kind} workers ({engine.address or f'a local cluster of {engine.workers}'})" if remote else ""
         report.notes.append(f"corpus ({rows} rows) validated {corpus.rows} rows at a time{where}; counts, shares and uniqueness are over all rows")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
