@@ -89,7 +89,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cluster = engines.DaskEngine(EngineParams(kind="dask", workers=args.dask_workers))
         start_s = time.perf_counter() - t0
-        engines.ENGINES["bench"] = lambda params: _Borrowed(cluster)
+        engines.ENGINES["bench"] = lambda params: engines.Borrowed(cluster)
         dask_times = []
         for i in range(args.repeat):
             dask_s, dcorpus, _, dreport = run(EngineParams.model_construct(kind="bench"), work / f"dask{i}")
@@ -106,19 +106,6 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ingest_throughput.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
-
-
-class _Borrowed:
-    """An engine that is already running (closing it is the benchmark's business)."""
-
-    def __init__(self, engine):
-        self.engine, self.workers = engine, engine.workers
-
-    def map(self, fn, args):
-        return self.engine.map(fn, args)
-
-    def close(self):
-        pass
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cluster = engines.DaskEngine(EngineParams(kind="dask", workers=args.workers))
     start_s = time.perf_counter() - t0
-    engines.ENGINES["bench"] = lambda params: _Borrowed(cluster)
+    engines.ENGINES["bench"] = lambda params: engines.Borrowed(cluster)
 
     def timed(engine):
         t0 = time.perf_counter()
@@ -84,21 +84,6 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "validate_scale.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
-
-
-class _Borrowed:
-    """An engine that is already running (closing it is the benchmark's business)."""
-
-    in_process = False
-
-    def __init__(self, engine):
-        self.engine, self.workers = engine, engine.workers
-
-    def map(self, fn, args):
-        return self.engine.map(fn, args)
-
-    def close(self):
-        pass
 
 
 if __name__ == "__main__":
