@@ -78,7 +78,7 @@ def main() -> None:
         "baseline_pandas": {"seconds": round(base_s, 2), "mb_per_s": round(mb / base_s, 2), "rows": len(frame),
                             "all_seconds": [round(t, 2) for t in base_times]},
         "ratio_mb_per_s": round(base_s / lmops_s, 3),
-        # fastest against fastest: on a VM whose host reclaims idle memory, the allocation-heavy baseline varies
+        # fastest against fastest: on a VM reclaiming idle memory (kdamond), the allocation-heavy baseline varied
         # 4x between timings (0.45-2.0 s) and a median ratio moves with it
         "ratio_of_fastest": round(min(base_times) / min(lmops_times), 3),
     }
