@@ -315,6 +315,8 @@ def validate_frames(frames: dict[str, Any], p: ValidateParams, kind: TaskKind = 
                                               (p.model_dump(mode="json"), kind.name, previous_labels))
             finally:
                 running.close()
+            if not running.in_process:
+                report.notes.append(f"{name}: its pieces validated on {engine.kind} workers ({engine.address or f'a local cluster of {engine.workers}'})")
         elif docs_dir is None:
             result = vd.run(batch_parameters={"dataframe": frame})
         else:
@@ -386,11 +388,7 @@ def validate_snapshot(data_dir: Path, p: ValidateParams, out_dir: Path, kind: Ta
     report.data_docs = str(index) if index.exists() else None
     report.notes += [note] if note else [f"label drift checked against the previous data version {previous}"]
     if isinstance(corpus, RowGroups):
-        from lmops.tasks.engine import ENGINES
-
-        remote = engine is not None and not ENGINES[engine.kind].in_process
-        where = f" on {engine.kind} workers ({engine.address or f'a local cluster of {engine.workers}'})" if remote else ""
-        report.notes.append(f"corpus ({rows} rows) validated {corpus.rows} rows at a time{where}; counts, shares and uniqueness are over all rows")
+        report.notes.append(f"corpus ({rows} rows) validated {corpus.rows} rows at a time; counts, shares and uniqueness are over all rows")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out_dir / "validation.md").write_text(report.to_markdown())
