@@ -350,6 +350,10 @@ class FinetuneParams(Section):
     # all = also the pairs of every training headline; none = headlines only. The pairs' source is "<source>:entities",
     # so finetune.sampling.weights sets their share of the draws.
     entity_auxiliary: Literal["none", "mixed", "all"] = "none"
+    # how a sentence classifier reads its token states (tasks/pooling.py): cls = the architecture's own head (BERT:
+    # the first token through the pooler); mean = the mean over the real tokens, what sentence-transformers bases
+    # (all-MiniLM-L6-v2) were trained to produce. Saved in the model's config; sentence tasks, full/lora/ia3
+    pooling: Literal["cls", "mean"] = "cls"
 
     @model_validator(mode="after")
     def _casing_needs_words(self) -> "FinetuneParams":
@@ -359,6 +363,12 @@ class FinetuneParams(Section):
         if self.entity_auxiliary != "none" and not self.kind.entity_auxiliary:
             raise ValueError(f"finetune.entity_auxiliary: {self.entity_auxiliary} adds entity-labelled pairs to a sentence classifier; "
                              f"task {self.task!r} cannot train on them: set finetune.entity_auxiliary: none")
+        if self.pooling != "cls" and not self.kind.pools:
+            raise ValueError(f"finetune.pooling: {self.pooling} makes one vector of a sentence; task {self.task!r} labels each word: "
+                             "set finetune.pooling: cls")
+        if self.pooling != "cls" and self.method in {"prompt", "prefix"}:
+            raise ValueError(f"finetune.pooling: {self.pooling} reads the encoder's states, which soft prompts ({self.method}) extend: "
+                             "use method full, lora or ia3, or set finetune.pooling: cls")
         return self
 
     @field_validator("task")

@@ -285,6 +285,10 @@ def finetune(
     model, tokenizer = load_classifier(base, labels, kind, train=True)
     if params.casing != "none":
         enable_casing(model, params.casing)
+    if params.kind.pools:  # finetune.pooling wins over what a fine-tuned base was saved with
+        from lmops.tasks.pooling import set_pooling
+
+        set_pooling(model, params.pooling)
     # sentences longer than max_length become several training rows instead of losing their tail
     texts, y_train, origin = kind.training_windows(tokenizer, texts, y_train, labels, params.max_length)
     train_sources = (train["source"].to_numpy()[origin] if "source" in train else np.array(["all"] * len(texts), dtype=object))

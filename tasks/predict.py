@@ -64,6 +64,10 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     if own is not None and own != list(labels):
         model.lmops_label_order = [own.index(l) for l in labels]  # logits column j is labels[j]
     model.lmops_new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
+    if kind.pools:  # a mean-pooled classifier (finetune.pooling, saved in its config) reads as it was trained
+        from lmops.tasks.pooling import apply_pooling
+
+        apply_pooling(model)
     # the calibrator fitted on its validation split (tasks/calibration.py) adjusts every prediction
     model.lmops_calibrator = calibration.Identity() if train else calibration.load(base)
     if model.config.pad_token_id is None:

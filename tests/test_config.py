@@ -36,6 +36,14 @@ def test_cross_field_rules_of_the_gpu_settings():
         params_from_dict(tiny_params_dict(pretrain={"sdpa_backend": "cudnn", "attn_implementation": "eager"}))
 
 
+def test_pooling_is_for_sentence_classifiers_read_without_soft_prompts():
+    assert params_from_dict(tiny_params_dict(finetune={"pooling": "mean", "task": "entity"})).finetune.pooling == "mean"
+    with pytest.raises(ConfigError, match=r"finetune.pooling: mean makes one vector of a sentence; task 'token'"):
+        params_from_dict(tiny_params_dict(finetune={"pooling": "mean", "task": "token"}))
+    with pytest.raises(ConfigError, match=r"finetune.pooling: mean reads the encoder's states, which soft prompts \(prompt\)"):
+        params_from_dict(tiny_params_dict(finetune={"pooling": "mean", "method": "prompt"}))
+
+
 def test_unknown_key_is_named():
     data = tiny_params_dict(pretrain={"max_stpes": 5})
     with pytest.raises(ConfigError, match=r"pretrain\.max_stpes: unknown key"):

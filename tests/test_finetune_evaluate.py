@@ -31,6 +31,8 @@ def test_lora_trains_few_params_and_saves_adapter(lora_run):
     assert (Path(s.adapter_dir) / "adapter_model.safetensors").exists()
     assert (Path(s.model_dir) / "model.safetensors").exists() and not list(Path(s.model_dir).glob("*.bin"))
     assert 1 <= s.best_epoch <= 2 and len(s.history) == s.epochs_run
+    # the default head (finetune.pooling: cls) leaves the config as transformers writes it
+    assert "lmops_pooling" not in json.loads((Path(s.model_dir) / "config.json").read_text())
 
 
 def test_reloaded_model_predicts_identically(lora_run):
@@ -232,6 +234,45 @@ def test_an_isotonic_calibrator_is_saved_with_the_model_and_applied_by_torch_and
     assert calibration.load(folder) == calibration.Temperature(2.5) and calibration.temperature(folder) == 2.5
     (folder / "calibration.json").unlink()
     assert calibration.load(folder) == calibration.Identity() and calibration.temperature(folder) == 1.0
+
+def test_a_mean_pooled_classifier_trains_and_reads_back_the_same_in_torch_and_onnx(tiny_lm, ingested, tmp_path):
+    """finetune.pooling: mean — the logits are the head over the mean of the last states of the real tokens, whatever
+    the padding; saved in the config, so load_classifier and the ONNX export read the model as it was trained."""
+    import numpy as np
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification
+
+    from lmops.errors import UserError
+    from lmops.tasks.monitor.export import to_onnx
+    from lmops.tasks.monitor.runtime import OnnxScorer
+    from lmops.tasks.pooling import set_pooling
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "lora", "pooling": "mean", "epochs": 1, "lr": 5e-3, "calibration": "none"})
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / "ft", progress=False)
+    assert json.loads((Path(s.model_dir) / "config.json").read_text())["lmops_pooling"] == "mean"
+    texts = pd.read_parquet(data / "test.parquet")["text"].tolist()[:24]
+    model, tok = load_classifier(s.model_dir, LABELS, SEQ)
+    got = predict_logits(model, tok, texts, SEQ, LABELS, fp.max_length, 8)
+    with torch.no_grad():
+        enc = tok(texts, padding=True, truncation=True, max_length=fp.max_length, return_tensors="pt")
+        states = model.base_model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        want = model.classifier((states * mask).sum(1) / mask.sum(1))
+        own = AutoModelForSequenceClassification.from_pretrained(s.model_dir).eval()(**enc).logits  # the class's forward: the first token
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(predict_logits(model, tok, texts, SEQ, LABELS, fp.max_length, 1), got, atol=1e-5, rtol=1e-4)  # unpadded
+    assert (own - got).abs().max() > 1e-2  # reading the saved choice is what makes these logits
+    onnx_dir = tmp_path / "onnx"
+    to_onnx(Path(s.model_dir), onnx_dir, fp.max_length).rename(onnx_dir / "model.onnx")
+    np.testing.assert_allclose(OnnxScorer(onnx_dir).probabilities(texts, 8, fp.max_length), got.softmax(-1).numpy(), atol=1e-4)
+    set_pooling(model, "cls")  # back to the class's own head (a fine-tuning of this model with pooling: cls)
+    torch.testing.assert_close(predict_logits(model, tok, texts, SEQ, LABELS, fp.max_length, 8), own, atol=1e-5, rtol=1e-4)
+    model.classifier = torch.nn.Sequential(torch.nn.Linear(model.config.hidden_size, 3))
+    with pytest.raises(UserError, match="finetune.pooling: mean needs a classifier that is one linear layer"):
+        set_pooling(model, "mean")
+
 
 def test_calibration_module_ece():
     import evaluate

@@ -22,6 +22,8 @@ class TaskKind:
     label_drift: ClassVar[bool] = True  # the label mix can be compared with the previous data version
     # entity-labelled (entity, text) pairs can be extra training rows (finetune.entity_auxiliary): a sentence classifier
     entity_auxiliary: ClassVar[bool] = True
+    # one vector per input, so finetune.pooling can choose how it is made (tasks/pooling.py); taggers: False
+    pools: ClassVar[bool] = True
 
     # --- params --------------------------------------------------------------------------------------
     def check_params(self, labeled_formats: list[str], method: str, owners: dict[str, "TaskKind"]) -> list[str]:

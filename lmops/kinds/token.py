@@ -192,6 +192,7 @@ class TokenKind(TaskKind):
 
     class_noun = "entity type"
     casing_feature = True
+    pools = False  # one tag per word: no sentence vector to pool
     calibrated = False  # per-word softmaxes: not temperature-scaled here (the confidence is a mean over words)
     resampled = "sentences"  # whole, so the spans inside one stay together
     text_inputs = False  # an input is a list of words

@@ -36,7 +36,10 @@ def to_onnx(model_dir: Path, out: Path, max_length: int) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     # eager attention exports as plain MatMul/Softmax, which ONNX Runtime's transformer optimizer fuses into one Attention op
+    from lmops.tasks.pooling import apply_pooling
+
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=True, attn_implementation="eager").eval()
+    apply_pooling(model)  # a mean-pooled classifier (finetune.pooling) exports the forward it was trained with
     tok = load_tokenizer(str(model_dir))
     enc = tok(["a short finance headline", "a second one, a little longer than the first"], padding=True, truncation=True,
               max_length=max_length, return_tensors="pt")
