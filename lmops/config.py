@@ -354,6 +354,10 @@ class FinetuneParams(Section):
     # the first token through the pooler); mean = the mean over the real tokens, what sentence-transformers bases
     # (all-MiniLM-L6-v2) were trained to produce. Saved in the model's config; sentence tasks, full/lora/ia3
     pooling: Literal["cls", "mean"] = "cls"
+    # LP-FT (tasks/probe.py): fit the sentence head on the base's frozen features (a logistic regression, its L2
+    # strength chosen on validation) before fine-tuning everything, so the first steps do not distort the features
+    # through a random head
+    linear_probe: bool = False
 
     @model_validator(mode="after")
     def _casing_needs_words(self) -> "FinetuneParams":
@@ -366,6 +370,9 @@ class FinetuneParams(Section):
         if self.pooling != "cls" and not self.kind.pools:
             raise ValueError(f"finetune.pooling: {self.pooling} makes one vector of a sentence; task {self.task!r} labels each word: "
                              "set finetune.pooling: cls")
+        if self.linear_probe and not self.kind.pools:
+            raise ValueError(f"finetune.linear_probe fits a head over one vector per sentence; task {self.task!r} labels each word: "
+                             "set finetune.linear_probe: false")
         if self.pooling != "cls" and self.method in {"prompt", "prefix"}:
             raise ValueError(f"finetune.pooling: {self.pooling} reads the encoder's states, which soft prompts ({self.method}) extend: "
                              "use method full, lora or ia3, or set finetune.pooling: cls")

@@ -56,6 +56,7 @@ class FinetuneSummary:
     val_select: float | None = None  # the best epoch's early-stopping score (finetune.select_on; NER: entity F1)
     best_weights: str = "trained"  # or "averaged": the saved weights are finetune.averaging's average
     train_rows: int | None = None  # rows one epoch draws from: training rows (windows), plus entity pairs (finetune.entity_auxiliary)
+    linear_probe: dict | None = None  # finetune.linear_probe: the head's L2 strength and its validation macro-F1 before fine-tuning
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -297,6 +298,18 @@ def finetune(
             more, y_more, src_more = kind.auxiliary_pairs(frame, labels, tokenizer.sep_token)
             texts, y_train = list(texts) + more, list(y_train) + y_more
             train_sources = np.concatenate([np.asarray(train_sources, dtype=object), np.asarray(src_more, dtype=object)])
+    rng = np.random.default_rng(seed)
+    sampler = SourceSampler(train_sources, params.sampling.alpha, params.sampling.weights, rng)
+    val_sources = val["source"].tolist() if "source" in val else []
+    weight = None
+    if params.class_weighting and kind.class_weighting:
+        counts = np.bincount(y_train, weights=sampler.row_weights(), minlength=len(labels))  # as drawn, not as stored
+        weight = torch.tensor(len(y_train) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float)
+    probed = None
+    if params.linear_probe:  # the head fitted on the base's frozen features first (LP-FT: tasks/probe.py)
+        from lmops.tasks.probe import probe
+
+        probed = probe(model, tokenizer, kind, texts, y_train, val_inputs, y_val, len(labels), params.max_length, params.casing, weight)
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -308,13 +321,6 @@ def finetune(
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
 
-    rng = np.random.default_rng(seed)
-    sampler = SourceSampler(train_sources, params.sampling.alpha, params.sampling.weights, rng)
-    val_sources = val["source"].tolist() if "source" in val else []
-    weight = None
-    if params.class_weighting and kind.class_weighting:
-        counts = np.bincount(y_train, weights=sampler.row_weights(), minlength=len(labels))  # as drawn, not as stored
-        weight = torch.tensor(len(y_train) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100)
     train_loss_fn = (torch.nn.CrossEntropyLoss(weight=weight, ignore_index=-100, label_smoothing=params.label_smoothing)
                      if params.label_smoothing else loss_fn)
@@ -421,7 +427,7 @@ def finetune(
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
         temperature=calibrated[0].temperature if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
         val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4), best_weights=best_weights,
-        train_rows=len(texts),
+        train_rows=len(texts), linear_probe=probed,
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -24,7 +24,7 @@ def pooling_of(model) -> str:
 def set_pooling(model, pooling: str) -> None:
     """Record ``pooling`` in the model's config and make its forward pool that way (``finetune.pooling``)."""
     if pooling == "mean":
-        _check(model)
+        linear_head(model, "finetune.pooling: mean", "finetune.pooling: cls")
     if pooling != "cls" or hasattr(model.config, KEY):  # a default model's config stays as transformers writes it
         setattr(model.config, KEY, pooling)
     apply_pooling(model)
@@ -33,20 +33,23 @@ def set_pooling(model, pooling: str) -> None:
 def apply_pooling(model) -> None:
     """Bind the forward the model's config asks for (a freshly loaded model runs its class's own forward)."""
     if pooling_of(model) == "mean":
-        _check(model)
+        linear_head(model, "finetune.pooling: mean", "finetune.pooling: cls")
         model.forward = types.MethodType(_mean_pooled_forward, model)
     elif "forward" in vars(model):
         del model.forward
 
 
-def _check(model) -> None:
+def linear_head(model, setting: str, fix: str):
+    """The model's classifier when it is one linear layer over a hidden state after a dropout (BERT-style sequence
+    classifiers), else a UserError saying that ``setting`` needs one and ``fix`` does without."""
     import torch
 
     head = getattr(model, "classifier", None)
     if not (isinstance(head, torch.nn.Linear) and isinstance(getattr(model, "dropout", None), torch.nn.Dropout)
             and head.in_features == model.config.hidden_size and hasattr(model.base_model, "embeddings")):
-        raise UserError(f"finetune.pooling: mean needs a classifier that is one linear layer over the encoder's hidden states "
-                        f"(BERT-style sequence classifiers); {type(model).__name__} has another head: set finetune.pooling: cls")
+        raise UserError(f"{setting} needs a classifier that is one linear layer over the encoder's hidden states "
+                        f"(BERT-style sequence classifiers); {type(model).__name__} has another head: set {fix}")
+    return head
 
 
 def _mean_pooled_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, inputs_embeds=None, **_):

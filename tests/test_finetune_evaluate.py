@@ -274,6 +274,53 @@ def test_a_mean_pooled_classifier_trains_and_reads_back_the_same_in_torch_and_on
         set_pooling(model, "mean")
 
 
+def test_the_probe_picks_the_penalty_on_validation_and_prefers_the_stronger_on_ties():
+    from lmops.tasks.probe import STRENGTHS, fit_head
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 3
+    y = [i % 3 for i in range(300)]
+    x = centers[y] + torch.randn(300, 16, generator=g)
+    best = fit_head(x[:240], y[:240], x[240:], y[240:], 3)
+    # three well-separated clusters: every strength is perfect on validation, so the strongest is kept
+    assert best["val_macro_f1"] == 1.0 and best["strength"] == max(STRENGTHS)
+    assert best["weight"].shape == (3, 16) and best["bias"].shape == (3,)
+    # labels with no relation to the features: nothing fits validation above chance by much
+    noise = fit_head(x[:240], [int(v) for v in torch.randint(0, 3, (240,), generator=g)], x[240:], y[240:], 3)
+    assert noise["val_macro_f1"] < 0.6
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_linear_probe_sets_the_head_the_model_then_predicts_with(tiny_lm, ingested, pooling):
+    """finetune.linear_probe: the head fitted on frozen features is the model's own head afterwards — its validation
+    macro-F1 as the probe reported it is what the model predicts — whichever pooling the features came from."""
+    import pandas as pd
+
+    from lmops.metrics import macro_f1
+    from lmops.tasks.pooling import set_pooling
+    from lmops.tasks.probe import probe
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    train, val = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "validation.parquet")
+    model, tok = load_classifier(pre.model_dir, LABELS, SEQ, train=True)
+    set_pooling(model, pooling)
+    y, y_val = SEQ.targets(train, LABELS), SEQ.targets(val, LABELS)
+    before = macro_f1(y_val, predict_logits(model, tok, val["text"].tolist(), SEQ, LABELS, 64, 32).argmax(-1).tolist(), 3)
+    got = probe(model, tok, SEQ, train["text"].tolist(), y, val["text"].tolist(), y_val, 3, 64, "none")
+    after = macro_f1(y_val, predict_logits(model, tok, val["text"].tolist(), SEQ, LABELS, 64, 32).argmax(-1).tolist(), 3)
+    assert after == pytest.approx(got["val_macro_f1"], abs=1e-4) and after > before, (before, got)
+
+
+def test_a_fine_tuning_after_a_linear_probe_reports_it(tiny_lm, ingested, tmp_path):
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "full", "linear_probe": True, "epochs": 1, "calibration": "none"})
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / "ft", progress=False)
+    saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())["linear_probe"]
+    assert saved == s.linear_probe and 0.3 < saved["val_macro_f1"] <= 1 and saved["strength"] > 0
+
+
 def test_calibration_module_ece():
     import evaluate
 
