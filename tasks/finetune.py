@@ -286,7 +286,7 @@ def finetune(
     model, tokenizer = load_classifier(base, labels, kind, train=True)
     if params.casing != "none":
         enable_casing(model, params.casing)
-    if params.kind.pools:  # finetune.pooling wins over what a fine-tuned base was saved with
+    if kind.pools:  # finetune.pooling wins over what a fine-tuned base was saved with
         from lmops.tasks.pooling import set_pooling
 
         set_pooling(model, params.pooling)

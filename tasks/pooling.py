@@ -23,8 +23,6 @@ def pooling_of(model) -> str:
 
 def set_pooling(model, pooling: str) -> None:
     """Record ``pooling`` in the model's config and make its forward pool that way (``finetune.pooling``)."""
-    if pooling == "mean":
-        linear_head(model, "finetune.pooling: mean", "finetune.pooling: cls")
     if pooling != "cls" or hasattr(model.config, KEY):  # a default model's config stays as transformers writes it
         setattr(model.config, KEY, pooling)
     apply_pooling(model)

@@ -14,14 +14,13 @@ from typing import Any
 STRENGTHS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def head_inputs(model, tokenizer, kind, inputs: list, max_length: int, casing: str, batch_size: int = 128):
-    """What the linear head reads for each input (an [n, hidden] tensor), as the model computes it in eval mode."""
+def head_inputs(model, head, tokenizer, kind, inputs: list, max_length: int, casing: str, batch_size: int = 128):
+    """What ``head`` (the model's linear head) reads for each input (an [n, hidden] tensor), as the model computes it
+    in eval mode."""
     import torch
 
-    from lmops.tasks.pooling import linear_head
-
     captured: list = []
-    hook = linear_head(model, "finetune.linear_probe", "finetune.linear_probe: false").register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     was_training = model.training
     model.eval()
     try:
@@ -69,10 +68,10 @@ def probe(model, tokenizer, kind, texts: list, y: list, val_inputs: list, y_val:
 
     from lmops.tasks.pooling import linear_head
 
-    x = head_inputs(model, tokenizer, kind, list(texts), max_length, casing)
-    x_val = head_inputs(model, tokenizer, kind, list(val_inputs), max_length, casing)
-    best = fit_head(x, y, x_val, y_val, n_labels, weight)
     head = linear_head(model, "finetune.linear_probe", "finetune.linear_probe: false")
+    x = head_inputs(model, head, tokenizer, kind, list(texts), max_length, casing)
+    x_val = head_inputs(model, head, tokenizer, kind, list(val_inputs), max_length, casing)
+    best = fit_head(x, y, x_val, y_val, n_labels, weight)
     with torch.no_grad():
         head.weight.copy_(best["weight"])
         head.bias.copy_(best["bias"])

@@ -35,9 +35,9 @@ def to_onnx(model_dir: Path, out: Path, max_length: int) -> Path:
     from lmops.models import load_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    # eager attention exports as plain MatMul/Softmax, which ONNX Runtime's transformer optimizer fuses into one Attention op
     from lmops.tasks.pooling import apply_pooling
 
+    # eager attention exports as plain MatMul/Softmax, which ONNX Runtime's transformer optimizer fuses into one Attention op
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=True, attn_implementation="eager").eval()
     apply_pooling(model)  # a mean-pooled classifier (finetune.pooling) exports the forward it was trained with
     tok = load_tokenizer(str(model_dir))
