@@ -175,12 +175,15 @@ def minhasher() -> MinHasher:
     return _HASHER
 
 
-def folded_words(docs: list[str]):
-    """The documents' words, lower-cased (an Arrow list array): what both duplicate tests compare, computed once."""
+def folded_words(docs: list[str], normalized: bool = False):
+    """The documents' words, lower-cased (an Arrow list array): what both duplicate tests compare, computed once.
+    ``normalized``: every document came through ``normalize_text``, so its only whitespace is spaces and line feeds,
+    and splitting on ASCII whitespace (0.4 -> 0.2 s on 25 MB of filings) gives the words the Unicode split would."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    return pc.utf8_split_whitespace(pc.utf8_lower(pa.array(docs, type=pa.large_string())))
+    lower = pc.utf8_lower(pa.array(docs, type=pa.large_string()))
+    return pc.ascii_split_whitespace(lower) if normalized else pc.utf8_split_whitespace(lower)
 
 
 def exact_keys(role: str | list[str], docs: list[str], words=None):

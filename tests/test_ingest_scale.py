@@ -324,3 +324,84 @@ def test_sentence_cuts_are_the_look_behind_split():
     for _ in range(5000):
         t = "".join(rnd.choice("ab .!?\n\t\u2003x") for _ in range(rnd.randint(0, 30)))
         assert _sentences(t) == re.split(r"(?<=[.!?])\s+", t), repr(t)
+
+
+# The fast paths below replace simpler code; the simpler code is kept here as the definition they must equal.
+def _reference_normalize(text: str) -> str:
+    import unicodedata
+
+    from lmops.text import without_invisible
+
+    text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", " ", without_invisible(unicodedata.normalize("NFC", text)))
+    return "\n\n".join(p for p in (" ".join(p.split()) for p in re.split(r"\n\s*\n", text)) if p)
+
+
+def _reference_chunks(text: str, chunk_chars: int) -> list[str]:
+    if len(text) <= chunk_chars:
+        return [text]
+    pieces: list[str] = []
+    for para in text.split("\n\n"):
+        if len(para) <= chunk_chars:
+            pieces.append(para)
+            continue
+        for sent in re.split(r"(?<=[.!?])\s+", para):
+            pieces.extend(sent[i : i + chunk_chars] for i in range(0, len(sent), chunk_chars))
+    chunks, current = [], ""
+    for piece in pieces:
+        if current and len(current) + 1 + len(piece) > chunk_chars:
+            chunks.append(current)
+            current = piece
+        else:
+            current = f"{current} {piece}" if current else piece
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def test_the_other_spaces_are_every_whitespace_character_the_control_class_leaves():
+    from lmops.text import OTHER_SPACES
+
+    control = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+    expected = {c for c in map(chr, range(0x110000)) if c.isspace() and c not in " \n" and not control.match(c)}
+    assert set(OTHER_SPACES) == expected
+
+
+def test_normalization_chunking_and_word_splitting_equal_their_simple_definitions():
+    import random
+
+    from lmops.tasks.dedup import folded_words
+    from lmops.tasks.ingest import chunk_text
+    from lmops.text import OTHER_SPACES, normalize_text
+
+    rnd = random.Random(0)
+    alphabet = list("ab .!?\n\n\x00\x0b\x0c\x1c\x1f\x85\x7f\u200b\ufeffe\u0301ÉX") + list(OTHER_SPACES)
+    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40))) for _ in range(20_000)]
+    for t in texts:
+        n = normalize_text(t)
+        assert n == _reference_normalize(t), repr(t)
+        for size in (1, 3, 8):
+            assert chunk_text(t, size) == _reference_chunks(t, size), (repr(t), size)
+            assert chunk_text(n, size) == _reference_chunks(n, size), (repr(n), size)
+    # a normalized text's only whitespace is spaces and line feeds: the ASCII split finds the Unicode split's words
+    normalized = [normalize_text(t) for t in texts]
+    assert folded_words(normalized, normalized=True).equals(folded_words(normalized))
+    assert not folded_words(["a\xa0b"], normalized=True).equals(folded_words(["a\xa0b"]))  # (what the flag assumes)
+
+
+def test_page_furniture_removal_keeps_every_other_line_in_place():
+    import random
+
+    from lmops.text import Boilerplate
+
+    boiler = Boilerplate([r"[0-9]+", r"(?i)table of contents"], repeated_line_min=2, repeated_line_max_chars=20)
+    rnd = random.Random(0)
+    lines = ["12", " 7 ", "Table of Contents", "ACME CORP", "", "\u200b", "We grew.", "Revenue rose 4%.", "and"]
+    for _ in range(3000):
+        text = "\n".join(rnd.choice(lines) for _ in range(rnd.randint(0, 30)))
+        out, removed = boiler.strip(text)
+        keys = [ln.strip() for ln in text.replace("\u200b", "").split("\n")]
+        drop = {i for i, k in enumerate(keys) if k and boiler._line.fullmatch(k)}
+        if drop:
+            near = boiler._near_breaks(keys, sorted(drop), drop)
+            drop |= {i for i in near if sum(keys[j] == keys[i] for j in near) >= 2}
+        assert removed == len(drop) and out == "\n".join(ln for i, ln in enumerate(text.split("\n")) if i not in drop), repr(text)
