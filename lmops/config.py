@@ -358,6 +358,10 @@ class FinetuneParams(Section):
     # strength chosen on validation) before fine-tuning everything, so the first steps do not distort the features
     # through a random head
     linear_probe: bool = False
+    # entity-targeted sentiment (task: entity): the target entity's mentions in the headline wrapped in this marker
+    # ("Gold shines; * Silver * dull" for the pair about Silver), so the model need not find the entity the pair
+    # names by matching it; saved in the model's config, read by every encoder of its inputs. "" = off
+    entity_marker: str = ""
 
     @model_validator(mode="after")
     def _casing_needs_words(self) -> "FinetuneParams":
@@ -370,6 +374,11 @@ class FinetuneParams(Section):
         if self.pooling != "cls" and not self.kind.pools:
             raise ValueError(f"finetune.pooling: {self.pooling} makes one vector of a sentence; task {self.task!r} labels each word: "
                              "set finetune.pooling: cls")
+        if self.entity_marker and not self.kind.entity_marking:
+            raise ValueError(f"finetune.entity_marker marks the target entity of an (entity, text) pair; task {self.task!r} has no target "
+                             'entity: set finetune.entity_marker: ""')
+        if self.entity_marker and (self.entity_marker != self.entity_marker.strip() or any(c.isspace() for c in self.entity_marker)):
+            raise ValueError(f"finetune.entity_marker: {self.entity_marker!r} must be a short string without whitespace, e.g. '*'")
         if self.linear_probe and not self.kind.pools:
             raise ValueError(f"finetune.linear_probe fits a head over one vector per sentence; task {self.task!r} labels each word: "
                              "set finetune.linear_probe: false")

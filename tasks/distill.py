@@ -94,9 +94,10 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     import torch
     from tqdm.auto import tqdm
 
+    from lmops.kinds.base import Reading
     from lmops.metrics import macro_f1
     from lmops.tasks.finetune import warmup_linear
-    from lmops.tasks.predict import casing_of, load_classifier, predict_logits
+    from lmops.tasks.predict import load_classifier, predict_logits
 
     kind = ft.kind
     if not kind.calibrated:
@@ -132,6 +133,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     ce = torch.nn.CrossEntropyLoss(ignore_index=-100)
     t2 = params.temperature ** 2
     rng = np.random.default_rng(seed)
+    reading = Reading.of(model)  # the student reads its inputs as its first teacher did (its config is a copy)
     best, best_epoch, best_state, stale, history = -1.0, 0, None, 0, []
     bar = tqdm(total=steps, desc=f"distill ({len(keep)} of {n_layers} layers)", disable=not progress, unit="step", mininterval=2.0)
     for epoch in range(1, params.epochs + 1):
@@ -140,7 +142,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
         total = 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
-            enc = kind.encode(tokenizer, [inputs[j] for j in idx], ft.max_length, casing_of(model))
+            enc = kind.encode(tokenizer, [inputs[j] for j in idx], ft.max_length, reading)
             logits = model(**enc).logits
             kl = torch.nn.functional.kl_div(torch.log_softmax(logits / params.temperature, -1), soft[torch.as_tensor(idx)], reduction="batchmean") * t2
             target = torch.tensor([targets[j] for j in idx])

@@ -272,6 +272,7 @@ def finetune(
     import torch
     from tqdm.auto import tqdm
 
+    from lmops.kinds.base import Reading
     from lmops.tasks.plots import loss_curve
     from lmops.tasks.predict import load_classifier, predict_logits
 
@@ -284,12 +285,18 @@ def finetune(
     texts, val_inputs = kind.inputs(train), kind.inputs(val)
 
     model, tokenizer = load_classifier(base, labels, kind, train=True)
+    # what params say wins over what a fine-tuned base was saved with, and training reads the inputs as evaluation will
     if params.casing != "none":
         enable_casing(model, params.casing)
-    if kind.pools:  # finetune.pooling wins over what a fine-tuned base was saved with
+    elif getattr(model.config, "lmops_casing", None):
+        model.config.lmops_casing = "none"
+    if kind.pools:
         from lmops.tasks.pooling import set_pooling
 
         set_pooling(model, params.pooling)
+    if params.entity_marker or getattr(model.config, "lmops_entity_marker", None):
+        model.config.lmops_entity_marker = params.entity_marker
+    reading = Reading.of(model)
     # sentences longer than max_length become several training rows instead of losing their tail
     texts, y_train, origin = kind.training_windows(tokenizer, texts, y_train, labels, params.max_length)
     train_sources = (train["source"].to_numpy()[origin] if "source" in train else np.array(["all"] * len(texts), dtype=object))
@@ -309,7 +316,7 @@ def finetune(
     if params.linear_probe:  # the head fitted on the base's frozen features first (LP-FT: tasks/probe.py)
         from lmops.tasks.probe import probe
 
-        probed = probe(model, tokenizer, kind, texts, y_train, val_inputs, y_val, len(labels), params.max_length, params.casing, weight)
+        probed = probe(model, tokenizer, kind, texts, y_train, val_inputs, y_val, len(labels), params.max_length, reading, weight)
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -356,7 +363,7 @@ def finetune(
         epoch_loss = 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
-            enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length, params.casing)
+            enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length, reading)
             loss = kind.batch_loss(train_loss_fn, model(**enc).logits, enc, [y_train[j] for j in idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

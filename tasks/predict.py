@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lmops.kinds import TaskKind
+from lmops.kinds.base import Reading
 
 
 def saved_labels(model_dir: str | Path) -> list[str] | None:
@@ -75,11 +76,6 @@ def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = 
     return model, tokenizer
 
 
-def casing_of(model) -> str:
-    """How the model was taught to see capitals (``finetune.casing``, saved in its config as ``lmops_casing``)."""
-    return getattr(getattr(model, "config", None), "lmops_casing", None) or "none"
-
-
 def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[str], max_length: int, batch_size: int):
     """Logits per row: a [n, labels] tensor, or for token kinds a list of [words, labels] tensors."""
     import torch
@@ -88,13 +84,13 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
     fill = kind.fill_index(labels)
     order = getattr(model, "lmops_label_order", None)  # a model saved with another label order, read by name
     calibrator = getattr(model, "lmops_calibrator", None)
-    casing = casing_of(model)
+    reading = Reading.of(model)
     units: list = []
     pieces, plan = kind.windows(tokenizer, inputs, max_length)
     with torch.no_grad():
         for i in range(0, len(pieces), batch_size):
             batch = pieces[i : i + batch_size]
-            enc = kind.encode(tokenizer, batch, max_length, casing)
+            enc = kind.encode(tokenizer, batch, max_length, reading)
             logits = model(**enc).logits.float()
             if order is not None:
                 logits = logits[..., order]

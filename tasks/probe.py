@@ -14,7 +14,7 @@ from typing import Any
 STRENGTHS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def head_inputs(model, head, tokenizer, kind, inputs: list, max_length: int, casing: str, batch_size: int = 128):
+def head_inputs(model, head, tokenizer, kind, inputs: list, max_length: int, reading, batch_size: int = 128):
     """What ``head`` (the model's linear head) reads for each input (an [n, hidden] tensor), as the model computes it
     in eval mode."""
     import torch
@@ -26,7 +26,7 @@ def head_inputs(model, head, tokenizer, kind, inputs: list, max_length: int, cas
     try:
         with torch.no_grad():
             for i in range(0, len(inputs), batch_size):
-                model(**kind.encode(tokenizer, inputs[i : i + batch_size], max_length, casing))
+                model(**kind.encode(tokenizer, inputs[i : i + batch_size], max_length, reading))
     finally:
         hook.remove()
         model.train(was_training)
@@ -62,15 +62,15 @@ def fit_head(x, y: list, x_val, y_val: list, n_labels: int, weight=None) -> dict
 
 
 def probe(model, tokenizer, kind, texts: list, y: list, val_inputs: list, y_val: list, n_labels: int, max_length: int,
-          casing: str, weight=None) -> dict[str, Any]:
+          reading, weight=None) -> dict[str, Any]:
     """Fit the model's linear head on its frozen features and set it; returns the strength and validation macro-F1."""
     import torch
 
     from lmops.tasks.pooling import linear_head
 
     head = linear_head(model, "finetune.linear_probe", "finetune.linear_probe: false")
-    x = head_inputs(model, head, tokenizer, kind, list(texts), max_length, casing)
-    x_val = head_inputs(model, head, tokenizer, kind, list(val_inputs), max_length, casing)
+    x = head_inputs(model, head, tokenizer, kind, list(texts), max_length, reading)
+    x_val = head_inputs(model, head, tokenizer, kind, list(val_inputs), max_length, reading)
     best = fit_head(x, y, x_val, y_val, n_labels, weight)
     with torch.no_grad():
         head.weight.copy_(best["weight"])

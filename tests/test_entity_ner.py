@@ -11,6 +11,7 @@ import torch
 from lmops.config import params_from_dict
 from lmops.errors import ConfigError
 from lmops.kinds import KINDS
+from lmops.kinds.base import Reading
 from lmops.tasks.ingest import ingest
 from lmops.tasks.readers import to_iob2
 from tests.conftest import FIXTURES, tiny_params_dict
@@ -264,6 +265,53 @@ def test_length_grouped_batches_cut_padding_and_keep_every_row():
     assert padded(grouped) < 0.7 * padded(order)
 
 
+def test_the_entity_marker_wraps_every_whole_word_mention_of_the_target_in_any_case():
+    from lmops.kinds.entity import mark_entity
+
+    assert mark_entity("Silver", "Gold shines; silver dull", "*") == "Gold shines; * silver * dull"
+    assert mark_entity("Gold", "Gold shines; Silver dull", "*") == "* Gold * shines; Silver dull"
+    assert mark_entity("Tata", "Tata Motors up, Tatas down, tata steel flat", "*") == "* Tata * Motors up, Tatas down, * tata * steel flat"
+    assert mark_entity("M&M", "M&M (Mahindra) gains", "«") == "« M&M « (Mahindra) gains"  # regex characters are literal
+    assert mark_entity("S&P 500", "Sensex up; S&P 500 down", "*") == "Sensex up; * S&P 500 * down"
+    assert mark_entity("Infosys", "TCS rises", "*") == "TCS rises"  # a mention not found: the text as it was
+    with pytest.raises(ConfigError, match="finetune.entity_marker"):
+        params_from_dict(tiny_params_dict(finetune={"entity_marker": "*"}))  # the headline task has no target entity
+    with pytest.raises(ConfigError, match="finetune.entity_marker"):
+        params_from_dict(tiny_params_dict(finetune={"task": "entity", "entity_marker": "< <"}))
+    assert params_from_dict(tiny_params_dict(finetune={"task": "entity", "entity_marker": "*"})).finetune.entity_marker == "*"
+
+
+def test_a_marked_entity_model_saves_its_marker_and_every_reader_marks_alike(tiny_lm, tmp_path):
+    from lmops.tasks.evaluate import evaluate_model
+    from lmops.tasks.finetune import finetune
+    from lmops.tasks.predict import load_classifier, predict_logits
+
+    _, pre, _ = tiny_lm
+    p = params_from_dict(tiny_params_dict(finetune={"task": "entity", "epochs": 2, "entity_marker": "*"}))
+    labels, kind = p.validate_.labels, KINDS["entity"]
+    data = tmp_path / "data"
+    ingest(p.ingest, labels, data, p.project.seed, kind)
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, labels, p.finetune, 0, tmp_path / "ft", progress=False)
+    assert json.loads((Path(s.model_dir) / "config.json").read_text())["lmops_entity_marker"] == "*"
+    model, tok = load_classifier(s.model_dir, labels, kind)
+    assert Reading.of(model) == Reading(entity_marker="*")
+    pairs = kind.inputs(pd.read_parquet(data / "test.parquet"))
+    star = tok.convert_tokens_to_ids("*")
+    marked = kind.encode(tok, pairs, 64, Reading.of(model))["input_ids"]
+    assert (marked == star).sum() >= len(pairs)  # (nearly) every target found and marked on both sides
+    assert (kind.encode(tok, pairs, 64)["input_ids"] == star).sum() < (marked == star).sum()
+    # evaluation reads the model as it was trained: its predictions are those of the marked inputs
+    r = evaluate_model(Path(s.model_dir), data / "test.parquet", labels, 64, 32, tmp_path / "ev", kind)
+    logits = predict_logits(model, tok, pairs, kind, labels, 64, 32)
+    assert [labels[j] for j in logits.argmax(-1)] == pd.read_parquet(r.predictions_path)["prediction"].tolist()
+    model.config.lmops_entity_marker = ""  # a reader that ignored the saved marker would see other inputs
+    assert not torch.allclose(logits, predict_logits(model, tok, pairs, kind, labels, 64, 32))
+    # a fine-tuning without the marker, from the marked model, trains and saves a model that reads plain pairs
+    again = finetune(data / "train.parquet", data / "validation.parquet", s.model_dir, labels,
+                     p.finetune.model_copy(update={"entity_marker": "", "epochs": 1}), 0, tmp_path / "ft2", progress=False)
+    assert json.loads((Path(again.model_dir) / "config.json").read_text())["lmops_entity_marker"] == ""
+
+
 def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
     src = tmp_path / "s.csv"
     src.write_text('Title,Decisions\n'
@@ -349,7 +397,7 @@ def test_casing_marks_every_subtoken_of_a_capitalised_word(tmp_path):
     tok = _vocab_tokenizer(tmp_path)
     kind = KINDS["token"]
     words = [["Silicon", "valley", "ROSE", "$Apple", "iPhone"], ["apple"]]
-    plain, cased = kind.encode(tok, words, 16), kind.encode(tok, words, 16, "token_type")
+    plain, cased = kind.encode(tok, words, 16), kind.encode(tok, words, 16, Reading(casing="token_type"))
     assert tok.convert_ids_to_tokens(cased["input_ids"][0])[:7] == ["[CLS]", "sil", "##icon", "valley", "rose", "$", "apple"]
     torch.testing.assert_close(cased["input_ids"], plain["input_ids"])  # the same ids: the tokenizer cannot see case
     assert plain["token_type_ids"].sum() == 0
@@ -381,7 +429,7 @@ def test_casing_is_a_token_task_option_and_needs_token_type_embeddings():
 
 def test_a_cased_tagger_saves_its_casing_and_every_reader_encodes_alike(tiny_lm, ner_data, tmp_path):
     from lmops.tasks.finetune import finetune
-    from lmops.tasks.predict import casing_of, load_classifier, predict_logits
+    from lmops.tasks.predict import load_classifier, predict_logits
 
     _, pre, _ = tiny_lm
     out, _, p = ner_data
@@ -390,7 +438,7 @@ def test_a_cased_tagger_saves_its_casing_and_every_reader_encodes_alike(tiny_lm,
     assert json.loads((Path(s.model_dir) / "config.json").read_text())["lmops_casing"] == "token_type"
     kind = KINDS["token"]
     model, tok = load_classifier(s.model_dir, NER_LABELS, kind)
-    assert casing_of(model) == "token_type"
+    assert Reading.of(model).casing == "token_type"
     words = kind.inputs(pd.read_parquet(out / "test.parquet").head(12))
     cased = predict_logits(model, tok, words, kind, NER_LABELS, fp.max_length, 8)
     lowered = predict_logits(model, tok, [[w.lower() for w in ws] for ws in words], kind, NER_LABELS, fp.max_length, 8)

@@ -3,7 +3,24 @@ text); a kind overrides what differs. Heavy libraries are imported inside the me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a fine-tuned model reads its inputs beyond its tokenizer. Fine-tuning saves it in the model's config
+    (``lmops_casing``, ``lmops_entity_marker``) and every encoder of the model's inputs (training, prediction,
+    evaluation, the gate's read-back, the monitor, distillation) reads it from there, so a model is always read the
+    way it was trained."""
+
+    casing: str = "none"  # finetune.casing: capitalised words marked through the token-type embeddings (token kinds)
+    entity_marker: str = ""  # finetune.entity_marker: the target entity's mentions wrapped in it (entity kinds)
+
+    @classmethod
+    def of(cls, model) -> "Reading":
+        config = getattr(model, "config", None)
+        return cls(casing=getattr(config, "lmops_casing", None) or "none", entity_marker=getattr(config, "lmops_entity_marker", None) or "")
 
 
 class TaskKind:
@@ -166,8 +183,8 @@ class TaskKind:
         index = {l: i for i, l in enumerate(labels)}
         return [index[l] for l in frame["label"]]
 
-    def encode(self, tokenizer, inputs: list, max_length: int, casing: str = "none"):
-        """A padded batch for the model; ``casing`` is the model's ``lmops_casing`` (see :func:`casing_of`)."""
+    def encode(self, tokenizer, inputs: list, max_length: int, reading: Reading = Reading()):
+        """A padded batch for the model, read as ``reading`` (the model's, :meth:`Reading.of`) says."""
         return tokenizer(inputs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
     def windows(self, tokenizer, inputs: list, max_length: int) -> tuple[list, Any]:
@@ -248,6 +265,8 @@ class TaskKind:
     calibrated: ClassVar[bool] = True
     # encode can mark capitalised words (finetune.casing): only kinds whose inputs are words
     casing_feature: ClassVar[bool] = False
+    # encode can mark the target entity in the text (finetune.entity_marker): only kinds whose inputs are (entity, text)
+    entity_marking: ClassVar[bool] = False
     text_inputs: ClassVar[bool] = True  # a model input is one plain text (so unlabeled corpus texts can be inputs too)
     resampled: ClassVar[str] = "rows"  # what the bootstrap intervals resample
     confusion_title: ClassVar[str] = "Confusion matrix"

@@ -4,9 +4,11 @@ The model sees ``[CLS] entity [SEP] headline [SEP]``."""
 from __future__ import annotations
 
 import json
+import re
+from functools import lru_cache
 from typing import Any
 
-from lmops.kinds.base import TaskKind
+from lmops.kinds.base import Reading, TaskKind
 
 
 class EntityKind(TaskKind):
@@ -15,6 +17,7 @@ class EntityKind(TaskKind):
     labeled_format = "sentfin"
     text_inputs = False  # an input is an (entity, headline) pair
     entity_auxiliary = False  # its rows are the entity pairs already
+    entity_marking = True
 
     def rows(self, item, src, text: str, labels: list[str], base: dict[str, Any]):
         """One row per (headline, entity); the pair is kept in ``entities`` as {entity: label}."""
@@ -42,7 +45,22 @@ class EntityKind(TaskKind):
     def inputs(self, frame) -> list:
         return [(next(iter(json.loads(e))), t) for e, t in zip(frame["entities"], frame["text"])]
 
-    def encode(self, tokenizer, inputs: list, max_length: int, casing: str = "none"):
+    def encode(self, tokenizer, inputs: list, max_length: int, reading: Reading = Reading()):
         # [CLS] entity [SEP] headline [SEP]: the headline is cut, never the entity
+        if reading.entity_marker:
+            inputs = [(e, mark_entity(e, t, reading.entity_marker)) for e, t in inputs]
         return tokenizer([e for e, _ in inputs], [t for _, t in inputs], truncation="only_second", max_length=max_length,
                          padding=True, return_tensors="pt")
+
+
+def mark_entity(entity: str, text: str, marker: str) -> str:
+    """``text`` with every mention of ``entity`` (whole words, any case) wrapped in ``marker``: "Gold shines;
+    * Silver * dull" for Silver. A headline with two entities of opposite sentiment reads the same for both
+    otherwise, and the model must find the one the pair names by matching it against the text; a mention it cannot
+    find (0.8% of SEntFiN's entities are not spelled as in their headline) leaves the text as it is."""
+    return _mention(entity).sub(lambda m: f"{marker} {m.group(0)} {marker}", text)
+
+
+@lru_cache(maxsize=4096)
+def _mention(entity: str):
+    return re.compile(r"(?<!\w)" + re.escape(entity) + r"(?!\w)", re.IGNORECASE)

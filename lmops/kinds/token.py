@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lmops.kinds.base import TaskKind
+from lmops.kinds.base import Reading, TaskKind
 
 
 class TokenKind(TaskKind):
@@ -69,9 +69,9 @@ class TokenKind(TaskKind):
         index = {l: i for i, l in enumerate(labels)}
         return [[index[t] for t in tags.split(" ")] for tags in frame["label"]]
 
-    def encode(self, tokenizer, inputs: list, max_length: int, casing: str = "none"):
+    def encode(self, tokenizer, inputs: list, max_length: int, reading: Reading = Reading()):
         enc = tokenizer(inputs, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        if casing == "token_type":
+        if reading.casing == "token_type":
             import torch
 
             # every sub-token of a word whose first letter is a capital gets segment 1, the rest 0
