@@ -438,6 +438,14 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
     sa, sb = side(ra, names[0], labels_a), side(rb, names[1], labels_b)
     metrics = [m for m in dict.fromkeys((p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1")) if m in diff]
     verdicts = {m: diff[m]["ci95"][0] > 0 or diff[m]["ci95"][1] < 0 for m in metrics}
+    # the same difference on each of the kind's slices of these rows that the predictions identify (the entity
+    # kind's pairs of headlines whose entities disagree): a change made for one kind of row is judged on those rows
+    slices = {}
+    for name, idx in p.finetune.kind.slices(frames[0]).items():
+        pick = (lambda values: [values[i] for i in idx])  # noqa: E731
+        d = p.finetune.kind.paired_bootstrap_runs(pick(frames[0]["label"].tolist()), [pick(f["prediction"].tolist()) for f in frames[: len(ra)]],
+                                                  [pick(f["prediction"].tolist()) for f in frames[len(ra):]], p.validate_.labels, p.project.seed)
+        slices[name] = {"n": len(idx), **{m: d[m] for m in metrics if m in d}}
     resampled = (f"paired bootstrap, {diff['n_bootstrap']} resamples of the same rows for both models" if "runs" not in diff else
                  f"the mean over {len(ra)} run(s) of A and {len(rb)} of B; two-level bootstrap, {diff['n_bootstrap']} resamples of the "
                  "same rows and of each side's runs (so the interval holds the spread between seeds too)")
@@ -451,9 +459,14 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
         lines += ["", "| run | side | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
         lines += [f"| {label} | {side} | " + " | ".join(f"{r.headline()[m]:.4f}" for m in metrics) + " |"
                   for side, labels, results in (("A", labels_a, ra), ("B", labels_b, rb)) for label, r in zip(labels, results)]
+    if slices:
+        lines += ["", "| slice | n | metric | difference | 95% interval | distinguishable from noise |", "|---|---:|---|---:|---|---|"]
+        lines += [f"| {name} | {s['n']} | {m} | {s[m]['diff']:+.4f} | [{s[m]['ci95'][0]:+.4f}, {s[m]['ci95'][1]:+.4f}] | "
+                  f"{'yes' if s[m]['ci95'][0] > 0 or s[m]['ci95'][1] < 0 else 'no'} |" for name, s in slices.items() for m in metrics if m in s]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"a": sa, "b": sb, "b_minus_a": diff, "distinguishable": verdicts, "n": rb[0].n, "report": str(out / "report.md")}
+    return {"a": sa, "b": sb, "b_minus_a": diff, "distinguishable": verdicts, "n": rb[0].n, "report": str(out / "report.md"),
+            **({"slices": slices} if slices else {})}
 
 
 def distill(p: Params, teachers: list[Path], data: "Snapshot", out: Path, names: list[str] | None = None) -> dict:

@@ -26,7 +26,7 @@ def test_shipped_config_layers_validate():
     assert [s.name for s in labeled] == ["sentfin", "tweets"] and labeled[1].split_alone and all(Path(s.path).exists() for s in labeled)
     assert both.finetune.sampling.alpha == 0.5 and both.finetune.select_on == "source_mean" and both.finetune.lr == 1e-4
     entity = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "minilm-entity.yaml"])
-    assert entity.finetune.task == "entity" and entity.finetune.entity_marker == "*"
+    assert entity.finetune.task == "entity" and entity.finetune.entity_marker == ""  # measured over two seeds: noise
     gpu = load_params(REPO / "params.yaml", layers=[REPO / "configs" / "gpu-pretrain.yaml"])
     assert gpu.pretrain.compile and gpu.pretrain.dropout == 0.0 and gpu.pretrain.hidden_size == 768
 

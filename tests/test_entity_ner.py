@@ -303,13 +303,32 @@ def test_a_marked_entity_model_saves_its_marker_and_every_reader_marks_alike(tin
     # evaluation reads the model as it was trained: its predictions are those of the marked inputs
     r = evaluate_model(Path(s.model_dir), data / "test.parquet", labels, 64, 32, tmp_path / "ev", kind)
     logits = predict_logits(model, tok, pairs, kind, labels, 64, 32)
-    assert [labels[j] for j in logits.argmax(-1)] == pd.read_parquet(r.predictions_path)["prediction"].tolist()
+    predictions = pd.read_parquet(r.predictions_path)
+    assert [labels[j] for j in logits.argmax(-1)] == predictions["prediction"].tolist()
+    # the report scores the pairs of headlines whose entities disagree apart from the rest (the seeded split has both)
+    test = pd.read_parquet(data / "test.parquet")
+    mixed = (test.groupby(test["id"].str.rsplit(":", n=1).str[0])["label"].transform("nunique") > 1).to_numpy()
+    right = (predictions["prediction"] == predictions["label"]).to_numpy()
+    assert 0 < mixed.sum() < len(test) and set(r.report["slices"]) == {"mixed_headlines", "consistent_headlines"}
+    for name, rows in (("mixed_headlines", mixed), ("consistent_headlines", ~mixed)):
+        assert r.report["slices"][name]["n"] == rows.sum() and r.report["slices"][name]["accuracy"] == pytest.approx(right[rows].mean())
+    assert "slice `mixed_headlines`" in Path(r.report_path).read_text()
     model.config.lmops_entity_marker = ""  # a reader that ignored the saved marker would see other inputs
     assert not torch.allclose(logits, predict_logits(model, tok, pairs, kind, labels, 64, 32))
     # a fine-tuning without the marker, from the marked model, trains and saves a model that reads plain pairs
     again = finetune(data / "train.parquet", data / "validation.parquet", s.model_dir, labels,
                      p.finetune.model_copy(update={"entity_marker": "", "epochs": 1}), 0, tmp_path / "ft2", progress=False)
     assert json.loads((Path(again.model_dir) / "config.json").read_text())["lmops_entity_marker"] == ""
+    # `lmops compare` judges a change on the kind's slices too: the paired difference on the mixed headlines' pairs
+    from lmops.tasks.stages import compare_models
+
+    q = params_from_dict(tiny_params_dict(finetune={"task": "entity", "max_length": 64}, evaluate={"batch_size": 32}, cache={"enabled": False}))
+    cmp = compare_models(q, [s.model_dir], [again.model_dir], data / "test.parquet", tmp_path / "cmp")
+    fa, fb = (pd.read_parquet(tmp_path / "cmp" / side / "predictions.parquet") for side in ("a", "b"))
+    assert fa["prediction"].tolist() == predictions["prediction"].tolist()  # the marked model is read marked here too
+    gain = (fb["prediction"] == fb["label"]).to_numpy()[mixed].mean() - (fa["prediction"] == fa["label"]).to_numpy()[mixed].mean()
+    assert cmp["slices"]["mixed_headlines"]["n"] == mixed.sum() and cmp["slices"]["mixed_headlines"]["accuracy"]["diff"] == pytest.approx(gain, abs=1e-4)
+    assert "| mixed_headlines |" in Path(cmp["report"]).read_text()
 
 
 def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):

@@ -242,6 +242,12 @@ class TaskKind:
         f1 = macro_f1(targets, logits.argmax(-1).tolist(), len(labels))
         return {"val_loss": val_loss, "macro": f1, "select": f1}
 
+    def slices(self, frame) -> dict[str, list[int]]:
+        """Row subsets an evaluation also scores on their own (report["slices"]): each source, where there are several."""
+        if "source" not in frame or frame["source"].nunique() < 2:
+            return {}
+        return {str(name): idx.tolist() for name, idx in frame.groupby("source").indices.items()}
+
     def report(self, logits, refs: list, labels: list[str]) -> tuple[dict[str, Any], list[str], list[float], Any]:
         """(report, predicted label text, confidence, scorer of a row subset) for an evaluation."""
         from lmops.metrics import bootstrap_ece, calibration, classification_report

@@ -33,6 +33,16 @@ class EntityKind(TaskKind):
         # rows of one headline share an id prefix: no headline is in two splits
         return frame["id"].str.rsplit(":", n=1).str[0]
 
+    def slices(self, frame) -> dict[str, list[int]]:
+        """Each source's pairs, and the pairs of headlines whose entities disagree ("Gold shines; Silver dull") apart
+        from the rest: what the entity model is for, since one label per headline is wrong there by construction."""
+        out = super().slices(frame)
+        mixed = (frame.groupby(self.split_groups(frame).to_numpy())["label"].transform("nunique") > 1).to_numpy()
+        if mixed.any() and not mixed.all():
+            out["mixed_headlines"] = mixed.nonzero()[0].tolist()
+            out["consistent_headlines"] = (~mixed).nonzero()[0].tolist()
+        return out
+
     def eval_file_format(self, by_suffix: str) -> str:
         return "sentfin"  # entity labels come as SEntFiN's Title + Decisions columns
 
