@@ -55,14 +55,14 @@ server-stop:
 
 # two workers on two cores (pytest-xdist; tests/conftest.py gives each torch process one thread)
 test: $(VENV)/.installed
-	bash .ci/pytest.sh -n 2 --dist loadfile $(PYTEST_ARGS)
+	bash .ci/pytest.sh -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # the tier the default run leaves out (marked slow); CI runs it after make test
 test-slow: $(VENV)/.installed setup-minilm setup-browser
 	bash .ci/pytest.sh -m slow $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed setup-minilm setup-browser
-	bash .ci/pytest.sh -n 2 --dist loadfile -m "" $(PYTEST_ARGS)
+	bash .ci/pytest.sh -n 2 --dist loadfile --no-loadscope-reorder -m "" $(PYTEST_ARGS)
 
 # CPU benchmarks as BENCHMARKS.md records them (an otherwise idle machine; one at a time)
 bench: setup-minilm

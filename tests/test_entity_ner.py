@@ -148,6 +148,18 @@ def test_ner_finetune_learns_and_reports_entity_f1(ner_runs, tmp_path):
     assert (preds["prediction"].str.split(" ").str.len() == test["text"].str.split(" ").str.len()).all()
     assert "entity-level (seqeval" in Path(r.report_path).read_text()
     assert len(r.report["confusion_matrix"]) == len(NER_LABELS)
+    # every predicted sequence is valid IOB2 (the Viterbi path over the model's own logits), where a per-word argmax is not
+    from lmops.kinds.token import iob2_transitions, viterbi_tags
+    from lmops.tasks.predict import load_classifier, predict_logits
+
+    allowed, opens = iob2_transitions(NER_LABELS)
+    ids = [[NER_LABELS.index(t) for t in p.split()] for p in preds["prediction"]]
+    assert all(opens[t[0]] and all(allowed[a, b] for a, b in zip(t, t[1:])) for t in ids if t)
+    model, tok = load_classifier(s.model_dir, NER_LABELS, KINDS["token"])
+    logits = predict_logits(model, tok, KINDS["token"].inputs(test), KINDS["token"], NER_LABELS, fp.max_length, 16)
+    assert ids == [viterbi_tags(l, NER_LABELS) for l in logits]
+    confidence = [float(l.softmax(-1)[range(len(t)), t].mean()) for l, t in zip(logits, ids)]
+    assert preds["confidence"].tolist() == pytest.approx(confidence, abs=1e-6)
 
 
 def test_ner_lora_reload_and_adapter_reproduce_the_merged_model(ner_runs):
@@ -482,6 +494,46 @@ def test_word_windows_cover_a_long_sentence_within_budget_and_never_cut_inside_a
     guarded = word_windows(counts, 5, 0, can_cut=[j != 4 for j in range(12)])
     assert all(b != 4 for _, b in guarded[:-1]) and guarded[-1][1] == 12
     assert word_windows([9, 1], 5, 0) == [(0, 1), (1, 2)]  # one over-long word is a window alone
+
+
+def test_viterbi_tags_are_the_most_probable_valid_iob2_sequence():
+    import itertools
+
+    import numpy as np
+
+    from lmops.kinds.token import iob2_transitions, viterbi_tags
+
+    labels = ["O", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    allowed, opens = iob2_transitions(labels)
+
+    def valid(path):
+        return opens[path[0]] and all(allowed[a, b] for a, b in zip(path, path[1:]))
+
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 4, 5] * 40:
+        scores = torch.log_softmax(torch.as_tensor(rng.normal(0, 2, (n, len(labels)))), -1)
+        path = viterbi_tags(scores, labels)
+        assert valid(path)
+        best = max((p for p in itertools.product(range(len(labels)), repeat=n) if valid(p)),
+                   key=lambda p: float(sum(scores[t, j] for t, j in enumerate(p))))
+        assert float(sum(scores[t, j] for t, j in enumerate(path))) == pytest.approx(float(sum(scores[t, j] for t, j in enumerate(best))))
+        argmax = scores.argmax(-1).tolist()
+        if valid(argmax):
+            assert path == argmax
+    # a type switch inside a span ("Silicon Valley Bank, a California corporation" read B-ORG I-ORG I-LOC) is one span
+    words = torch.log(torch.tensor([[.05, .9, .02, .02, .01], [.05, .01, .6, .04, .3], [.05, .01, .35, .04, .55]]))
+    assert [labels[j] for j in words.argmax(-1)] == ["B-ORG", "I-ORG", "I-LOC"]
+    assert [labels[j] for j in viterbi_tags(words, labels)] == ["B-ORG", "I-ORG", "I-ORG"]
+    # ... and so read every reader of the token kind: predictions, evaluation reports, validation during training
+    kind, gold = KINDS["token"], [[1, 2, 2]]
+    assert kind.decode([words], labels)[0] == ["B-ORG I-ORG I-ORG"]
+    assert kind.decode([words], labels)[1] == [pytest.approx((.9 + .6 + .35) / 3)]
+    report, text, _, _ = kind.report([words], gold, labels)
+    assert text == ["B-ORG I-ORG I-ORG"] and report["micro_f1"] == 1.0  # the argmax would find 2 spans, both wrong
+    assert kind.validation_score([words], gold, labels, torch.nn.CrossEntropyLoss())["entity_f1"] == 1.0
+    # a sentence cannot open inside a span, nor a span inside O
+    assert [labels[j] for j in viterbi_tags(torch.log(torch.tensor([[.3, .3, .4, 0., 0.]])), labels)] in (["O"], ["B-ORG"])
+    assert viterbi_tags(torch.zeros((0, len(labels))), labels) == []
 
 
 def test_a_sentence_longer_than_max_length_is_tagged_to_its_last_word(tmp_path):

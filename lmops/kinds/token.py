@@ -150,10 +150,17 @@ class TokenKind(TaskKind):
     def stack(self, units: list, num_labels: int):
         return list(units)
 
-    def decode(self, logits, labels: list[str]) -> tuple[list[str], list[float]]:
+    def tags(self, logits, labels: list[str]) -> list[list[int]]:
+        """Each sentence's tag ids: the most probable valid IOB2 sequence, so every reader (validation, evaluation,
+        prediction, the monitor) sees whole spans of one type."""
+        return [viterbi_tags(l, labels) for l in logits]
+
+    def decode(self, logits, labels: list[str], tags: list[list[int]] | None = None) -> tuple[list[str], list[float]]:
+        """Tag strings, and each sentence's confidence: the mean probability of its words' chosen tags."""
+        tags = self.tags(logits, labels) if tags is None else tags
         probs = [l.softmax(-1) for l in logits]
-        return ([" ".join(labels[j] for j in p.argmax(-1).tolist()) for p in probs],
-                [float(p.max(-1).values.mean()) if len(p) else 1.0 for p in probs])
+        return ([" ".join(labels[j] for j in t) for t in tags],
+                [float(p[range(len(t)), t].mean()) if len(p) else 1.0 for p, t in zip(probs, tags)])
 
     # --- metrics -------------------------------------------------------------------------------------
     def subset(self, logits, idx: list[int]):
@@ -167,7 +174,7 @@ class TokenKind(TaskKind):
         flat = torch.cat(logits) if logits else torch.zeros((0, len(labels)))
         gold = [t for tags in targets for t in tags]
         val_loss = float(loss_fn(flat, torch.as_tensor(gold, dtype=torch.long))) if gold else float("nan")
-        scores = seqeval_scores(targets, [l.argmax(-1).tolist() for l in logits], labels)
+        scores = seqeval_scores(targets, self.tags(logits, labels), labels)
         # early stopping on entity-level micro F1, the usual NER headline: rare types make macro noisy
         return {"val_loss": val_loss, "macro": scores["macro_f1"], "select": scores["micro_f1"], "entity_f1": scores["micro_f1"]}
 
@@ -177,17 +184,17 @@ class TokenKind(TaskKind):
 
         from lmops.metrics import calibration, seqeval_scores
 
-        preds = [l.argmax(-1).tolist() for l in logits]
+        preds = self.tags(logits, labels)
         report = seqeval_scores(refs, preds, labels)
         flat_probs = torch.cat(logits).softmax(-1) if logits else torch.zeros((0, len(labels)))
         flat_refs = [t for r in refs for t in r]
-        report["confusion_matrix"] = confusion_matrix(flat_refs, flat_probs.argmax(-1).tolist(), labels=list(range(len(labels)))).tolist()
-        report["calibration"] = calibration(flat_probs, flat_refs)  # per word
+        report["confusion_matrix"] = confusion_matrix(flat_refs, [t for p in preds for t in p], labels=list(range(len(labels)))).tolist()
+        report["calibration"] = calibration(flat_probs, flat_refs)  # per word, of the softmax itself
 
         def score(idx):
             return seqeval_scores([refs[i] for i in idx], [preds[i] for i in idx], labels)
 
-        text, confidence = self.decode(logits, labels)
+        text, confidence = self.decode(logits, labels, preds)
         return report, text, confidence, score
 
     class_noun = "entity type"
@@ -285,3 +292,39 @@ def align_tags(enc, tag_ids: list[list[int]]):
 def _capitalised(word: str) -> bool:
     """Its first letter is upper case ("Apple", "NYSE", "$AAPL"; not "iPhone", "10-K")."""
     return next((c for c in word if c.isalpha()), "").isupper()
+
+
+def iob2_transitions(labels: list[str]):
+    """Which tag may follow which in IOB2, as a (from, to) boolean matrix, and which may open a sentence:
+    ``I-X`` only after ``B-X`` or ``I-X``; every other tag anywhere."""
+    import numpy as np
+
+    inside = [l[2:] if l.startswith("I-") else None for l in labels]
+    allowed = np.ones((len(labels), len(labels)), dtype=bool)
+    for j, kind in enumerate(inside):
+        if kind is not None:
+            allowed[:, j] = [l in (f"B-{kind}", f"I-{kind}") for l in labels]
+    return allowed, np.array([k is None for k in inside])
+
+
+def viterbi_tags(logits, labels: list[str]) -> list[int]:
+    """The tag sequence of highest probability (sum of per-word log-softmax) among those that are valid IOB2.
+    A per-word argmax can open a span with ``I-X`` or switch type inside one ("B-ORG I-ORG I-LOC"), which seqeval
+    reads as extra, wrong spans; here every span is whole and of one type. Equal to the argmax wherever that is valid."""
+    import numpy as np
+
+    scores = np.asarray(logits.log_softmax(-1) if hasattr(logits, "log_softmax") else logits, dtype=np.float64)
+    if len(scores) == 0:
+        return []
+    allowed, opens = iob2_transitions(labels)
+    barrier = np.where(allowed, 0.0, -np.inf)
+    best = np.where(opens, scores[0], -np.inf)
+    back = np.zeros((len(scores), len(labels)), dtype=np.int64)
+    for t in range(1, len(scores)):
+        step = best[:, None] + barrier  # [from, to]
+        back[t] = step.argmax(0)
+        best = step.max(0) + scores[t]
+    path = [int(best.argmax())]
+    for t in range(len(scores) - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
