@@ -299,7 +299,7 @@ def test_a_marked_entity_model_saves_its_marker_and_every_reader_marks_alike(tin
     from lmops.tasks.predict import load_classifier, predict_logits
 
     _, pre, _ = tiny_lm
-    p = params_from_dict(tiny_params_dict(finetune={"task": "entity", "epochs": 2, "entity_marker": "*"}))
+    p = params_from_dict(tiny_params_dict(finetune={"task": "entity", "epochs": 1, "entity_marker": "*"}))
     labels, kind = p.validate_.labels, KINDS["entity"]
     data = tmp_path / "data"
     ingest(p.ingest, labels, data, p.project.seed, kind)

@@ -388,6 +388,37 @@ def test_several_runs_per_side_score_their_mean_and_widen_the_interval_by_their_
     assert width(both) > 2 * width(one) and both["macro_f1"]["ci95"][0] < 0  # with both seeds: not distinguishable
 
 
+def test_the_paired_bootstrap_equals_its_sklearn_definition_draw_for_draw():
+    """The paired bootstrap scores macro-F1 from one bincount per draw; the definition is sklearn's f1_score (every
+    label counted, 0 where a class is neither present nor predicted), computed here with the same draws."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from lmops.metrics import _macro_f1, bootstrap_diff_runs
+
+    rng = np.random.default_rng(1)
+    for n, k in [(1, 3), (7, 3), (50, 5), (300, 3)] * 25:
+        y, p = rng.integers(0, k, n), rng.integers(0, k - 1, n)  # the last class never predicted, some never present
+        assert _macro_f1(y, p, k) == pytest.approx(f1_score(y, p, labels=list(range(k)), average="macro", zero_division=0), abs=1e-12)
+    y = rng.integers(0, 3, 200)
+    runs_a, runs_b = [rng.integers(0, 3, 200) for _ in range(2)], [np.where(rng.random(200) < 0.7, y, (y + 1) % 3)]
+    got = bootstrap_diff_runs(y.tolist(), [r.tolist() for r in runs_a], [r.tolist() for r in runs_b], LABELS, n=200, seed=3)
+    r = np.random.default_rng(3)  # the reference: the same draws in the same order, scored by sklearn
+
+    def arm(runs, pick, idx):
+        return (np.mean([(runs[j][idx] == y[idx]).mean() for j in pick]),
+                np.mean([f1_score(y[idx], runs[j][idx], labels=[0, 1, 2], average="macro", zero_division=0) for j in pick]))
+
+    draws = []
+    for _ in range(200):
+        idx, pick_a, pick_b = r.integers(0, 200, 200), r.integers(0, 2, 2), [0]
+        (acc_a, f1_a), (acc_b, f1_b) = arm(runs_a, pick_a, idx), arm(runs_b, pick_b, idx)
+        draws.append((acc_b - acc_a, f1_b - f1_a))
+    for j, name in enumerate(("accuracy", "macro_f1")):
+        assert got[name]["ci95"] == [round(float(v), 4) for v in np.percentile(np.array(draws)[:, j], [2.5, 97.5])]
+        assert got[name]["p_b_not_better"] == round(float((np.array(draws)[:, j] <= 0).mean()), 4)
+
+
 def test_entity_bootstrap_resamples_sentences_and_scores_spans_like_seqeval():
     import numpy as np
     from seqeval.metrics import accuracy_score, f1_score

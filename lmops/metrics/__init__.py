@@ -93,15 +93,14 @@ def bootstrap_diff_runs(refs: list[int], runs_a: list[list[int]], runs_b: list[l
     runs as well — a two-level bootstrap, so the interval holds the noise of training as well as of the test rows.
     With one run per arm it is the plain paired bootstrap, draw for draw."""
     import numpy as np
-    from sklearn.metrics import f1_score
 
-    y = np.asarray(refs)
-    A, B = (np.asarray(r).reshape(len(r), len(y)) for r in (runs_a, runs_b))
-    ids = list(range(len(labels)))
+    y = np.asarray(refs, dtype=np.int64)
+    A, B = (np.asarray(r, dtype=np.int64).reshape(len(r), len(y)) for r in (runs_a, runs_b))
+    k = len(labels)
 
     def arm(runs, pick, idx):
         return (float(np.mean([(runs[r][idx] == y[idx]).mean() for r in pick])),
-                float(np.mean([f1_score(y[idx], runs[r][idx], labels=ids, average="macro", zero_division=0) for r in pick])))
+                float(np.mean([_macro_f1(y[idx], runs[r][idx], k) for r in pick])))
 
     def scores(idx, pick_a, pick_b):
         (acc_a, f1_a), (acc_b, f1_b) = arm(A, pick_a, idx), arm(B, pick_b, idx)
@@ -121,6 +120,17 @@ def bootstrap_diff_runs(refs: list[int], runs_a: list[list[int]], runs_b: list[l
     if len(A) > 1 or len(B) > 1:
         out["runs"] = {"a": len(A), "b": len(B)}
     return out
+
+
+def _macro_f1(y, p, k: int) -> float:
+    """sklearn's ``f1_score(average="macro", labels=range(k), zero_division=0)`` from one bincount: 2·tp / (support +
+    predicted) per class, 0 where both are 0. sklearn's own call costs ~4 ms, and a paired bootstrap makes 2,000."""
+    import numpy as np
+
+    cells = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+    tp = np.diag(cells).astype(np.float64)
+    denom = cells.sum(0) + cells.sum(1)
+    return float(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean())
 
 
 def bootstrap_diff_entities(refs: list[list[str]], pred_a: list[list[str]], pred_b: list[list[str]], n: int = 1000, seed: int = 0) -> dict[str, Any]:
