@@ -3,7 +3,7 @@ with, on FIN3 (test), FIN5's validation split and WNUT17's test and dev sets (th
 corporation+group tags as PER / LOC / ORG, like configs/minilm-ner.yaml maps the training set); paired bootstrap
 over sentences.
 
-Run: .venv/bin/python benchmarks/ner_decoding.py MODEL_DIR INGEST_DIR/test.parquet benchmarks/results/ner_viterbi.json
+Run: .venv/bin/python benchmarks/ner_decoding.py MODEL_DIR INGEST_DIR/test.parquet benchmarks/results/ner_viterbi.json [WNUT17_DIR]
 (INGEST_DIR: the ingest stage of a `lmops finetune --params configs/minilm-ner.yaml` run; its validation.parquet is read too)
 """
 import html, json, sys
@@ -18,7 +18,7 @@ model_dir, test_path = sys.argv[1], sys.argv[2]
 labels = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 kind = KINDS["token"]
 model, tok = load_classifier(model_dir, labels, kind)
-WNUT = "../shared/data/ner_wnut17"
+WNUT = sys.argv[4] if len(sys.argv) > 4 else "../shared/data/ner_wnut17"  # the bundled copy holds the training file only
 WMAP = {"person": "PER", "location": "LOC", "corporation": "ORG", "group": "ORG"}
 
 
