@@ -437,7 +437,10 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
 
     sa, sb = side(ra, names[0], labels_a), side(rb, names[1], labels_b)
     metrics = [m for m in dict.fromkeys((p.gate.primary_metric, "macro_f1", "accuracy", "micro_f1")) if m in diff]
-    verdicts = {m: diff[m]["ci95"][0] > 0 or diff[m]["ci95"][1] < 0 for m in metrics}
+    def distinguishable(d) -> bool:  # the 95% interval of the difference leaves out 0
+        return d["ci95"][0] > 0 or d["ci95"][1] < 0
+
+    verdicts = {m: distinguishable(diff[m]) for m in metrics}
     # the same difference on each of the kind's slices of these rows that the predictions identify (the entity
     # kind's pairs of headlines whose entities disagree): a change made for one kind of row is judged on those rows
     slices = {}
@@ -462,7 +465,7 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
     if slices:
         lines += ["", "| slice | n | metric | difference | 95% interval | distinguishable from noise |", "|---|---:|---|---:|---|---|"]
         lines += [f"| {name} | {s['n']} | {m} | {s[m]['diff']:+.4f} | [{s[m]['ci95'][0]:+.4f}, {s[m]['ci95'][1]:+.4f}] | "
-                  f"{'yes' if s[m]['ci95'][0] > 0 or s[m]['ci95'][1] < 0 else 'no'} |" for name, s in slices.items() for m in metrics if m in s]
+                  f"{'yes' if distinguishable(s[m]) else 'no'} |" for name, s in slices.items() for m in metrics if m in s]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"a": sa, "b": sb, "b_minus_a": diff, "distinguishable": verdicts, "n": rb[0].n, "report": str(out / "report.md"),

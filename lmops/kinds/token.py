@@ -4,6 +4,7 @@ entity-level scores over exact spans."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -294,6 +295,15 @@ def _capitalised(word: str) -> bool:
     return next((c for c in word if c.isalpha()), "").isupper()
 
 
+@functools.lru_cache(maxsize=8)
+def _barrier(labels: tuple[str, ...]):
+    """0 where IOB2 lets tag ``from`` be followed by ``to``, -inf where not; and the log-weight of opening with each tag."""
+    import numpy as np
+
+    allowed, opens = iob2_transitions(list(labels))
+    return np.where(allowed, 0.0, -np.inf), np.where(opens, 0.0, -np.inf)
+
+
 def iob2_transitions(labels: list[str]):
     """Which tag may follow which in IOB2, as a (from, to) boolean matrix, and which may open a sentence:
     ``I-X`` only after ``B-X`` or ``I-X``; every other tag anywhere."""
@@ -313,12 +323,11 @@ def viterbi_tags(logits, labels: list[str]) -> list[int]:
     reads as extra, wrong spans; here every span is whole and of one type. Equal to the argmax wherever that is valid."""
     import numpy as np
 
-    scores = np.asarray(logits.log_softmax(-1) if hasattr(logits, "log_softmax") else logits, dtype=np.float64)
+    scores = np.asarray(logits.log_softmax(-1), dtype=np.float64)
     if len(scores) == 0:
         return []
-    allowed, opens = iob2_transitions(labels)
-    barrier = np.where(allowed, 0.0, -np.inf)
-    best = np.where(opens, scores[0], -np.inf)
+    barrier, opening = _barrier(tuple(labels))
+    best = scores[0] + opening
     back = np.zeros((len(scores), len(labels)), dtype=np.int64)
     for t in range(1, len(scores)):
         step = best[:, None] + barrier  # [from, to]
