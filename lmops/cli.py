@@ -334,9 +334,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model_dir = _model_dir(args.model, run.root)
     title = f"{args.model} on {args.data or 'the test split'}"
     lm = language_model_objective(model_dir)
+    if not lm:  # scored as what it is (its task, labels and reading length), whatever the current params train
+        params = stages.for_model(params, model_dir)
     counts = None
     if args.data:  # a user's file, through the ingest rules: every row kept, quarantined (with its reason) or a duplicate
-        data, counts = (load_text_file(Path(args.data), run.stage("data")) if lm else load_labeled_file(Path(args.data), params, run.stage("data"))[:2])
+        data, counts = (load_text_file(Path(args.data), run.stage("data")) if lm
+                        else load_labeled_file(Path(args.data), params, run.stage("data"), params.evaluate.file_columns())[:2])
         if not args.json:
             print(f"{args.data}: rows_in {counts.rows_in} = kept {counts.kept} + quarantined {counts.quarantined} + duplicates {counts.duplicates}"
                   + (f" (reasons: {run.stage('data') / 'quarantine.parquet'})" if counts.quarantined else ""))
@@ -351,9 +354,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(r | rows))
         return 0
     r = stages.evaluate(params, model_dir, data, run.stage("evaluate"), title)
+    read_as = {"task": params.finetune.task, "labels": params.validate_.labels, "max_length": stages.reading_length(params, model_dir)}
     if not args.json:
         print(Path(r.report_path).read_text())
-    print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"]} | rows, default=str))
+    print(json.dumps({k: v for k, v in r.__dict__.items() if k != "report"} | {"per_class": r.report["per_class"], "read_as": read_as} | rows,
+                     default=str))
     return 0
 
 
@@ -566,7 +571,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         run = RunLayout(new_run_dir("compare"))
         a, b = ([_model_dir(r, run.root / f"{side}{i}") for i, r in enumerate(refs)] for side, refs in zip("ab", runs))
-        data = load_labeled_file(Path(args.data), params, run.stage("data"))[0] if args.data else _snapshot(params).test
+        data = load_labeled_file(Path(args.data), params, run.stage("data"), params.evaluate.file_columns())[0] if args.data else _snapshot(params).test
         out["scored"] = stages.compare_models(params, a, b, data, run.stage("compare"), names=(a_ref, b_ref))
 
     def text(o):
@@ -630,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None, help="language models: tokens per block (default tokenize.block_size)")
     p.add_argument("model")
     p.add_argument("--data", help="a labeled CSV/TSV/JSONL/Parquet file (text,label; CoNLL for NER; SEntFiN columns for entity "
-                   "sentiment), or any text for a language model, ingested with the same rules")
+                   "sentiment), or any text for a language model, ingested with the same rules; other columns and label names: "
+                   "evaluate.text_column, evaluate.label_column, evaluate.label_map, evaluate.format")
     p.set_defaults(func=cmd_evaluate)
 
     mon = sub.add_parser("monitor", help="finance sentiment monitoring with the champion").add_subparsers(dest="monitor_command", required=True)
@@ -740,9 +746,21 @@ def _positional_before_overrides(args: argparse.Namespace) -> None:
             args.overrides = [x for x in items if x is not plain[0]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes no positional after an option once the positionals are filled, so overrides written after
+    # the options (`lmops evaluate MODEL --data F k=v`) come back unparsed: they are overrides all the same
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _positional_before_overrides(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     from lmops.env import ensure_home
 
     try:

@@ -426,6 +426,18 @@ class DistillParams(Section):
 
 class EvaluateParams(Section):
     batch_size: int = 64
+    # Tokens read per input when a model is scored (evaluation, the gate, compare): null = as the model was trained
+    # (the finetune.max_length saved with it; params' finetune.max_length for a model saved before that was recorded).
+    max_length: int | None = Field(default=None, ge=8)
+    # How `lmops evaluate/compare --data FILE` reads a user's labeled file, as a gate set's fields do:
+    # e.g. evaluate.text_column=sentence 'evaluate.label_map={Positive: positive, Negative: negative}'
+    format: Literal["csv", "jsonl", "parquet", "sentfin", "conll"] | None = None  # None = from the file's suffix
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: dict[str, str] = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
+
+    def file_columns(self) -> dict:
+        return self.model_dump(include={"format", "text_column", "label_column", "label_map"})
 
 
 class GateSetParams(Section):

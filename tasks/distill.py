@@ -126,6 +126,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     keep = params.layers or list(range(0, n_layers, 2))
     model = shrink(model, keep)
     model.lmops_calibrator = None  # the student is calibrated on its own below
+    model.config.lmops_task, model.config.lmops_max_length = kind.name, ft.max_length
     student_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=ft.weight_decay)
     steps = math.ceil(len(inputs) / params.batch_size) * params.epochs

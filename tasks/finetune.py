@@ -297,6 +297,8 @@ def finetune(
     if params.entity_marker or getattr(model.config, "lmops_entity_marker", None):
         model.config.lmops_entity_marker = params.entity_marker
     reading = Reading.of(model)
+    # what evaluation, the gate and `lmops evaluate MODEL` read the folder as, whatever params are current then
+    model.config.lmops_task, model.config.lmops_max_length = kind.name, params.max_length
     # sentences longer than max_length become several training rows instead of losing their tail
     texts, y_train, origin = kind.training_windows(tokenizer, texts, y_train, labels, params.max_length)
     train_sources = (train["source"].to_numpy()[origin] if "source" in train else np.array(["all"] * len(texts), dtype=object))
@@ -424,7 +426,7 @@ def finetune(
         # Soft prompts cannot be merged: the model folder is the adapter plus its base, so the registered version
         # still loads when the run folder (or pretraining output) it was trained from is pruned.
         shutil.copytree(adapter_dir, model_dir)
-        _embed_base(model_dir, base)
+        _embed_base(model_dir, base, {"lmops_task": kind.name, "lmops_max_length": params.max_length})
     if calibrated:
         calibration.write(model_dir, *calibrated)
     plot = loss_curve({"train": train_pts, "validation": val_pts, "validation, averaged weights": avg_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
@@ -456,9 +458,10 @@ def _auxiliary_frames(train_path: Path, mode: str) -> list:
 BASE_SUBDIR = "base"
 
 
-def _embed_base(adapter_dir: Path, base: str) -> None:
-    """Copy a local base model into ``adapter_dir/base`` and point the adapter at it by that relative name. A hub
-    id stays a reference (the hub is its store)."""
+def _embed_base(adapter_dir: Path, base: str, record: dict) -> None:
+    """Copy a local base model into ``adapter_dir/base`` and point the adapter at it by that relative name, with
+    ``record`` (what the folder is, as a fully fine-tuned model's config says it) in its config. A hub id stays a
+    reference (the hub is its store)."""
     src = Path(base)
     if not src.is_dir():
         return
@@ -471,3 +474,6 @@ def _embed_base(adapter_dir: Path, base: str) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = BASE_SUBDIR
     cfg_path.write_text(json.dumps(cfg, indent=2))
+    base_cfg = dst / "config.json"
+    if base_cfg.is_file():
+        base_cfg.write_text(json.dumps(json.loads(base_cfg.read_text()) | record, indent=2))

@@ -25,6 +25,28 @@ def saved_labels(model_dir: str | Path) -> list[str] | None:
     return names
 
 
+def saved_config(model_dir: str | Path) -> dict:
+    """The config a model folder was saved with ({} if none): its config.json, or a soft-prompt folder's embedded base's."""
+    for cfg in (Path(model_dir) / "config.json", Path(model_dir) / "base" / "config.json"):
+        if cfg.is_file():
+            return json.loads(cfg.read_text())
+    return {}
+
+
+def saved_task(model_dir: str | Path) -> str | None:
+    """The task kind a fine-tuned model was trained for (``lmops_task`` in its config; a tagger by its architecture for
+    models saved before that was recorded), or None when the folder does not say (then params decide)."""
+    cfg = saved_config(model_dir)
+    if cfg.get("lmops_task"):
+        return cfg["lmops_task"]
+    return "token" if any(a.endswith("ForTokenClassification") for a in cfg.get("architectures") or []) else None
+
+
+def saved_max_length(model_dir: str | Path) -> int | None:
+    """The tokens per input a fine-tuned model was trained on (its finetune.max_length, ``lmops_max_length``), or None."""
+    return saved_config(model_dir).get("lmops_max_length")
+
+
 def load_classifier(base: str, labels: list[str], kind: TaskKind, train: bool = False):
     """A classifier (or tagger) and its tokenizer from a folder, a ``pkg:``-resolved path or a hub id.
 

@@ -259,16 +259,44 @@ def model_folder(ref: str, dest: Path) -> Path:
     return registry.download_model(registry.show(ref)["source"], dest)
 
 
+def reading_length(p: Params, model_dir: str | Path) -> int:
+    """Tokens per input a model is scored with: evaluate.max_length if set, else as the model was trained."""
+    from lmops.tasks.predict import saved_max_length
+
+    return p.evaluate.max_length or saved_max_length(model_dir) or p.finetune.max_length
+
+
+def for_model(p: Params, model_dir: str | Path) -> Params:
+    """``p`` with the task and labels a fine-tuned model says it has (its folder is the truth, not today's params):
+    what a standalone ``lmops evaluate MODEL`` scores it as. Unchanged for a folder that does not say."""
+    from lmops.tasks.predict import saved_labels, saved_task
+
+    task, labels = saved_task(model_dir), saved_labels(model_dir)
+    update = {}
+    if task and task != p.finetune.task:
+        update["finetune"] = p.finetune.model_copy(update={"task": task})
+    if labels and sorted(labels) != sorted(p.validate_.labels):
+        update["validate_"] = p.validate_.model_copy(update={"labels": labels})
+    return p.model_copy(update=update) if update else p
+
+
 def evaluate(p: Params, model_dir: str | Path, data_path: Path, out: Path, title: str):
+    from lmops.errors import DataError
     from lmops.tasks.evaluate import EvalResult, evaluate_model
+    from lmops.tasks.predict import saved_task
     from lmops.tasks.stagecache import file_digest, model_identity
 
+    task, max_length = saved_task(model_dir), reading_length(p, model_dir)
+    if task and task != p.finetune.task:
+        raise DataError(f"model {model_dir} was trained for finetune.task {task}, but these params score finetune.task {p.finetune.task} "
+                        "(its rows and metrics): compare it with models of its own task, or set finetune.task")
+
     def compute():
-        return evaluate_model(Path(model_dir), data_path, p.validate_.labels, p.finetune.max_length, p.evaluate.batch_size, out,
+        return evaluate_model(Path(model_dir), data_path, p.validate_.labels, max_length, p.evaluate.batch_size, out,
                               p.finetune.kind, title=title)
 
     inputs = {"model": model_identity(model_dir), "data": file_digest(data_path), "labels": p.validate_.labels, "task": p.finetune.task,
-              "max_length": p.finetune.max_length, "title": title}
+              "max_length": max_length, "title": title}
     return _reuse(p, "evaluate", inputs, out, compute, lambda d: EvalResult(**d))
 
 
@@ -378,7 +406,7 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
         from lmops.tasks.monitor.drift import write_reference
 
         monitor_ref = write_reference(ft.model_dir, run.data.train, run.data.test, ev.predictions_path, p.validate_.labels,
-                                      p.finetune.max_length, run.stage("monitor-reference"))
+                                      reading_length(p, ft.model_dir), run.stage("monitor-reference"))
     artifacts = {
         "monitor": monitor_ref,
         "model": Path(ft.model_dir), "adapter": Path(ft.adapter_dir) if ft.adapter_dir else None, "evaluate": run.stage("evaluate"),
@@ -388,7 +416,7 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
     run_id, source = registry.log_candidate(p.register_.experiment, run.name, p.to_dict(), metrics, lineage, artifacts,
                                             registry.training_curves(pre.history if pre else [], ft.history))
     # Read the logged model back and make sure it predicts what we evaluated before registering it.
-    check_readback(source, Path(ev.predictions_path), run.data.test, p.validate_.labels, p.finetune.max_length, run.stage("readback"),
+    check_readback(source, Path(ev.predictions_path), run.data.test, p.validate_.labels, reading_length(p, ft.model_dir), run.stage("readback"),
                    p.finetune.kind)
     return registry.register_version(p.register_.model_name, run_id, source, lineage, decision.promote, decision.champion_version,
                                      description="\n".join(decision.reasons))

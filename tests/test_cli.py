@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import run_cli, tiny_params_dict
@@ -59,7 +60,7 @@ def test_run_data_must_be_a_snapshot(project, tmp_path):
 
 def test_a_model_argument_before_overrides_is_the_model():
     """argparse fills `overrides` (nargs=*) first: `lmops evaluate MODEL k=v` used to take k=v as the model."""
-    from lmops.cli import _positional_before_overrides, build_parser
+    from lmops.cli import _positional_before_overrides, build_parser, parse
 
     p = build_parser()
     for argv, attr in ((["evaluate", "m@champion", "a.b=1", "c=2"], "model"), (["export", "m@1", "a.b=1"], "ref"), (["evaluate", "m"], "model")):
@@ -68,6 +69,11 @@ def test_a_model_argument_before_overrides_is_the_model():
         assert getattr(args, attr) == argv[1] and args.overrides == argv[2:], vars(args)
     cmp = p.parse_args(["compare", "m@2", "a.b=1"])  # the optional second model: an override in its place is an override
     assert (cmp.first, cmp.second, cmp.overrides) == ("m@2", "a.b=1", [])  # cmd_compare moves it (tested through test_flow)
+    # overrides after the options are overrides too (argparse alone leaves them unrecognized); anything else is an error
+    args = parse(["evaluate", "m@champion", "--data", "f.csv", "--json", "a.b=1", "c={x: y}"])
+    assert (args.model, args.data, args.json, args.overrides) == ("m@champion", "f.csv", True, ["a.b=1", "c={x: y}"])
+    with pytest.raises(SystemExit):
+        parse(["evaluate", "m@champion", "--data", "f.csv", "stray"])
 
 
 def test_a_stage_refuses_a_project_snapshot_of_another_task(project, lmops_home, ingested):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from lmops.config import params_from_dict
 from lmops.errors import ConfigError
@@ -14,7 +15,7 @@ from lmops.kinds import KINDS
 from lmops.kinds.base import Reading
 from lmops.tasks.ingest import ingest
 from lmops.tasks.readers import to_iob2
-from tests.conftest import FIXTURES, tiny_params_dict
+from tests.conftest import FIXTURES, run_cli, tiny_params_dict
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
@@ -360,8 +361,8 @@ def test_entity_task_deduplicates_headlines_whatever_their_entities(tmp_path):
     assert sorted(json.loads(e).popitem()[0] for e in labeled["entities"]) == ["Nifty", "Sensex", "Steel"]
 
 
-def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):
-    """`lmops evaluate MODEL --data FILE` under finetune.task token ingests FILE as CoNLL, same rules."""
+def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path, project):
+    """`lmops evaluate MODEL --data FILE` reads a tagger's FILE as CoNLL, same rules, whatever the project's params."""
     from lmops.tasks.evaluate import evaluate_model, load_labeled_file
 
     (s, fp), _ = ner_runs[0]["full"], ner_runs[1]
@@ -372,6 +373,13 @@ def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path):
     assert len(frame) > 50 and (frame["text"].str.split(" ").str.len() == frame["label"].str.split(" ").str.len()).all()
     r = evaluate_model(Path(s.model_dir), data, NER_LABELS, fp.max_length, 16, tmp_path / "ev", KINDS["token"])
     assert r.n == len(frame) and "PER" in r.report["per_class"]
+    # the command reads the tagger as what it is, in a project whose params train a sentiment classifier at length 32
+    assert ner_params().finetune.max_length == 96 and yaml.safe_load((project / "params.yaml").read_text())["finetune"]["max_length"] == 32
+    out = run_cli("evaluate", s.model_dir, "--data", str(FIXTURES / "ner_sec" / "FIN3_sample.txt"), "--json", cwd=project)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["read_as"] == {"task": "token", "labels": NER_LABELS, "max_length": 96}
+    assert res["n"] == r.n and res["micro_f1"] == pytest.approx(r.micro_f1, abs=1e-9)
 
 
 def test_compare_base_for_ner_bootstraps_entity_f1_over_sentences(ner_runs, tiny_lm, tmp_path):

@@ -59,6 +59,53 @@ def test_reloaded_model_predicts_identically(lora_run):
     torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
 
 
+def test_a_model_is_scored_as_it_was_trained_whatever_the_current_params(lora_run, tiny_lm, tmp_path, project):
+    """Evaluation, the gate and compare read a model with the task and the length it was trained with (saved in its
+    config), not with whatever finetune.max_length the params hold when it is scored; evaluate.max_length overrides."""
+    import pandas as pd
+
+    from lmops.errors import DataError
+    from lmops.tasks import stages
+    from tests.conftest import run_cli
+
+    s, fp, data = lora_run
+    _, _, p = tiny_lm
+    cfg = json.loads((Path(s.model_dir) / "config.json").read_text())
+    assert cfg["lmops_task"] == "sequence" and cfg["lmops_max_length"] == fp.max_length == 32
+    test = data / "test.parquet"
+    assert pd.read_parquet(test)["text"].str.split().str.len().max() > 8  # cut at 8 tokens, these headlines read otherwise
+
+    def probs(r):
+        return pd.read_parquet(r.predictions_path)["confidence"].round(5).tolist()
+
+    at = {n: evaluate_model(Path(s.model_dir), test, LABELS, n, 64, tmp_path / f"direct{n}", SEQ) for n in (32, 8)}
+    assert probs(at[32]) != probs(at[8])
+    short_params = p.model_copy(update={"finetune": p.finetune.model_copy(update={"max_length": 8})})
+    assert probs(stages.evaluate(short_params, s.model_dir, test, tmp_path / "a", "t")) == probs(at[32])
+    chosen = p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"max_length": 8})})
+    assert probs(stages.evaluate(chosen, s.model_dir, test, tmp_path / "b", "t")) == probs(at[8])
+    assert stages.reading_length(p, tmp_path) == p.finetune.max_length  # a folder that does not say: params decide
+    # a model of another task is an error where params fix the task (the gate, compare) ...
+    tagger_params = p.model_copy(update={"finetune": p.finetune.model_copy(update={"task": "token"})})
+    with pytest.raises(DataError, match="trained for finetune.task sequence"):
+        stages.evaluate(tagger_params, s.model_dir, test, tmp_path / "c", "t")
+    # ... and what a standalone `lmops evaluate MODEL` reads it as
+    assert stages.for_model(tagger_params, s.model_dir).finetune.task == "sequence"
+    assert stages.for_model(p, s.model_dir) is p
+    # a user's file with its own column and label names, read through evaluate.* (as a gate set's fields)
+    frame = pd.read_parquet(test)
+    names = {"positive": "Bullish", "negative": "Bearish", "neutral": "Neutral"}
+    mine = tmp_path / "mine.csv"
+    pd.DataFrame({"sentence": frame["text"], "sentiment": frame["label"].map(names)}).to_csv(mine, index=False)
+    out = run_cli("evaluate", s.model_dir, "--data", str(mine), "--json", "finetune.max_length=8", "evaluate.text_column=sentence",
+                  "evaluate.label_column=sentiment", "evaluate.label_map={Bullish: positive, Bearish: negative, Neutral: neutral}",
+                  cwd=project)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["read_as"] == {"task": "sequence", "labels": p.validate_.labels, "max_length": 32}
+    assert res["n"] == len(frame) and res["macro_f1"] == pytest.approx(at[32].macro_f1, abs=1e-9)
+
+
 def test_full_finetune_beats_chance_on_validation(tiny_lm, ingested, tmp_path):
     _, pre, p = tiny_lm
     data = ingested[0]
