@@ -9,14 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmops.errors import ConfigError
 
 LABELS_DEFAULT = ["negative", "neutral", "positive"]
+
+
+def _raw_label(value: Any) -> Any:
+    """A label_map key as ingest compares raw labels (tasks/readers.py ``_label``): YAML reads ``{0: negative}``'s key
+    as the integer 0, the column's label is the string "0"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+# raw label → a validate.labels name
+LabelMap = dict[Annotated[str, BeforeValidator(_raw_label)], str]
 
 
 class Section(BaseModel):
@@ -42,7 +56,7 @@ class SourceParams(Section):
     split: str = "train"  # hf only
     label_column: str | None = "label"
     # Raw label value (as a string) → canonical label name, e.g. {"0": negative, "bearish": negative}.
-    label_map: dict[str, str] = Field(default_factory=dict)
+    label_map: LabelMap = Field(default_factory=dict)
     max_rows: int | None = Field(default=None, ge=1)
     # Put every row of this labeled source in one split (e.g. a published test file); the other
     # labeled sources are then split without that part.
@@ -434,7 +448,7 @@ class EvaluateParams(Section):
     format: Literal["csv", "jsonl", "parquet", "sentfin", "conll"] | None = None  # None = from the file's suffix
     text_column: str = "text"
     label_column: str = "label"
-    label_map: dict[str, str] = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
+    label_map: LabelMap = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
 
     def file_columns(self) -> dict:
         return self.model_dump(include={"format", "text_column", "label_column", "label_map"})
@@ -450,7 +464,7 @@ class GateSetParams(Section):
     format: Literal["csv", "jsonl", "parquet", "sentfin", "conll"] | None = None  # None = from the file's suffix
     text_column: str = "text"
     label_column: str = "label"
-    label_map: dict[str, str] = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
+    label_map: LabelMap = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
     min_score: float = Field(default=0.0, ge=0, le=1)  # floor on gate.primary_metric here
     # The candidate may score at most this much below the champion here (0 = no regression at all); null = floor only.
     max_drop: float | None = Field(default=0.0, ge=0)
@@ -548,7 +562,7 @@ class ArrivalParams(Section):
     min_new_rows: int = Field(default=1, ge=1)
     text_column: str = "text"
     label_column: str = "label"
-    label_map: dict[str, str] = Field(default_factory=dict)
+    label_map: LabelMap = Field(default_factory=dict)
 
 
 class MonitorEntity(Section):

@@ -6,6 +6,7 @@ import subprocess
 
 import pandas as pd
 import pytest
+import yaml
 
 from lmops.config import IngestParams, SourceParams
 from lmops.tasks.ingest import ingest
@@ -35,6 +36,9 @@ def test_twitter_csv_with_numeric_label_map(tmp_path):
     mapping = {"0": "negative", "1": "positive", "2": "neutral"}
     row = tweets["id"].str.split(":").str[1].astype(int)  # 1-based data row
     assert tweets["label"].tolist() == [mapping[raw["label"].iloc[r - 1]] for r in row]
+    # the map as YAML reads it unquoted ({0: negative}: integer keys) is the same map
+    unquoted = yaml.safe_load("{name: twitter, role: labeled, format: csv, path: x, label_map: {0: negative, 1: positive, 2.0: neutral}}")
+    assert SourceParams(**unquoted).label_map == mapping
 
 
 def test_10k_jsonl_joins_item_fields_and_quarantines_bad_json(tmp_path):
