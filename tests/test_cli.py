@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import run_cli, tiny_params_dict
+from tests.conftest import run_cli
 
 
 def test_help_imports_no_heavy_library():

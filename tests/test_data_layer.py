@@ -2,10 +2,8 @@
 
 import gzip
 import json
-import subprocess
 
 import pandas as pd
-import pytest
 import yaml
 
 from lmops.config import IngestParams, SourceParams
