@@ -376,6 +376,13 @@ class FinetuneParams(Section):
     # ("Gold shines; * Silver * dull" for the pair about Silver), so the model need not find the entity the pair
     # names by matching it; saved in the model's config, read by every encoder of its inputs. "" = off
     entity_marker: str = ""
+    # keep the word-embedding table as pretrained (method full): words the labeled data never shows keep their place
+    # among the words it does, which training would otherwise move away from them
+    freeze_embeddings: bool = False
+    # share of each training batch's word pieces (not [CLS]/[SEP]/padding) replaced by the tokenizer's mask token,
+    # drawn anew every step (seeded): the model cannot lean on any one word, as text from another source often
+    # lacks the words it learned (cashtags, links, slang); validation and prediction read every token
+    token_mask: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _casing_needs_words(self) -> "FinetuneParams":
@@ -396,6 +403,9 @@ class FinetuneParams(Section):
         if self.linear_probe and not self.kind.pools:
             raise ValueError(f"finetune.linear_probe fits a head over one vector per sentence; task {self.task!r} labels each word: "
                              "set finetune.linear_probe: false")
+        if self.freeze_embeddings and self.method != "full":
+            raise ValueError(f"finetune.freeze_embeddings keeps a full fine-tune's word embeddings as pretrained; method {self.method} "
+                             "trains none of them anyway: set finetune.freeze_embeddings: false")
         if self.pooling != "cls" and self.method in {"prompt", "prefix"}:
             raise ValueError(f"finetune.pooling: {self.pooling} reads the encoder's states, which soft prompts ({self.method}) extend: "
                              "use method full, lora or ia3, or set finetune.pooling: cls")

@@ -225,6 +225,17 @@ def enable_casing(model, casing: str) -> None:
     model.lmops_new_modules = sorted({*getattr(model, "lmops_new_modules", []), f"{prefix}.embeddings.token_type_embeddings"})
 
 
+def mask_tokens(ids, tokenizer, share: float, generator):
+    """``ids`` with each word piece replaced by the mask token (the unknown token where there is none) with
+    probability ``share``; special tokens and padding stay."""
+    import torch
+
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids, dtype=ids.dtype))
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
+    hit = (torch.rand(ids.shape, generator=generator) < share) & ~special
+    return torch.where(hit, torch.full_like(ids, mask_id), ids)
+
+
 def _scores(v: dict, by_source: dict, select: float) -> dict:
     """One epoch's validation scores as the history records them."""
     return {"val_loss": round(v["val_loss"], 4), "val_macro_f1": round(v["macro"], 4),
@@ -319,6 +330,8 @@ def finetune(
         from lmops.tasks.probe import probe
 
         probed = probe(model, tokenizer, kind, texts, y_train, val_inputs, y_val, len(labels), params.max_length, reading, weight)
+    if params.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -351,6 +364,7 @@ def finetune(
         return selection_score(v["select"], by_source, params.select_on), v, by_source
 
     lengths = np.array(kind.lengths(texts))
+    masking = torch.Generator().manual_seed(seed)  # its own stream: finetune.token_mask leaves dropout's draws as they were
     history, train_pts, val_pts, avg_pts = [], [], [], []
     best_f1, best_epoch, best_state, stale, best_macro, best_entity, best_weights = -1.0, 0, None, 0, 0.0, None, "trained"
     start = time.perf_counter()
@@ -366,6 +380,8 @@ def finetune(
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
             enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length, reading)
+            if params.token_mask:
+                enc["input_ids"] = mask_tokens(enc["input_ids"], tokenizer, params.token_mask, masking)
             loss = kind.batch_loss(train_loss_fn, model(**enc).logits, enc, [y_train[j] for j in idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -46,6 +46,8 @@ def test_pooling_is_for_sentence_classifiers_read_without_soft_prompts():
         params_from_dict(tiny_params_dict(finetune={"pooling": "mean", "method": "prompt"}))
     with pytest.raises(ConfigError, match=r"finetune.linear_probe fits a head over one vector per sentence; task 'token'"):
         params_from_dict(tiny_params_dict(finetune={"linear_probe": True, "task": "token"}))
+    with pytest.raises(ConfigError, match=r"finetune.freeze_embeddings keeps a full fine-tune's word embeddings .* method lora"):
+        params_from_dict(tiny_params_dict(finetune={"freeze_embeddings": True, "method": "lora"}))
 
 
 def test_unknown_key_is_named():

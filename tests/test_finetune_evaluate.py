@@ -368,6 +368,42 @@ def test_a_fine_tuning_after_a_linear_probe_reports_it(tiny_lm, ingested, tmp_pa
     assert saved == s.linear_probe and 0.3 < saved["val_macro_f1"] <= 1 and saved["strength"] > 0
 
 
+def test_frozen_word_embeddings_stay_as_pretrained_while_the_rest_trains(tiny_lm, ingested, tmp_path):
+    from safetensors.torch import load_file
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "full", "freeze_embeddings": True, "epochs": 1, "calibration": "none"})
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / "ft", progress=False)
+    base, tuned = load_file(Path(pre.model_dir) / "model.safetensors"), load_file(Path(s.model_dir) / "model.safetensors")
+    words = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(base[words], tuned[words]) and s.trainable_params == s.total_params - base[words].numel()
+    for trained in ("bert.embeddings.position_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(base[trained], tuned[trained]), trained
+
+
+def test_token_masking_hides_a_share_of_word_pieces_never_the_special_ones_and_only_in_training(tiny_lm, ingested, tmp_path, monkeypatch):
+    from lmops.models import load_tokenizer
+    from lmops.tasks import finetune as ft_module
+
+    _, pre, p = tiny_lm
+    tok = load_tokenizer(pre.model_dir)
+    ids = tok(["shares of infosys jump after strong results"] * 200 + ["up"], padding=True, return_tensors="pt")["input_ids"]
+    out = ft_module.mask_tokens(ids, tok, 0.25, torch.Generator().manual_seed(0))
+    special = torch.isin(ids, torch.tensor(tok.all_special_ids))
+    assert torch.equal(out[special], ids[special]) and (out[out != ids] == tok.mask_token_id).all()
+    assert 0.22 < ((out != ids).sum() / (~special).sum()).item() < 0.28
+    assert torch.equal(out, ft_module.mask_tokens(ids, tok, 0.25, torch.Generator().manual_seed(0)))  # seeded
+    # in a fine-tuning: once per training step, never when validating
+    calls = []
+    real = ft_module.mask_tokens
+    monkeypatch.setattr(ft_module, "mask_tokens", lambda *a: calls.append(a[0].shape) or real(*a))
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "full", "token_mask": 0.1, "epochs": 1, "calibration": "none"})
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / "ft", progress=False)
+    assert len(calls) == -(-s.train_rows // fp.batch_size) and calls[0][0] == fp.batch_size
+
+
 def test_calibration_module_ece():
     import evaluate
 
@@ -776,7 +812,7 @@ def test_label_smoothing_trains_a_less_confident_model_and_selects_on_plain_targ
         s = finetune(tmp_path / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / str(share), progress=False)
         logits = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), train["text"].tolist(), SEQ, LABELS, fp.max_length, 64)
         runs[share] = (s, torch.softmax(logits.float(), -1).max(-1).values.mean().item())
-    (plain, plain_conf), (smooth, smooth_conf) = runs[0.0], runs[0.6]
+    (_, plain_conf), (smooth, smooth_conf) = runs[0.0], runs[0.6]
     # smoothing 0.6 over 3 labels: a target of 0.6 on the label, 0.2 on each other; its optimum is that confidence
     assert plain_conf > 0.8 and smooth_conf < 0.7, (plain_conf, smooth_conf)
     # the validation loss it reports (and early stopping reads) is the plain cross-entropy, not the smoothed objective
