@@ -571,6 +571,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         run = RunLayout(new_run_dir("compare"))
         a, b = ([_model_dir(r, run.root / f"{side}{i}") for i, r in enumerate(refs)] for side, refs in zip("ab", runs))
+        params = stages.for_model(params, a[0])  # both sides scored as A is (a B of another task is an error naming it)
         data = load_labeled_file(Path(args.data), params, run.stage("data"), params.evaluate.file_columns())[0] if args.data else _snapshot(params).test
         out["scored"] = stages.compare_models(params, a, b, data, run.stage("compare"), names=(a_ref, b_ref))
 

@@ -380,6 +380,10 @@ def test_evaluate_data_flag_reads_a_conll_file_for_ner(ner_runs, tmp_path, proje
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["read_as"] == {"task": "token", "labels": NER_LABELS, "max_length": 96}
     assert res["n"] == r.n and res["micro_f1"] == pytest.approx(r.micro_f1, abs=1e-9)
+    out = run_cli("compare", s.model_dir, s.model_dir, "--data", str(FIXTURES / "ner_sec" / "FIN3_sample.txt"), "--json", cwd=project)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cmp = json.loads(out.stdout.strip().splitlines()[-1])["scored"]
+    assert cmp["a"]["micro_f1"] == pytest.approx(r.micro_f1, abs=1e-6) and cmp["b_minus_a"]["micro_f1"]["diff"] == 0
 
 
 def test_compare_base_for_ner_bootstraps_entity_f1_over_sentences(ner_runs, tiny_lm, tmp_path):
