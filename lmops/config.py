@@ -19,18 +19,26 @@ from lmops.errors import ConfigError
 LABELS_DEFAULT = ["negative", "neutral", "positive"]
 
 
-def _raw_label(value: Any) -> Any:
-    """A label_map key as ingest compares raw labels (tasks/readers.py ``_label``): YAML reads ``{0: negative}``'s key
-    as the integer 0, the column's label is the string "0"."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value) if isinstance(value, (int, float)) else value
+def raw_label(value: Any) -> str | None:
+    """A raw label as the string label_map keys are written in (Parquet/JSON ints and strings alike). An integer
+    column with a missing value loads as floats: 1.0 is the label "1", NaN is no label."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _map_key(value: Any) -> Any:
+    # YAML reads {0: negative}'s key as the integer 0; the column's raw label is "0" (a boolean key stays an error)
+    return raw_label(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 # raw label → a validate.labels name
-LabelMap = dict[Annotated[str, BeforeValidator(_raw_label)], str]
+LabelMap = dict[Annotated[str, BeforeValidator(_map_key)], str]
 
 
 class Section(BaseModel):
@@ -448,33 +456,34 @@ class DistillParams(Section):
     lr: float = Field(default=1e-4, gt=0)
 
 
-class EvaluateParams(Section):
-    batch_size: int = 64
-    # Tokens read per input when a model is scored (evaluation, the gate, compare): null = as the model was trained
-    # (the finetune.max_length saved with it; params' finetune.max_length for a model saved before that was recorded).
-    max_length: int | None = Field(default=None, ge=8)
-    # How `lmops evaluate/compare --data FILE` reads a user's labeled file, as a gate set's fields do:
-    # e.g. evaluate.text_column=sentence 'evaluate.label_map={Positive: positive, Negative: negative}'
+class LabeledFileParams(Section):
+    """How a user's labeled file is read (its format, columns and label names), beside the ingest sources."""
+
     format: Literal["csv", "jsonl", "parquet", "sentfin", "conll"] | None = None  # None = from the file's suffix
     text_column: str = "text"
     label_column: str = "label"
     label_map: LabelMap = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
 
     def file_columns(self) -> dict:
-        return self.model_dump(include={"format", "text_column", "label_column", "label_map"})
+        return self.model_dump(include=set(LabeledFileParams.model_fields))
 
 
-class GateSetParams(Section):
+class EvaluateParams(LabeledFileParams):
+    # The file fields read `lmops evaluate/compare --data FILE`, e.g. evaluate.text_column=sentence
+    # 'evaluate.label_map={Positive: positive, Negative: negative}'
+    batch_size: int = 64
+    # Tokens read per input when a model is scored (evaluation, the gate, compare): null = as the model was trained
+    # (the finetune.max_length saved with it; params' finetune.max_length for a model saved before that was recorded).
+    max_length: int | None = Field(default=None, ge=8)
+
+
+class GateSetParams(LabeledFileParams):
     """A named evaluation set the gate scores the candidate and the champion on, besides the test split: typically
     an out-of-source canary (another source's labeled slice that is never trained on), so a model that gains in
     source by losing elsewhere is not promoted. Read with the ingest rules; rows also in this run's training or
     validation data are left out (and counted)."""
 
     path: str  # relative to the project root
-    format: Literal["csv", "jsonl", "parquet", "sentfin", "conll"] | None = None  # None = from the file's suffix
-    text_column: str = "text"
-    label_column: str = "label"
-    label_map: LabelMap = Field(default_factory=dict)  # raw label → a validate.labels name, as for sources
     min_score: float = Field(default=0.0, ge=0, le=1)  # floor on gate.primary_metric here
     # The candidate may score at most this much below the champion here (0 = no regression at all); null = floor only.
     max_drop: float | None = Field(default=0.0, ge=0)

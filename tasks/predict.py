@@ -26,11 +26,14 @@ def saved_labels(model_dir: str | Path) -> list[str] | None:
 
 
 def saved_config(model_dir: str | Path) -> dict:
-    """The config a model folder was saved with ({} if none): its config.json, or a soft-prompt folder's embedded base's."""
-    for cfg in (Path(model_dir) / "config.json", Path(model_dir) / "base" / "config.json"):
-        if cfg.is_file():
-            return json.loads(cfg.read_text())
-    return {}
+    """The config a model folder was saved with ({} if none): its config.json, or for a soft-prompt folder that of the
+    base embedded in it (where its adapter points, as ``load_classifier`` reads it)."""
+    folder = Path(model_dir)
+    adapter_cfg = folder / "adapter_config.json"
+    if adapter_cfg.is_file():
+        folder = folder / json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+    cfg = folder / "config.json"
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
 
 
 def saved_task(model_dir: str | Path) -> str | None:

@@ -15,9 +15,9 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-from lmops.config import SourceParams
+from lmops.config import SourceParams, raw_label
 from lmops.errors import UserError
 
 _SENTFIN_VALUE = re.compile(r"'\s*:\s*'(positive|negative|neutral)'")
@@ -56,19 +56,6 @@ def source_reader(fmt: str):
         return fn
 
     return register
-
-
-def _label(value: Any) -> str | None:
-    """A raw label as the string label_map keys are written in (Parquet/JSON ints and strings alike). An integer
-    column with a missing value loads as floats: 1.0 is the label "1", NaN is no label."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return None
-        if value.is_integer():
-            return str(int(value))
-    return str(value)
 
 
 def _csv_records(reader, path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
@@ -192,7 +179,7 @@ def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
                 continue
             text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
             label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-            yield Row(text, str(path), i, label=_label(label))
+            yield Row(text, str(path), i, label=raw_label(label))
 
 
 @source_reader("parquet")
@@ -214,7 +201,7 @@ def _read_parquet(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Rejected(str(path), i, f"{src.text_column!r} is not a string ({type(text).__name__})")
             continue
         label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-        yield Row(text, str(path), i, label=_label(label))
+        yield Row(text, str(path), i, label=raw_label(label))
 
 
 @source_reader("text_lines")
@@ -243,7 +230,7 @@ def _read_hf(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Rejected(src.path, i, f"{src.text_column!r} is not a string")
             continue
         label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-        yield Row(text, src.path, i, label=_label(label))
+        yield Row(text, src.path, i, label=raw_label(label))
 
 
 @source_reader("text_dir")

@@ -316,7 +316,7 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
     for name, spec in p.gate.sets.items():
         out = run.gate / "sets" / name
         path = Path(spec.path) if Path(spec.path).is_absolute() else (root or Path.cwd()) / spec.path
-        data, _, left_out = load_labeled_file(path, p, out / "data", spec.model_dump(include={"format", "text_column", "label_column", "label_map"}),
+        data, _, left_out = load_labeled_file(path, p, out / "data", spec.file_columns(),
                                               exclude=[run.data.train, run.data.validation])
         cand = evaluate(p, model_dir, data, out / "candidate", f"Candidate on {name}")
         ch = evaluate(p, local, data, out / "champion", f"Champion v{champ.version} on {name}") if local else None

@@ -561,6 +561,10 @@ def test_other_peft_methods_train_save_and_reload_identically(method, tiny_lm, i
     shutil.rmtree(tmp_path / "pretrain-run")  # the model folder is self-contained: it loads the same without its base run
     b = predict_logits(*load_classifier(s.model_dir, LABELS, SEQ), texts, SEQ, LABELS, fp.max_length, 16)
     torch.testing.assert_close(a, b)
+    # what the folder is travels with it too (a soft-prompt folder: in its embedded base's config)
+    from lmops.tasks.predict import saved_max_length, saved_task
+
+    assert (saved_task(s.model_dir), saved_max_length(s.model_dir)) == ("sequence", fp.max_length)
 
 
 def test_prefix_tuning_on_bert_is_a_clear_user_error(tiny_lm, ingested, tmp_path):
