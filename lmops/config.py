@@ -391,6 +391,11 @@ class FinetuneParams(Section):
     # drawn anew every step (seeded): the model cannot lean on any one word, as text from another source often
     # lacks the words it learned (cashtags, links, slang); validation and prediction read every token
     token_mask: float = Field(default=0.0, ge=0, lt=1)
+    # WiSE-FT after training (method full): the encoder's weights moved back towards the base's,
+    # alpha · trained + (1 − alpha) · base, the head as trained, for each alpha listed; the weights with the best
+    # validation score are kept, the trained ones on a tie. [] = off. Measured at 0.8 on three seeds: +0.2 / +0.5 / +0.5 on
+    # unseen tweets, within what a seed moves them (BENCHMARKS.md, "WiSE-FT")
+    interpolate: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _casing_needs_words(self) -> "FinetuneParams":
@@ -414,6 +419,9 @@ class FinetuneParams(Section):
         if self.freeze_embeddings and self.method != "full":
             raise ValueError(f"finetune.freeze_embeddings keeps a full fine-tune's word embeddings as pretrained; method {self.method} "
                              "trains none of them anyway: set finetune.freeze_embeddings: false")
+        if self.interpolate and self.method != "full":
+            raise ValueError(f"finetune.interpolate mixes a full fine-tune's weights with its base's; method {self.method} leaves "
+                             "the base as it was: set finetune.interpolate: []")
         if self.pooling != "cls" and self.method in {"prompt", "prefix"}:
             raise ValueError(f"finetune.pooling: {self.pooling} reads the encoder's states, which soft prompts ({self.method}) extend: "
                              "use method full, lora or ia3, or set finetune.pooling: cls")

@@ -57,6 +57,7 @@ class FinetuneSummary:
     best_weights: str = "trained"  # or "averaged": the saved weights are finetune.averaging's average
     train_rows: int | None = None  # rows one epoch draws from: training rows (windows), plus entity pairs (finetune.entity_auxiliary)
     linear_probe: dict | None = None  # finetune.linear_probe: the head's L2 strength and its validation macro-F1 before fine-tuning
+    interpolation: dict | None = None  # finetune.interpolate: {"alpha": kept, "scores": {alpha: validation score}}
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -332,6 +333,8 @@ def finetune(
         probed = probe(model, tokenizer, kind, texts, y_train, val_inputs, y_val, len(labels), params.max_length, reading, weight)
     if params.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
+    # the base's encoder as training starts (after casing's resized table), for finetune.interpolate
+    anchor = encoder_weights(model) if params.interpolate else None
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model
@@ -421,6 +424,11 @@ def finetune(
                 break
     bar.close()
     model.load_state_dict(best_state)
+    interpolation = None
+    if anchor is not None:
+        interpolation, chosen = interpolate(model, anchor, params.interpolate, validate, best_f1)
+        if chosen is not None:  # weights between the trained and the base's won on validation
+            best_f1, best_macro, best_entity = chosen[0], chosen[1]["macro"], chosen[1].get("entity_f1")
     calibrated = None
     if params.calibration != "none" and kind.calibrated:
         from lmops.tasks import calibration
@@ -452,10 +460,39 @@ def finetune(
         epochs_run=epoch, task=kind.name, val_entity_f1=round(best_entity, 4) if best_entity is not None else None, seconds=round(time.perf_counter() - start, 1), loss_plot=str(plot), history=history,
         temperature=calibrated[0].temperature if calibrated else None, val_ece_raw=calibrated[1]["ece"] if calibrated else None,
         val_ece=calibrated[2]["ece"] if calibrated else None, val_select=round(best_f1, 4), best_weights=best_weights,
-        train_rows=len(texts), linear_probe=probed,
+        train_rows=len(texts), linear_probe=probed, interpolation=interpolation,
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def encoder_weights(model) -> dict:
+    """Copies of the encoder's floating-point tensors (not the head's): what finetune.interpolate moves back towards."""
+    prefix = model.base_model_prefix + "."
+    return {k: t.detach().clone() for k, t in model.state_dict().items() if k.startswith(prefix) and t.is_floating_point()}
+
+
+def interpolate(model, anchor: dict, alphas: list[float], validate: Callable, trained_score: float):
+    """WiSE-FT (Wortsman et al., 2022): the encoder set to ``alpha · trained + (1 − alpha) · anchor`` for each alpha,
+    scored by ``validate()`` (its first value is the selection score); the model is left at the best, the trained
+    weights on a tie. Returns ({"alpha", "scores"}, validate()'s result at the kept alpha, or None for the trained)."""
+    import torch
+
+    trained = {k: t.detach().clone() for k, t in model.state_dict().items() if k in anchor}
+
+    def mixed(alpha: float) -> dict:
+        return {k: alpha * trained[k] + (1 - alpha) * anchor[k] for k in anchor}
+
+    scores, best_alpha, best, chosen = {1.0: round(trained_score, 4)}, 1.0, trained_score, None
+    for alpha in sorted(set(alphas), reverse=True):
+        with torch.no_grad():
+            model.load_state_dict(mixed(alpha), strict=False)
+        result = validate()
+        scores[alpha] = round(result[0], 4)
+        if result[0] > best:
+            best_alpha, best, chosen = alpha, result[0], result
+    model.load_state_dict(trained if best_alpha == 1.0 else mixed(best_alpha), strict=False)
+    return {"alpha": best_alpha, "scores": scores}, chosen
 
 
 def _auxiliary_frames(train_path: Path, mode: str) -> list:

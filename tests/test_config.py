@@ -48,6 +48,10 @@ def test_pooling_is_for_sentence_classifiers_read_without_soft_prompts():
         params_from_dict(tiny_params_dict(finetune={"linear_probe": True, "task": "token"}))
     with pytest.raises(ConfigError, match=r"finetune.freeze_embeddings keeps a full fine-tune's word embeddings .* method lora"):
         params_from_dict(tiny_params_dict(finetune={"freeze_embeddings": True, "method": "lora"}))
+    with pytest.raises(ConfigError, match=r"finetune.interpolate mixes a full fine-tune's weights .* method ia3"):
+        params_from_dict(tiny_params_dict(finetune={"interpolate": [0.8], "method": "ia3"}))
+    with pytest.raises(ConfigError, match=r"finetune\.interpolate\.0"):  # alpha 1 is the trained weights, always a candidate
+        params_from_dict(tiny_params_dict(finetune={"interpolate": [1.0]}))
 
 
 def test_unknown_key_is_named():

@@ -404,6 +404,38 @@ def test_token_masking_hides_a_share_of_word_pieces_never_the_special_ones_and_o
     assert len(calls) == -(-s.train_rows // fp.batch_size) and calls[0][0] == fp.batch_size
 
 
+def test_interpolation_towards_the_base_keeps_the_weights_best_on_validation(tiny_lm, ingested, tmp_path):
+    from safetensors.torch import load_file
+
+    from lmops.tasks import finetune as ft_module
+    from lmops.tasks.predict import load_classifier
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    fp = p.finetune.model_copy(update={"method": "full", "epochs": 1, "calibration": "none"})
+    args = (data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS)
+    plain = finetune(*args, fp, 0, tmp_path / "plain", progress=False)
+    s = finetune(*args, fp.model_copy(update={"interpolate": [0.5, 0.0]}), 0, tmp_path / "wise", progress=False)
+    scores = s.interpolation["scores"]
+    assert set(scores) == {1.0, 0.5, 0.0} and scores[1.0] == plain.val_select  # the same training, then the mixes scored
+    best = max(scores.values())
+    alpha = max(a for a, v in scores.items() if v == best)  # ties go to the weights closer to the trained ones
+    assert s.interpolation["alpha"] == alpha and s.val_select == best
+    base, trained, saved = (load_file(Path(d) / "model.safetensors") for d in (pre.model_dir, plain.model_dir, s.model_dir))
+    for k, t in saved.items():  # the head as trained; the encoder mixed (the base's tensors where it has them)
+        expected = alpha * trained[k] + (1 - alpha) * base[k] if k in base and k.startswith("bert.") else trained[k]
+        assert torch.allclose(t, expected, atol=1e-6), k
+    # the mixing itself, at an alpha the validation (a stand-in) prefers, towards an all-zero anchor
+    model, _ = load_classifier(plain.model_dir, LABELS, fp.kind)
+    anchor = {k: torch.zeros_like(v) for k, v in ft_module.encoder_weights(model).items()}
+    assert anchor and not any(k.startswith("classifier") for k in anchor)
+    picks = iter([(0.1, {"macro": 0.1}), (0.9, {"macro": 0.9})])  # tried from the largest alpha down
+    info, chosen = ft_module.interpolate(model, anchor, [0.25, 0.5], lambda: next(picks), 0.5)
+    assert info == {"alpha": 0.25, "scores": {1.0: 0.5, 0.5: 0.1, 0.25: 0.9}} and chosen[0] == 0.9
+    now = model.state_dict()
+    assert all(torch.allclose(now[k], 0.25 * trained[k]) for k in anchor) and torch.equal(now["classifier.weight"], trained["classifier.weight"])
+
+
 def test_calibration_module_ece():
     import evaluate
 
