@@ -31,6 +31,7 @@ def main() -> None:
     from lmops.kinds import KINDS
     from lmops.metrics import bootstrap_diff, macro_f1
     from lmops.models import resolve_model_ref
+    from lmops.tasks.finetune import encoder_weights, mixed_weights
     from lmops.tasks.predict import load_classifier, predict_logits
 
     labels, kind = args.labels.split(","), KINDS["sequence"]
@@ -38,18 +39,14 @@ def main() -> None:
     truth = {name: list(kind.targets(f, labels)) for name, f in frames.items()}
     model, tok = load_classifier(args.model, labels, kind)
     base = AutoModel.from_pretrained(resolve_model_ref(args.base)).state_dict()
-    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = encoder_weights(model)
     prefix = model.base_model_prefix + "."
     # every encoder tensor the base has (embeddings, layers, its unused pooler); the classifier is the fine-tune's
-    shared = [k for k in trained if k.startswith(prefix) and trained[k].is_floating_point()
-              and trained[k].shape == getattr(base.get(k[len(prefix):]), "shape", None)]
-    results: dict = {"model": args.model, "base": args.base, "interpolated_tensors": len(shared), "of": len(trained), "alphas": {}}
+    anchor = {k: base[k[len(prefix):]] for k, t in trained.items() if t.shape == getattr(base.get(k[len(prefix):]), "shape", None)}
+    results: dict = {"model": args.model, "base": args.base, "interpolated_tensors": len(anchor), "of": len(model.state_dict()), "alphas": {}}
     preds: dict = {}
     for alpha in [float(a) for a in args.alphas.split(",")]:
-        state = dict(trained)
-        for k in shared:
-            state[k] = alpha * trained[k] + (1 - alpha) * base[k[len(prefix):]]
-        model.load_state_dict(state)
+        model.load_state_dict(mixed_weights(trained, anchor, alpha), strict=False)
         row = {}
         for name, frame in frames.items():
             t0 = time.perf_counter()

@@ -472,26 +472,24 @@ def encoder_weights(model) -> dict:
     return {k: t.detach().clone() for k, t in model.state_dict().items() if k.startswith(prefix) and t.is_floating_point()}
 
 
+def mixed_weights(trained: dict, anchor: dict, alpha: float) -> dict:
+    """``alpha · trained + (1 − alpha) · anchor`` for every tensor of the anchor (a partial state dict)."""
+    return {k: alpha * trained[k] + (1 - alpha) * anchor[k] for k in anchor}
+
+
 def interpolate(model, anchor: dict, alphas: list[float], validate: Callable, trained_score: float):
-    """WiSE-FT (Wortsman et al., 2022): the encoder set to ``alpha · trained + (1 − alpha) · anchor`` for each alpha,
+    """WiSE-FT (Wortsman et al., 2022): the encoder set to ``mixed_weights(trained, anchor, alpha)`` for each alpha,
     scored by ``validate()`` (its first value is the selection score); the model is left at the best, the trained
     weights on a tie. Returns ({"alpha", "scores"}, validate()'s result at the kept alpha, or None for the trained)."""
-    import torch
-
     trained = {k: t.detach().clone() for k, t in model.state_dict().items() if k in anchor}
-
-    def mixed(alpha: float) -> dict:
-        return {k: alpha * trained[k] + (1 - alpha) * anchor[k] for k in anchor}
-
     scores, best_alpha, best, chosen = {1.0: round(trained_score, 4)}, 1.0, trained_score, None
     for alpha in sorted(set(alphas), reverse=True):
-        with torch.no_grad():
-            model.load_state_dict(mixed(alpha), strict=False)
+        model.load_state_dict(mixed_weights(trained, anchor, alpha), strict=False)
         result = validate()
         scores[alpha] = round(result[0], 4)
         if result[0] > best:
             best_alpha, best, chosen = alpha, result[0], result
-    model.load_state_dict(trained if best_alpha == 1.0 else mixed(best_alpha), strict=False)
+    model.load_state_dict(trained if best_alpha == 1.0 else mixed_weights(trained, anchor, best_alpha), strict=False)
     return {"alpha": best_alpha, "scores": scores}, chosen
 
 

@@ -404,7 +404,7 @@ def test_token_masking_hides_a_share_of_word_pieces_never_the_special_ones_and_o
     assert len(calls) == -(-s.train_rows // fp.batch_size) and calls[0][0] == fp.batch_size
 
 
-def test_interpolation_towards_the_base_keeps_the_weights_best_on_validation(tiny_lm, ingested, tmp_path):
+def test_interpolation_towards_the_base_keeps_the_weights_best_on_validation(tiny_lm, ingested, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from lmops.tasks import finetune as ft_module
@@ -421,11 +421,20 @@ def test_interpolation_towards_the_base_keeps_the_weights_best_on_validation(tin
     best = max(scores.values())
     alpha = max(a for a, v in scores.items() if v == best)  # ties go to the weights closer to the trained ones
     assert s.interpolation["alpha"] == alpha and s.val_select == best
-    base, trained, saved = (load_file(Path(d) / "model.safetensors") for d in (pre.model_dir, plain.model_dir, s.model_dir))
-    for k, t in saved.items():  # the head as trained; the encoder mixed (the base's tensors where it has them)
-        expected = alpha * trained[k] + (1 - alpha) * base[k] if k in base and k.startswith("bert.") else trained[k]
+    # a tiny model scores every mix alike, so validation (its selection score) is made to prefer the half-way mix:
+    # one call after the epoch, then alpha 0.5, then 0.0
+    told = iter([0.5, 0.9, 0.1])
+    monkeypatch.setattr(ft_module, "selection_score", lambda *a: next(told))
+    s = finetune(*args, fp.model_copy(update={"interpolate": [0.5, 0.0]}), 0, tmp_path / "half", progress=False)
+    assert s.interpolation == {"alpha": 0.5, "scores": {1.0: 0.5, 0.5: 0.9, 0.0: 0.1}} and s.val_select == 0.9
+    torch.manual_seed(0)  # the classifier as fine-tuning starts from it (its pooler and head drawn from the seed)
+    start = load_classifier(pre.model_dir, LABELS, fp.kind, train=True)[0].state_dict()
+    trained, saved = (load_file(Path(d) / "model.safetensors") for d in (plain.model_dir, s.model_dir))
+    for k, t in saved.items():  # the encoder half-way back to where it started, the head as trained
+        expected = 0.5 * trained[k] + 0.5 * start[k] if k.startswith("bert.") else trained[k]
         assert torch.allclose(t, expected, atol=1e-6), k
-    # the mixing itself, at an alpha the validation (a stand-in) prefers, towards an all-zero anchor
+    assert not torch.allclose(saved["bert.encoder.layer.0.attention.self.query.weight"], trained["bert.encoder.layer.0.attention.self.query.weight"])
+    # the mixing itself, towards an all-zero anchor, on a model loaded for prediction
     model, _ = load_classifier(plain.model_dir, LABELS, fp.kind)
     anchor = {k: torch.zeros_like(v) for k, v in ft_module.encoder_weights(model).items()}
     assert anchor and not any(k.startswith("classifier") for k in anchor)
