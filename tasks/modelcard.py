@@ -29,7 +29,7 @@ def write_model_card(path: Path, name: str, lineage: dict[str, str], metrics: di
 | command | `{command}` |
 
 ## Training data
-Sources: {sources}. Splits are seeded and stratified (seed {params['project']['seed']}); rows not kept are listed with reasons in the snapshot's `quarantine.parquet`.
+Sources: {sources}. Splits are seeded and stratified (seed {params['ingest'].get('split_seed') if params['ingest'].get('split_seed') is not None else params['project']['seed']}); rows not kept are listed with reasons in the snapshot's `quarantine.parquet`.
 
 ## Evaluation (held-out test split)
 {report_md.split(chr(10), 2)[-1] if report_md else ''}

@@ -49,12 +49,12 @@ def ingest(p: Params, run: RunLayout, carry_from: Snapshot | None = None):
 
     def compute():
         params = p.ingest.model_copy(update={"sources": [*p.ingest.sources, *batch_sources]})
-        return ingest_sources(params, p.validate_.labels, run.data.dir, p.project.seed, p.finetune.kind)
+        return ingest_sources(params, p.validate_.labels, run.data.dir, p.ingest.seed_for_split(p.project.seed), p.finetune.kind)
 
     paths = [Path(s.path) for s in p.ingest.sources]
     if any(s.format == "hf" for s in p.ingest.sources) or not all(path.exists() for path in paths):
         return compute()  # a hub dataset has no local bytes to key on; a missing path fails with its own message
-    inputs = {"ingest": p.ingest.content(), "labels": p.validate_.labels, "seed": p.project.seed, "task": p.finetune.task,
+    inputs = {"ingest": p.ingest.content(), "labels": p.validate_.labels, "seed": p.ingest.seed_for_split(p.project.seed), "task": p.finetune.task,
               "sources": [tree_digest(path) for path in paths],
               "batches": tree_digest(run.data.dir / BATCHES) if batch_sources else None}
     return _reuse(p, "ingest", inputs, run.data.dir, compute, lambda d: IngestSummary.read(run.data.dir))

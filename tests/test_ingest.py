@@ -69,6 +69,34 @@ def test_split_is_seeded(ingested, tmp_path):
     assert pd.read_parquet(tmp_path / "other" / "test.parquet")["id"].tolist() != pd.read_parquet(out / "test.parquet")["id"].tolist()
 
 
+def test_a_split_seed_keeps_the_splits_when_the_training_seed_changes(ingested, tmp_path, monkeypatch):
+    """Seeds compared or ensembled are scored on one test split only if ingest.split_seed holds it still."""
+    from lmops.config import params_from_dict
+    from lmops.layout import RunLayout
+    from lmops.tasks import stages
+
+    from conftest import tiny_params_dict
+
+    monkeypatch.setenv("LMOPS_HOME", str(tmp_path / "home"))
+    out, _, p = ingested
+    ids = lambda run: pd.read_parquet(run.data.split("test"))["id"].tolist()  # noqa: E731
+    reference = pd.read_parquet(out / "test.parquet")["id"].tolist()
+
+    def run_with(name, **project_and_ingest):
+        d = tiny_params_dict()
+        d["project"] = {**d.get("project", {}), "seed": project_and_ingest.get("seed", p.project.seed)}
+        if "split_seed" in project_and_ingest:
+            d["ingest"]["split_seed"] = project_and_ingest["split_seed"]
+        run = RunLayout(tmp_path / name)
+        stages.ingest(params_from_dict(d), run)
+        return ids(run)
+
+    other_seed = p.project.seed + 1
+    assert run_with("default", seed=other_seed) != reference  # unset, the split follows the training seed (as before)
+    assert run_with("held", seed=other_seed, split_seed=p.project.seed) == reference
+    assert run_with("moved", split_seed=other_seed) != reference
+
+
 def test_bad_csv_rows_are_quarantined_with_reasons(tmp_path):
     rows = _ok_rows() + [
         "Short,1",  # too short after normalization? 5 chars < 8
