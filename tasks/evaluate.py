@@ -45,6 +45,9 @@ class EvalResult:
 def report_markdown(report: dict[str, Any], labels: list[str], title: str, kind: TaskKind) -> str:
     n = report.get("n", sum(c["support"] for c in report["per_class"].values()))
     lines = [f"# {title}", "", kind.report_headline(report, n), ""]
+    if report.get("seen_in_training"):
+        lines += [f"**{report['seen_in_training']} of these {n} rows were training or validation texts of this model**: its scores on "
+                  "them are in-sample, not held out.", ""]
     if report.get("ci95"):
         lines[-1:] = ["", f"95% bootstrap interval (resampled {kind.resampled}): "
                       + " · ".join(f"{k.replace('_', '-')} [{lo:.4f}, {hi:.4f}]" for k, (lo, hi) in report["ci95"].items()), ""]
@@ -86,6 +89,11 @@ def evaluate_model(model_dir: Path, data_path: Path, labels: list[str], max_leng
     refs = kind.targets(data, labels)
     report, pred_text, confidence, score = kind.report(logits, refs, labels)
     report["task"], report["n"] = kind.name, len(refs)
+    from lmops.tasks import seen
+
+    # said, not hidden: `lmops evaluate` on a file is the user's choice of rows (compare and the gate leave them out)
+    fitted = seen.seen_rows(model_dir, data["text"])
+    report["seen_in_training"] = None if fitted is None else int(fitted.sum())
     report["ece"] = report["calibration"]["ece"]
     report["ci95"] = kind.interval(data["label"].tolist(), pred_text, labels, seed=0)
     # Per-slice metrics: the row subsets the kind names (each source, where there are several; the entity kind's

@@ -314,8 +314,10 @@ def finetune(
     # sentences longer than max_length become several training rows instead of losing their tail
     texts, y_train, origin = kind.training_windows(tokenizer, texts, y_train, labels, params.max_length)
     train_sources = (train["source"].to_numpy()[origin] if "source" in train else np.array(["all"] * len(texts), dtype=object))
+    fitted = [train, val]  # what the weights are fitted or selected on: recorded beside them (tasks/seen.py)
     if params.entity_auxiliary != "none":
         for frame in ([train] if params.entity_auxiliary == "all" else []) + _auxiliary_frames(train_path, params.entity_auxiliary):
+            fitted.append(frame)
             more, y_more, src_more = kind.auxiliary_pairs(frame, labels, tokenizer.sep_token)
             texts, y_train = list(texts) + more, list(y_train) + y_more
             train_sources = np.concatenate([np.asarray(train_sources, dtype=object), np.asarray(src_more, dtype=object)])
@@ -453,6 +455,10 @@ def finetune(
         _embed_base(model_dir, base, {"lmops_task": kind.name, "lmops_max_length": params.max_length})
     if calibrated:
         calibration.write(model_dir, *calibrated)
+    from lmops.tasks import seen
+
+    # a classifier trained further keeps what it saw before; a pretrained LM saw no labels (nor any eval text)
+    seen.record(model_dir, fitted, inherit=[base] if Path(base).is_dir() else [])
     plot = loss_curve({"train": train_pts, "validation": val_pts, "validation, averaged weights": avg_pts}, out_dir / "loss.png", f"fine-tuning loss ({params.method})", xlabel="epoch")
     summary = FinetuneSummary(
         model_dir=str(model_dir), adapter_dir=str(adapter_dir) if adapter_dir else None, method=params.method, base_model=base,

@@ -36,6 +36,8 @@ class GateDecision:
     test: SetScores | None = None  # the test split's intervals (the headline numbers are candidate/champion)
     sets: dict[str, SetScores] = field(default_factory=dict)
     sources: dict[str, SetScores] = field(default_factory=dict)  # the test split's rows of each source, when it holds several
+    # the candidate on the test rows the champion was scored on, where it had trained on some (they are left out)
+    paired: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,10 +46,15 @@ class GateDecision:
         verdict = "✅ **promote**" if self.promote else "⛔ **do not promote**"
         lines = [f"# Gate decision: {verdict}", ""]
         lines += [f"- {r}" for r in self.reasons]
-        lines += ["", "| metric | candidate | champion |", "|---|---:|---:|"]
+        if self.paired is None:
+            lines += ["", "| metric | candidate | champion |", "|---|---:|---:|"]
+        else:
+            lines += ["", "| metric | candidate, test split | candidate, rows the champion did not train on | champion, the same rows |",
+                      "|---|---:|---:|---:|"]
         for key, value in self.candidate.items():
             champ = (self.champion or {}).get(key)
-            lines.append(f"| {key} | {value:.4f} | {'' if champ is None else f'{champ:.4f}'} |")
+            both = "" if self.paired is None else f" {self.paired[key]:.4f} |"
+            lines.append(f"| {key} | {value:.4f} |{both} {'' if champ is None else f'{champ:.4f}'} |")
         key = self.primary_metric
         rows = (([("test split", self.test)] if self.test else []) + [(f"test split · {name}", s) for name, s in self.sources.items()]
                 + list(self.sets.items()))
@@ -66,10 +73,14 @@ class GateDecision:
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, params: GateParams, champion_version: str | None = None,
-           test: SetScores | None = None, sets: dict[str, SetScores] | None = None, sources: dict[str, SetScores] | None = None) -> GateDecision:
+           test: SetScores | None = None, sets: dict[str, SetScores] | None = None, sources: dict[str, SetScores] | None = None,
+           paired: dict[str, float] | None = None, notes: list[str] = ()) -> GateDecision:
     """``test``: the test split's intervals and paired difference (needed by ``gate.require_significant``);
-    ``sets``: every ``gate.sets`` entry, scored; ``sources``: the test split per source (``gate.source_max_drop``)."""
-    reasons: list[str] = []
+    ``sets``: every ``gate.sets`` entry, scored; ``sources``: the test split per source (``gate.source_max_drop``).
+    ``paired``: the candidate on the rows the champion was scored on, where those are fewer than the test split's
+    (the rows the champion trained on left out; the floors still read ``candidate``); ``notes``: said first."""
+    reasons: list[str] = list(notes)
+    versus = paired or candidate
     ok = True
     for metric, floor in (("accuracy", params.min_accuracy), ("macro_f1", params.min_macro_f1)):
         value = candidate[metric]
@@ -83,12 +94,14 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, param
         reasons.append("no current champion: the first model that passes the thresholds becomes champion")
     else:
         needed = champion[key] + params.margin
+        rows = "the test rows it did not train on" if paired is not None else "same test split"
         # "at least the margin": exactly champion + margin passes, whatever the float rounding of the sum
-        if candidate[key] >= needed - 1e-9:
-            reasons.append(f"{key} {candidate[key]:.4f} >= champion v{champion_version} {champion[key]:.4f} + margin {params.margin}")
+        if versus[key] >= needed - 1e-9:
+            reasons.append(f"{key} {versus[key]:.4f} >= champion v{champion_version} {champion[key]:.4f} + margin {params.margin}"
+                           + (f" ({rows})" if paired is not None else ""))
         else:
             ok = False
-            reasons.append(f"{key} {candidate[key]:.4f} < champion v{champion_version} {champion[key]:.4f} + margin {params.margin} (same test split, scored now)")
+            reasons.append(f"{key} {versus[key]:.4f} < champion v{champion_version} {champion[key]:.4f} + margin {params.margin} ({rows}, scored now)")
     if champion is not None and params.require_significant:
         d = ((test.diff if test else None) or {}).get(key)
         if d is None:
@@ -135,4 +148,5 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, param
                 reasons.append(f"test split, source {name}: {key} {v:.4f} fell below champion v{champion_version} {c:.4f} by more than "
                                f"{params.source_max_drop} (gate.source_max_drop)")
     return GateDecision(promote=ok, reasons=reasons, candidate=dict(candidate), champion=dict(champion) if champion else None,
-                        champion_version=champion_version, primary_metric=key, test=test, sets=dict(sets or {}), sources=dict(sources or {}))
+                        champion_version=champion_version, primary_metric=key, test=test, sets=dict(sets or {}), sources=dict(sources or {}),
+                        paired=dict(paired) if paired is not None else None)

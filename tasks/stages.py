@@ -308,24 +308,51 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
     from lmops.tasks.gate import decide
 
     champ = registry.get_version(p.register_.model_name, registry.CHAMPION)
-    champ_eval, local = None, None
+    champ_eval, local, paired, test_rows, seen_test, notes = None, None, candidate, run.data.test, 0, []
     if champ is not None:
         local = registry.download_version(champ, run.gate / "champion")
-        champ_eval = evaluate(p, local, run.data.test, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split")
+        # a champion trained on some of these rows (another split, data split anew) scores them from memory: both are
+        # compared on the rest; one that trained on all of them is compared on all (it can then only block)
+        test_rows, seen_test, note = _unseen_by(local, f"champion v{champ.version}", run.data.test, run.gate / "held-out-test.parquet")
+        notes += [note] if note else []
+        champ_eval = evaluate(p, local, test_rows, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split"
+                              + (f", less the {seen_test} rows it trained on" if seen_test else ""))
+        if seen_test:
+            paired = evaluate(p, model_dir, test_rows, run.gate / "candidate-held-out", f"Candidate on the test rows champion v{champ.version} did not train on")
+            notes.append(f"champion v{champ.version} was trained or validated on {seen_test} of the {candidate.n} test rows: the two are compared "
+                         f"on the other {paired.n}")
     sets = {}
     for name, spec in p.gate.sets.items():
         out = run.gate / "sets" / name
         path = Path(spec.path) if Path(spec.path).is_absolute() else (root or Path.cwd()) / spec.path
         data, _, left_out = load_labeled_file(path, p, out / "data", spec.file_columns(),
                                               exclude=[run.data.train, run.data.validation])
+        if local:
+            data, seen_here, note = _unseen_by(local, f"champion v{champ.version}", data, out / "data" / "held-out.parquet")
+            left_out += seen_here
+            notes += [f"set {name}: {note}"] if note else []
         cand = evaluate(p, model_dir, data, out / "candidate", f"Candidate on {name}")
         ch = evaluate(p, local, data, out / "champion", f"Champion v{champ.version} on {name}") if local else None
         sets[name] = _scores(p, cand, ch, left_out)
     decision = decide(candidate.headline(), champ_eval.headline() if champ_eval else None, p.gate, str(champ.version) if champ else None,
-                      test=_scores(p, candidate, champ_eval), sets=sets, sources=_source_scores(p, candidate, champ_eval, run.data.test))
+                      test=_scores(p, paired, champ_eval, seen_test), sets=sets, sources=_source_scores(p, paired, champ_eval, test_rows),
+                      paired=paired.headline() if seen_test else None, notes=notes)
     run.gate.mkdir(parents=True, exist_ok=True)
     run.gate_decision.write_text(json.dumps(decision.to_dict(), indent=2))
     return decision
+
+
+def _unseen_by(model: Path, name: str, data_path: Path, out_path: Path) -> tuple[Path, int, str | None]:
+    """The rows of ``data_path`` ``model`` was not fitted or selected on (all of them when it recorded nothing), how
+    many were left out, and a note when it had seen every one (then all are kept: its score is in-sample)."""
+    from lmops.errors import DataError
+    from lmops.tasks import seen
+
+    try:
+        rows, counts = seen.held_out(data_path, [(name, model)], out_path)
+    except DataError:
+        return data_path, 0, f"{name} was trained or validated on every row of {data_path.name}: compared on all of them, its score in-sample"
+    return rows, counts[name] or 0, None
 
 
 def _scores(p: Params, cand, champ=None, left_out: int = 0):
@@ -441,6 +468,8 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
     not only which rows were tested). Writes ``out/report.md``; returns both headlines and the difference."""
     import pandas as pd
 
+    from lmops.tasks import seen
+
     runs_a, runs_b = list(a), list(b)
 
     def run_names(name: str, k: int) -> list[str]:
@@ -448,6 +477,9 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
         return [name] if k == 1 else parts if len(parts) == k else [f"{name} [{i + 1}]" for i in range(k)]
 
     labels_a, labels_b = run_names(names[0], len(runs_a)), run_names(names[1], len(runs_b))
+    # a row any of them was fitted or selected on is no test of it (another seed's split, a source it trained on):
+    # every model is scored on the rows none of them saw
+    data_path, seen_counts = seen.held_out(data_path, list(zip(labels_a + labels_b, runs_a + runs_b)), out / "held-out.parquet")
     sub = (lambda side, i, k: out / side if k == 1 else out / f"{side}{i + 1}")
     ra = [evaluate(p, m, data_path, sub("a", i, len(runs_a)), f"{labels_a[i]} on {data_path.name}") for i, m in enumerate(runs_a)]
     rb = [evaluate(p, m, data_path, sub("b", i, len(runs_b)), f"{labels_b[i]} on {data_path.name}") for i, m in enumerate(runs_b)]
@@ -480,7 +512,7 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
     resampled = (f"paired bootstrap, {diff['n_bootstrap']} resamples of the same rows for both models" if "runs" not in diff else
                  f"the mean over {len(ra)} run(s) of A and {len(rb)} of B; two-level bootstrap, {diff['n_bootstrap']} resamples of the "
                  "same rows and of each side's runs (so the interval holds the spread between seeds too)")
-    lines = [f"# {names[1]} − {names[0]} on {data_path.name}", "", f"n = {rb[0].n} · {resampled}", "",
+    lines = [f"# {names[1]} − {names[0]} on {data_path.name}", "", f"n = {rb[0].n} · {resampled}", "", _seen_line(seen_counts), "",
              f"| metric | {names[0]} | {names[1]} | difference | 95% interval | distinguishable from noise |", "|---|---:|---:|---:|---|---|"]
     for m in metrics:
         d = diff[m]
@@ -497,7 +529,16 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"a": sa, "b": sb, "b_minus_a": diff, "distinguishable": verdicts, "n": rb[0].n, "report": str(out / "report.md"),
-            **({"slices": slices} if slices else {})}
+            "seen_in_training": seen_counts, **({"slices": slices} if slices else {})}
+
+
+def _seen_line(counts: dict) -> str:
+    left = sum(1 for c in counts.values() if c)
+    known = ", ".join(f"{name}: {c}" for name, c in counts.items() if c is not None)
+    unknown = [name for name, c in counts.items() if c is None]
+    text = (f"Rows left out because a model was trained or validated on them — {known}." if left else
+            "No row here was a training or validation text of the models that record theirs.")
+    return text + (f" Not recorded (trained before lmops kept it, or a base checkpoint): {', '.join(unknown)}." if unknown else "")
 
 
 def distill(p: Params, teachers: list[Path], data: "Snapshot", out: Path, names: list[str] | None = None) -> dict:

@@ -1,5 +1,7 @@
 """Distillation: an ensemble of tiny teachers taught to a student with half their layers (tasks/distill.py)."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
@@ -95,3 +97,65 @@ def test_the_pipeline_registers_the_distilled_student_through_the_gate(prefect_a
     assert json.loads((local / "config.json").read_text())["num_hidden_layers"] == 1  # the tiny teacher has 2
     run = Path(out["run_dir"])
     assert (run / "distill" / "loss.png").exists() and json.loads((run / "distill" / "distill.json").read_text())["layers_kept"] == [0]
+
+
+def _trained_on_test_rows(model_dir, data, tmp_path, rows=5):
+    """A copy of ``model_dir`` that records ``rows`` of the test split among its training texts: what a model trained
+    with another split seed records (its weights are beside the point: the record is what is read)."""
+    import shutil
+
+    from lmops.tasks import seen
+
+    copy = tmp_path / "other-split"
+    shutil.copytree(model_dir, copy)
+    seen.record(copy, [data / "train.parquet", data / "validation.parquet", pd.read_parquet(data / "test.parquet").head(rows)])
+    return copy
+
+
+def test_fine_tuning_records_the_texts_it_fitted_on_and_distillation_refuses_a_teacher_of_another_split(teachers, tmp_path):
+    from lmops.tasks import seen
+
+    (t0, _), p, data = teachers
+    fitted = pd.concat([pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "validation.parquet")])["text"]
+    assert seen.of(t0.model_dir).tolist() == seen.keys(fitted).tolist()
+    assert not seen.seen_rows(t0.model_dir, pd.read_parquet(data / "test.parquet")["text"]).any()
+    other = _trained_on_test_rows(t0.model_dir, data, tmp_path)
+    with pytest.raises(UserError, match=r"trained or validated on 5 of the \d+ rows of this snapshot's test split"):
+        distill([t0.model_dir, str(other)], data / "train.parquet", data / "validation.parquet", None, LABELS, DistillParams(epochs=1),
+                p.finetune, 0, tmp_path / "student", progress=False)
+
+
+def test_compare_and_the_gate_leave_out_the_test_rows_a_model_trained_on(teachers, tmp_path, lmops_home):
+    """Scores on rows a model trained on are no test of it: `lmops compare` scores both models on the rows neither
+    saw, and the gate compares a champion that trained on some test rows (another split) on the others."""
+    import shutil
+
+    from lmops.layout import RunLayout
+    from lmops.tasks import registry, stages
+
+    (t0, _), p, data = teachers
+    other = _trained_on_test_rows(t0.model_dir, data, tmp_path)
+    n_test = len(pd.read_parquet(data / "test.parquet"))
+    ev = stages.evaluate(p, other, data / "test.parquet", tmp_path / "eval-other", "other on the test split")  # scored as asked, and said
+    assert ev.report["seen_in_training"] == 5 and f"**5 of these {n_test} rows were training or validation texts" in Path(ev.report_path).read_text()
+    out = stages.compare_models(p, [t0.model_dir], [other], data / "test.parquet", tmp_path / "compare", names=("A", "B"))
+    assert out["seen_in_training"] == {"A": 0, "B": 5} and out["n"] == n_test - 5
+    assert "Rows left out because a model was trained or validated on them — A: 0, B: 5." in (tmp_path / "compare" / "report.md").read_text()
+    unrecorded = tmp_path / "unrecorded"
+    shutil.copytree(t0.model_dir, unrecorded)
+    (unrecorded / "seen_texts.npy").unlink()
+    out = stages.compare_models(p, [t0.model_dir], [unrecorded], data / "test.parquet", tmp_path / "compare2", names=("A", "old"))
+    assert out["n"] == n_test and "Not recorded (trained before lmops kept it, or a base checkpoint): old." in Path(out["report"]).read_text()
+
+    # the gate: that model is the champion, t0 the candidate
+    run_id, source = registry.log_candidate("exp", "r", {"a": {"b": 1}}, {"macro_f1": 0.5}, {"data_version": "x.dir"}, {"model": other})
+    registry.register_version(p.register_.model_name, run_id, source, {"data_version": "x.dir", "git_commit": "deadbeef"}, True, None)
+    run = RunLayout(tmp_path / "run")
+    shutil.copytree(data, run.data.dir)
+    candidate = stages.evaluate(p, t0.model_dir, run.data.test, run.stage("evaluate"), "candidate")
+    decision = stages.gate(p, run, candidate, t0.model_dir, tmp_path)
+    assert decision.test.n == n_test - 5 and decision.test.left_out == 5 and decision.paired is not None
+    assert decision.reasons[0] == f"champion v1 was trained or validated on 5 of the {n_test} test rows: the two are compared on the other {n_test - 5}"
+    # the same weights on the same rows: the champion's score is the candidate's on those rows, not on the whole split
+    assert decision.champion == pytest.approx(decision.paired) and decision.candidate == candidate.headline()
+    assert decision.test.diff["macro_f1"]["diff"] == 0

@@ -139,3 +139,15 @@ def test_bootstrap_interval_is_seeded_and_narrows_with_more_rows():
     assert big["macro_f1"][0] < point < big["macro_f1"][1] and big["accuracy"][0] < (y == p).mean() < big["accuracy"][1]
     assert big["macro_f1"][1] - big["macro_f1"][0] < small["macro_f1"][1] - small["macro_f1"][0]
     assert big["macro_f1"] == pytest.approx([0.7879, 0.8238], abs=0.002)  # pinned: 2000 rows, 80% accurate
+
+
+def test_a_champion_that_trained_on_test_rows_is_compared_on_the_rest():
+    """``paired``: the candidate on the rows the champion did not train on. The champion comparison reads it, the
+    floors still read the whole test split, and the decision shows both."""
+    notes = ["champion v3 was trained or validated on 40 of the 200 test rows: the two are compared on the other 160"]
+    d = decide(C(0.80, 0.80), C(0.84, 0.84), GateParams(min_macro_f1=0.79), champion_version="3", paired=C(0.85, 0.85), notes=notes)
+    assert d.promote and d.reasons[0] == notes[0] and any(">= champion v3 0.8400 + margin 0.0 (the test rows it did not train on)" in r for r in d.reasons)
+    assert "| macro_f1 | 0.8000 | 0.8500 | 0.8400 |" in d.to_markdown() and d.to_dict()["paired"]["macro_f1"] == 0.85
+    # without it the same numbers refuse (the whole split against the champion's in-sample score), and the floor still holds
+    assert not decide(C(0.80, 0.80), C(0.84, 0.84), GateParams(), champion_version="3").promote
+    assert not decide(C(0.78, 0.78), C(0.84, 0.84), GateParams(min_macro_f1=0.79), champion_version="3", paired=C(0.85, 0.85)).promote
