@@ -558,6 +558,13 @@ def distill(p: Params, teachers: list[Path], data: "Snapshot", out: Path, names:
     for i, t in enumerate(teachers[1:], start=1):
         other = evaluate(p, t, data.test, out / f"teacher-{i}-eval", f"{names[i]} on the test split")
         rows.append((names[i], other, _scores(p, other, first).diff))
+    ensemble = None
+    if len(teachers) > 1:  # what the student was taught, scored beside it: does one model keep what several bought?
+        from lmops.tasks.evaluate import evaluate_ensemble
+
+        ensemble = evaluate_ensemble([(t, reading_length(p, t)) for t in teachers], data.test, p.validate_.labels, p.evaluate.batch_size,
+                                     out / "ensemble-eval", p.finetune.kind, f"the ensemble of {len(teachers)} teachers on the test split")
+        rows.append(("ensemble of the teachers", ensemble, _scores(p, ensemble, first).diff))
     lines = [f"# Distilled: {len(summary.layers_kept)} of {summary.teacher_layers} layers ({summary.student_params:,} of "
              f"{summary.teacher_params:,} parameters) from {', '.join(names)}", "",
              f"{summary.labeled_rows} labeled + {summary.unlabeled_rows} unlabeled rows, alpha {p.distill.alpha}, T {p.distill.temperature}; "
@@ -567,9 +574,15 @@ def distill(p: Params, teachers: list[Path], data: "Snapshot", out: Path, names:
     for name, res, diff in rows:
         d = diff["macro_f1"]
         lines.append(f"| {name} | {res.headline()['macro_f1']:.4f} | {_ci(res)} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |")
+    result = {"summary": asdict(summary), "student": student.headline(),
+              "teachers": {names[0]: first.headline(), **{n: r.headline() for n, r, _ in rows[1:len(teachers)]}}, "report": str(out / "report.md")}
+    if ensemble is not None:
+        d = _scores(p, student, ensemble).diff["macro_f1"]
+        lines += ["", f"student − ensemble of the teachers: {d['diff']:+.4f}, 95% interval [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] "
+                  f"(the same test rows, paired)"]
+        result.update(ensemble=ensemble.headline(), student_minus_ensemble=d)
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"summary": asdict(summary), "student": student.headline(), "teachers": {names[0]: first.headline(), **{n: r.headline() for n, r, _ in rows[1:]}},
-            "report": str(out / "report.md")}
+    return result
 
 
 def _ci(res) -> str:

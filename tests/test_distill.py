@@ -69,6 +69,13 @@ def test_the_distill_stage_scores_student_and_teachers_on_the_same_test_rows(tea
     report = (tmp_path / "report.md").read_text()
     assert "1 of 2 layers" in report and "| student |" in report and "| A |" in report and "| B |" in report
     assert set(out["teachers"]) == {"A", "B"} and 0 <= out["student"]["macro_f1"] <= 1
+    # the ensemble the student was taught is scored beside it: its calibrated probabilities averaged, on the same rows
+    test = pd.read_parquet(data / "test.parquet")
+    by_hand = teacher_probs([t0.model_dir, t1.model_dir], test["text"].tolist(), LABELS, p.finetune, 1.0).argmax(-1).tolist()
+    expected = f1_score(test["label"], [LABELS[i] for i in by_hand], labels=LABELS, average="macro", zero_division=0)
+    assert out["ensemble"]["macro_f1"] == pytest.approx(expected, abs=1e-6)
+    assert f"| ensemble of the teachers | {expected:.4f} |" in report and "student − ensemble of the teachers: " in report
+    assert out["student_minus_ensemble"]["diff"] == pytest.approx(out["student"]["macro_f1"] - out["ensemble"]["macro_f1"], abs=5e-5)  # rounded to 4 places
 
 
 def test_layers_the_teacher_lacks_are_refused_naming_its_range(teachers):
