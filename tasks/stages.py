@@ -312,9 +312,11 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
     if champ is not None:
         local = registry.download_version(champ, run.gate / "champion")
         # a champion trained on some of these rows (another split, data split anew) scores them from memory: both are
-        # compared on the rest; one that trained on all of them is compared on all (it can then only block)
-        test_rows, seen_test, note = _unseen_by(local, f"champion v{champ.version}", run.data.test, run.gate / "held-out-test.parquet")
-        notes += [note] if note else []
+        # compared on the rest; one that trained on all of them is compared on all (it can then only block). Without
+        # the candidate's folder it cannot be scored again on fewer rows: then all rows, as before
+        if model_dir is not None:
+            test_rows, seen_test, note = _unseen_by(local, f"champion v{champ.version}", run.data.test, run.gate / "held-out-test.parquet")
+            notes += [note] if note else []
         champ_eval = evaluate(p, local, test_rows, run.gate / "champion-eval", f"Champion v{champ.version} on the same test split"
                               + (f", less the {seen_test} rows it trained on" if seen_test else ""))
         if seen_test:
@@ -479,10 +481,10 @@ def compare_models(p: Params, a: list, b: list, data_path: Path, out: Path, name
     labels_a, labels_b = run_names(names[0], len(runs_a)), run_names(names[1], len(runs_b))
     # a row any of them was fitted or selected on is no test of it (another seed's split, a source it trained on):
     # every model is scored on the rows none of them saw
-    data_path, seen_counts = seen.held_out(data_path, list(zip(labels_a + labels_b, runs_a + runs_b)), out / "held-out.parquet")
+    rows, seen_counts = seen.held_out(data_path, list(zip(labels_a + labels_b, runs_a + runs_b)), out / "held-out.parquet")
     sub = (lambda side, i, k: out / side if k == 1 else out / f"{side}{i + 1}")
-    ra = [evaluate(p, m, data_path, sub("a", i, len(runs_a)), f"{labels_a[i]} on {data_path.name}") for i, m in enumerate(runs_a)]
-    rb = [evaluate(p, m, data_path, sub("b", i, len(runs_b)), f"{labels_b[i]} on {data_path.name}") for i, m in enumerate(runs_b)]
+    ra = [evaluate(p, m, rows, sub("a", i, len(runs_a)), f"{labels_a[i]} on {data_path.name}") for i, m in enumerate(runs_a)]
+    rb = [evaluate(p, m, rows, sub("b", i, len(runs_b)), f"{labels_b[i]} on {data_path.name}") for i, m in enumerate(runs_b)]
     # one run a side: the plain paired bootstrap, draw for draw (what the gate computes)
     frames = [pd.read_parquet(r.predictions_path) for r in ra + rb]
     diff = p.finetune.kind.paired_bootstrap_runs(frames[0]["label"].tolist(), [f["prediction"].tolist() for f in frames[: len(ra)]],
