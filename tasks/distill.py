@@ -75,17 +75,9 @@ def shrink(model, keep: list[int]):
 
 def teacher_probs(teachers: list[str], inputs: list, labels: list[str], ft: FinetuneParams, temperature: float, batch_size: int = 64):
     """Mean over the teachers of softmax(calibrated logits / temperature): [n, labels]."""
-    import torch
+    from lmops.tasks.predict import ensemble_probs
 
-    from lmops.tasks.predict import load_classifier, predict_logits
-
-    total = None
-    for ref in teachers:
-        model, tokenizer = load_classifier(ref, labels, ft.kind)
-        probs = torch.softmax(predict_logits(model, tokenizer, inputs, ft.kind, labels, ft.max_length, batch_size) / temperature, dim=-1)
-        total = probs if total is None else total + probs
-        del model
-    return total / len(teachers)
+    return ensemble_probs([(ref, ft.max_length) for ref in teachers], inputs, labels, ft.kind, batch_size, temperature)
 
 
 def _teachers_held_out(teachers: list[str], test_path: Path) -> None:

@@ -89,16 +89,11 @@ def evaluate_ensemble(members: list[tuple[Path, int]], data_path: Path, labels: 
     import numpy as np
     import torch
 
-    from lmops.tasks.predict import load_classifier, predict_logits
+    from lmops.tasks.predict import ensemble_probs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _labeled(data_path, labels, kind)
-    total = None
-    for model_dir, max_length in members:
-        model, tokenizer = load_classifier(str(model_dir), labels, kind)
-        probs = torch.softmax(predict_logits(model, tokenizer, kind.inputs(data), kind, labels, max_length, batch_size), -1)
-        total = probs if total is None else total + probs
-    mean = total / len(members)
+    mean = ensemble_probs(members, kind.inputs(data), labels, kind, batch_size)
     # log-probabilities are logits whose softmax is the mean: the report's confidences and ECE are the ensemble's
     return _scored(torch.log(mean.clamp_min(np.finfo(np.float32).tiny)), data, labels, out_dir, kind, title, seen_by=[m for m, _ in members])
 
@@ -119,13 +114,12 @@ def _scored(logits, data, labels: list[str], out_dir: Path, kind: TaskKind, titl
     import numpy as np
     import pandas as pd
 
+    from lmops.tasks import seen
     from lmops.tasks.plots import confusion_matrix
 
     refs = kind.targets(data, labels)
     report, pred_text, confidence, score = kind.report(logits, refs, labels)
     report["task"], report["n"] = kind.name, len(refs)
-    from lmops.tasks import seen
-
     # said, not hidden: `lmops evaluate` on a file is the user's choice of rows (compare and the gate leave them out)
     masks = [m for m in (seen.seen_rows(d, data["text"]) for d in seen_by) if m is not None]
     report["seen_in_training"] = int(np.logical_or.reduce(masks).sum()) if masks else None

@@ -12,6 +12,8 @@ def write_model_card(path: Path, name: str, lineage: dict[str, str], metrics: di
                      kind: TaskKind) -> Path:
     ft, pre = params["finetune"], params["pretrain"]
     base = ft.get("base_model") or f"domain-pretrained {pre['objective'].upper()} ({pre.get('base_model') or 'from scratch'}, {pre['num_layers']} layers, {pre['hidden_size']} hidden)"
+    split_seed = params["ingest"].get("split_seed")  # IngestParams.seed_for_split, on the params as saved
+    split_seed = params["project"]["seed"] if split_seed is None else split_seed
     sources = ", ".join(f"{s['name']} ({s['role']}, {s['format']})" for s in params["ingest"]["sources"])
     text = f"""# Model card: {name}
 
@@ -29,7 +31,7 @@ def write_model_card(path: Path, name: str, lineage: dict[str, str], metrics: di
 | command | `{command}` |
 
 ## Training data
-Sources: {sources}. Splits are seeded and stratified (seed {params['ingest'].get('split_seed') if params['ingest'].get('split_seed') is not None else params['project']['seed']}); rows not kept are listed with reasons in the snapshot's `quarantine.parquet`.
+Sources: {sources}. Splits are seeded and stratified (seed {split_seed}); rows not kept are listed with reasons in the snapshot's `quarantine.parquet`.
 
 ## Evaluation (held-out test split)
 {report_md.split(chr(10), 2)[-1] if report_md else ''}

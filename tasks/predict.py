@@ -125,6 +125,20 @@ def predict_logits(model, tokenizer, inputs: list, kind: TaskKind, labels: list[
     return kind.stack(kind.join(units, plan), len(labels))
 
 
+def ensemble_probs(members: list, inputs: list, labels: list[str], kind: TaskKind, batch_size: int = 64, temperature: float = 1.0):
+    """Several classifiers as one: the mean over ``members`` ((folder, max_length) pairs, each read at its own length)
+    of softmax(calibrated logits / temperature), a [n, labels] tensor. One member is loaded at a time."""
+    import torch
+
+    total = None
+    for model_dir, max_length in members:
+        model, tokenizer = load_classifier(str(model_dir), labels, kind)
+        probs = torch.softmax(predict_logits(model, tokenizer, inputs, kind, labels, max_length, batch_size) / temperature, dim=-1)
+        total = probs if total is None else total + probs
+        del model
+    return total / len(members)
+
+
 def predict_labels(model, tokenizer, frame, labels: list[str], kind: TaskKind, max_length: int, batch_size: int) -> tuple[list[str], list[float]]:
     """Predicted label per row (NER: space-separated tags) and its confidence (NER: mean over words)."""
     logits = predict_logits(model, tokenizer, kind.inputs(frame), kind, labels, max_length, batch_size)
