@@ -15,7 +15,8 @@ help:
 	@echo "make run | make test | make test-slow | make test-all | make bench | make clean | make clean-all"
 
 # The stamp depends on pyproject.toml so a dependency change reinstalls.
-$(VENV)/.installed: pyproject.toml
+# the C kernels (lmops/_textkernels.c) are compiled by the editable install: a change to them installs again
+$(VENV)/.installed: pyproject.toml lmops/_textkernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
 	# torch first, through pip: it honours the machine's pip config (a local CPU wheel, an index for CUDA);

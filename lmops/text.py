@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from itertools import chain
+
+try:  # the compiled kernels (lmops/_textkernels.c), built with the package; each equals a *_py definition below
+    from lmops import _textkernels as _kernels
+except ImportError:  # not built (no C compiler where it was installed): the Python definitions do the same work
+    _kernels = None
+if os.environ.get("LMOPS_PURE_PYTHON"):  # the definitions alone (tests compare the two; a suspected kernel bug)
+    _kernels = None
 
 # Invisible format characters: zero-width space/non-joiner/joiner, word joiner, soft hyphen, BOM, Mongolian
 # vowel separator. Left in, "Tata\u200bMotors" is a different text from "Tata Motors" to every hash, so copies
@@ -25,6 +33,13 @@ def without_invisible(text: str) -> str:
 
 def normalize_text(text: str) -> str:
     """NFC, no control or invisible format characters, single spaces; paragraph breaks kept as blank lines."""
+    if _kernels is not None:
+        return _kernels.fold(unicodedata.normalize("NFC", text))
+    return normalize_text_py(text)
+
+
+def normalize_text_py(text: str) -> str:
+    """normalize_text in Python: the definition the compiled kernel is tested against, and the fallback."""
     text = without_invisible(unicodedata.normalize("NFC", text))
     # Every whitespace character a space but the line feed: _PARAGRAPH's \s matches the same characters before
     # and after, so the paragraphs are the ones " ".join(p.split()) would fold, and folding is then a few
@@ -56,9 +71,20 @@ class Boilerplate:
         self._repeats = repeated_line_min
         self._max_chars = repeated_line_max_chars
         self._window = window
+        self._memo: dict[str, bool] = {}  # the compiled strip's verdicts on short keys, across documents
 
     def strip(self, text: str) -> tuple[str, int]:
         """(text without boilerplate lines, number of lines removed)."""
+        if self._line is None:
+            return text, 0
+        if _kernels is not None:
+            if len(self._memo) > 200_000:  # bounded: a long-running worker must not grow without limit
+                self._memo.clear()
+            return _kernels.strip_lines(text, self._line.fullmatch, self._repeats, self._max_chars, self._window, self._memo)
+        return self.strip_py(text)
+
+    def strip_py(self, text: str) -> tuple[str, int]:
+        """strip in Python: the definition the compiled kernel is tested against, and the fallback."""
         if self._line is None:
             return text, 0
         lines = text.split("\n")

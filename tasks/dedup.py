@@ -21,7 +21,7 @@ MIN_WORDS = 8  # shorter documents get no signature: too few shingles to mean an
 # members are still compared with the first CAP, which is where the kept copy sits.
 CAP = 64
 
-# odd multipliers that mix five word hashes into one 5-gram hash (mod 2^64)
+# odd multipliers that mix five word hashes into one 5-gram hash (mod 2^64); lmops/_textkernels.c has the same
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
 # a role's documents are deduplicated among themselves; auxiliary = labeled rows kept only for their entity labels,
 # so that one never knocks a labeled row out of the splits
@@ -33,103 +33,36 @@ class MinHasher:
     hashed once, its top 6 bits pick one of 64 bins and a bin keeps its smallest hash; bins no shingle fell in
     borrow the value of another bin by optimal densification (Shrivastava 2017), so two signatures agree in a
     position with probability the Jaccard similarity of the shingle sets, as with 64 independent permutations, at
-    1/64th of the hashing. Seeded, so every process (and every Dask worker) signs the same text the same way."""
+    1/64th of the hashing. Seeded, so every process (and every Dask worker) signs the same text the same way.
+    The hashing itself is ``sign`` (one pass over each document: the compiled kernel, or ``sign_py``)."""
 
     def __init__(self, seed: int = 1):
         import numpy as np
 
         rng = np.random.default_rng(seed)
-        self._seed = rng.integers(1, (1 << 63) - 1, dtype=np.uint64) | np.uint64(1)
+        self.seed = int(rng.integers(1, (1 << 63) - 1, dtype=np.uint64) | np.uint64(1))
         # where an empty bin looks next, attempt after attempt; the same sequence for every document (that is what
         # keeps the estimate unbiased): 64 bins × DENSIFY_TRIES candidate bins
         self._probe = rng.integers(0, PERMS, (DENSIFY_TRIES, PERMS))
-        self._words: dict[str, int] = {}
-
-    def _word_ids(self, words):
-        """A stable 64-bit hash per word of an Arrow string array (Python's hash() is salted per process: same
-        data, same decisions); each distinct word of the batch is hashed once, through a cache kept across batches."""
-        import numpy as np
-        import pyarrow.compute as pc
-
-        cache = self._words
-        if len(cache) > 2_000_000:  # a bounded cache: a long-running worker must not grow without limit
-            cache.clear()
-        enc = pc.dictionary_encode(words)
-        get = cache.get
-        uniques = enc.dictionary.to_pylist()
-        ids = [get(w) for w in uniques]
-        for i, w in enumerate(uniques):
-            if ids[i] is None:
-                ids[i] = cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little", signed=True)
-        # kept signed (small Python ints convert to int64 several times faster than to uint64); the same 64 bits
-        return np.array(ids, dtype=np.int64).view(np.uint64)[enc.indices.to_numpy(zero_copy_only=False)]
 
     def signature(self, text: str):
         """One document's signature (64,) uint64 (any length: a document under MIN_WORDS words is signed too)."""
-        return self._sign(folded_words([text]))[0]
+        import numpy as np
 
-    def signatures(self, docs: list[str], words=None):
+        return self._densify(np.frombuffer(sign(text, 0, self.seed)[2], dtype=np.uint64).reshape(1, PERMS))[0]
+
+    def signatures(self, docs: list[str], signed=None):
         """(signatures (n, 64) uint64, has_signature (n,) bool); documents under MIN_WORDS words get zeros.
-        ``words``: the documents' ``folded_words`` where the caller has them already."""
+        ``signed``: the documents' ``sign_documents``, where the caller has them already."""
         import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
-        words = folded_words(docs) if words is None else words
-        has = pc.list_value_length(words).to_numpy(zero_copy_only=False) >= MIN_WORDS
-        sigs = np.zeros((len(words), PERMS), dtype=np.uint64)
+        signed = sign_documents(0, docs, self.seed) if signed is None else signed
+        has = np.array([s[1] >= MIN_WORDS for s in signed], dtype=bool)
+        sigs = np.zeros((len(docs), PERMS), dtype=np.uint64)
         if has.any():
-            sigs[has] = self._sign(words.filter(pa.array(has)))
+            raw = b"".join(s[2] for s, h in zip(signed, has.tolist()) if h)
+            sigs[has] = self._densify(np.frombuffer(raw, dtype=np.uint64).reshape(-1, PERMS))
         return sigs, has
-
-    def _sign(self, words):
-        """Signatures of an Arrow list array of words per document, the whole batch in a few array operations."""
-        import numpy as np
-        import pyarrow.compute as pc
-
-        counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
-        ids = self._word_ids(pc.list_flatten(words))
-        if len(counts) and (counts >= len(_MIX)).all():
-            grams, doc = self._grams(ids, counts)
-        else:  # a document of fewer than 5 words is one shorter shingle
-            grams, doc = self._short_grams(ids, counts)
-        h = _fmix64(grams ^ self._seed)
-        flat = np.full(len(counts) * PERMS, np.iinfo(np.uint64).max, dtype=np.uint64)
-        # the bin is the top 6 bits, so a bin's smallest hash is its smallest value (a repeated shingle changes nothing)
-        np.minimum.at(flat, doc * PERMS + (h >> np.uint64(64 - 6)).astype(np.int64), h)
-        return self._densify(flat.reshape(len(counts), PERMS))
-
-    @staticmethod
-    def _grams(ids, counts):
-        """(5-gram hashes, their documents) when every document has 5 words or more: the hash at every position of
-        the flat word array by five shifted slices, then the positions whose five words cross into the next
-        document left out (fancy-indexing five words per shingle cost 40% more)."""
-        import numpy as np
-
-        n = len(ids)
-        grams = ids[: n - 4] * np.uint64(_MIX[0])
-        for k in range(1, len(_MIX)):  # each shingle's hash combines its 5 word hashes (uint64 wraps)
-            grams += ids[k : n - 4 + k] * np.uint64(_MIX[k])
-        ends = np.cumsum(counts)
-        edge = np.zeros(n - 3, dtype=np.int64)  # +1 where a document's shingles start, -1 where they end
-        np.add.at(edge, ends - counts, 1)
-        np.add.at(edge, ends - 4, -1)
-        return grams[np.cumsum(edge[:-1]) > 0], np.repeat(np.arange(len(counts)), counts - 4)
-
-    @staticmethod
-    def _short_grams(ids, counts):
-        import numpy as np
-
-        grams_per_doc = np.maximum(counts - 4, 1)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        doc = np.repeat(np.arange(len(counts)), grams_per_doc)
-        # a shingle's first word: its document's first word, plus its place among the document's shingles
-        first = np.repeat(starts - (np.cumsum(grams_per_doc) - grams_per_doc), grams_per_doc) + np.arange(len(doc))
-        grams = np.zeros(len(doc), dtype=np.uint64)
-        for k, mix in enumerate(_MIX):
-            present = k < counts[doc]
-            grams[present] += ids[first[present] + k] * np.uint64(mix)
-        return grams, doc
 
     def _densify(self, sigs):
         import numpy as np
@@ -153,17 +86,6 @@ class MinHasher:
         return out
 
 
-def _fmix64(x):
-    """MurmurHash3's 64-bit finalizer: every output bit depends on every input bit (the shingle mix alone is linear)."""
-    import numpy as np
-
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
-
-
 _HASHER: MinHasher | None = None
 
 
@@ -175,34 +97,77 @@ def minhasher() -> MinHasher:
     return _HASHER
 
 
-def folded_words(docs: list[str], normalized: bool = False):
-    """The documents' words, lower-cased (an Arrow list array): what both duplicate tests compare, computed once.
-    ``normalized``: every document came through ``normalize_text``, so its only whitespace is spaces and line feeds,
-    and splitting on ASCII whitespace (0.4 -> 0.2 s on 25 MB of filings) gives the words the Unicode split would."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    lower = pc.utf8_lower(pa.array(docs, type=pa.large_string()))
-    return pc.ascii_split_whitespace(lower) if normalized else pc.utf8_split_whitespace(lower)
+def sign_documents(role: int | str | list[str], docs: list[str], seed: int | None = None) -> list[tuple[bytes, int, bytes]]:
+    """``sign`` of every document (role: one for all, or one per document; seed: the process's MinHasher's)."""
+    seed = minhasher().seed if seed is None else seed
+    codes = [_code(role)] * len(docs) if not isinstance(role, list) else [_code(r) for r in role]
+    return [sign(d, c, seed) for d, c in zip(docs, codes)]
 
 
-def exact_keys(role: str | list[str], docs: list[str], words=None):
+def _code(role: int | str) -> int:
+    return role if isinstance(role, int) else _ROLES[role]
+
+
+def exact_keys(role: str | list[str], docs: list[str], signed=None):
     """16-byte keys of the documents with case and whitespace folded, distinct per role (one for all, or one per
-    document; ``words``: their ``folded_words``, where the caller has them)."""
+    document; ``signed``: their ``sign_documents``, where the caller has them)."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
-    joined = pc.binary_join(folded_words(docs) if words is None else words, pa.scalar(" ", pa.large_string()))
-    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + len(joined) + 1]
-    data = memoryview(joined.buffers()[2] or b"")
-    salts = [role.encode() + b"\0"] * len(docs) if isinstance(role, str) else [r.encode() + b"\0" for r in role]
-    keys = []
-    for salt, a, b in zip(salts, offsets[:-1].tolist(), offsets[1:].tolist()):
-        h = hashlib.blake2b(salt, digest_size=16)
-        h.update(data[a:b])
-        keys.append(h.digest())
-    return np.array(keys, dtype="V16").reshape(len(docs))
+    signed = sign_documents(role, docs) if signed is None else signed
+    return np.array([s[0] for s in signed], dtype="V16").reshape(len(docs))
+
+
+_M64 = (1 << 64) - 1
+_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+_KEY_A, _KEY_B = 0x243F6A8885A308D3, 0x13198A2E03707344
+
+
+def _fmix(x: int) -> int:
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & _M64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & _M64
+    return x ^ (x >> 33)
+
+
+def sign_py(text: str, role: int, seed: int) -> tuple[bytes, int, bytes]:
+    """(exact key, words, MinHash bins) of one document: the definition of the compiled ``sign``, and its fallback.
+
+    Words: the text lower-cased character by character (``c.lower()[0]``: the simple case mapping, which is
+    ``str.lower`` but for U+0130) and split as ``str.split()`` splits. A word's hash: FNV-1a over its code points,
+    then MurmurHash3's 64-bit finalizer. The exact key: two 64-bit chains over the word hashes seeded by the role,
+    so equal keys mean the same words in the same order (a 64-bit hash per word: a collision in ~1e-8 for ten
+    million distinct words). The bins: every 5-gram of word hashes mixed by odd multipliers (a document of fewer
+    than 5 words is one shorter gram), finalized with the seed; the top 6 bits choose the bin, which keeps the
+    smallest value (``2**64 - 1`` where none fell; ``MinHasher`` densifies)."""
+    import struct
+
+    words = "".join(c.lower()[0] for c in text).split()
+    a, b = _fmix(_KEY_A ^ role), _fmix(_KEY_B ^ role)
+    hashes = []
+    for w in words:
+        h = _FNV_OFFSET
+        for ch in w:
+            h = ((h ^ ord(ch)) * _FNV_PRIME) & _M64
+        h = _fmix(h)
+        hashes.append(h)
+        a, b = _fmix(a ^ h), _fmix((b + h * _MIX[4]) & _M64)
+    grams = [hashes[i : i + 5] for i in range(len(hashes) - 4)] or [hashes]
+    bins = [_M64] * PERMS
+    for gram in grams:
+        x = _fmix((sum(h * m for h, m in zip(gram, _MIX)) & _M64) ^ seed)
+        bins[x >> 58] = min(bins[x >> 58], x)
+    n = len(hashes)
+    return struct.pack("=2Q", _fmix(a ^ n), _fmix(b ^ n)), n, struct.pack(f"={PERMS}Q", *bins)
+
+
+def _sign():
+    from lmops.text import _kernels
+
+    return _kernels.sign if _kernels is not None else sign_py
+
+
+sign = _sign()
 
 
 def band_hashes(sigs):

@@ -31,6 +31,12 @@ QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "text"]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _has_surrogate(text: str) -> bool:
+    from lmops.text import _kernels
+
+    return _kernels.has_surrogate(text) if _kernels is not None else _SURROGATE.search(text) is not None
+
+
 
 @dataclass
 class SourceCounts:
@@ -85,6 +91,15 @@ def _sentences(para: str) -> list[str]:
 
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
     """Split on paragraph, then sentence boundaries, packing pieces up to ~chunk_chars."""
+    from lmops.text import _kernels
+
+    if _kernels is not None:
+        return _kernels.chunk(text, chunk_chars)
+    return chunk_text_py(text, chunk_chars)
+
+
+def chunk_text_py(text: str, chunk_chars: int) -> list[str]:
+    """chunk_text in Python: the definition the compiled kernel is tested against, and the fallback."""
     if len(text) <= chunk_chars:
         return [text]
     pieces: list[str] = []
@@ -139,7 +154,7 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
 
     import numpy as np
 
-    from lmops.tasks.dedup import PERMS, exact_keys, folded_words, minhasher, role_code
+    from lmops.tasks.dedup import PERMS, exact_keys, minhasher, role_code, sign_documents
 
     src, kind = params.sources[source], KINDS[kind_name]
     boiler = _boilerplate(params)
@@ -159,14 +174,14 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
         texts.append(" ".join(dict.fromkeys(r["text"] for r in rows)))
     with open(spill, "wb") as fh:
         pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
-    words = folded_words(texts, normalized=True)  # every row's text is normalize_text's (the task kinds' and _clean's)
     # a labeled document without a label (mixed_entities: auxiliary) is deduplicated apart from the labeled ones
     roles = ["auxiliary" if src.role == "labeled" and rows[0]["label"] is None else src.role for rows in docs]
-    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(roles, texts, words), None, None)
+    signed = sign_documents(roles, texts)  # words, exact key and MinHash bins in one pass per document
+    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(roles, texts, signed), None, None)
     if any(r != src.role for r in roles):
         out.roles = np.array([role_code(r) for r in roles], dtype=np.uint8)
     if params.near_duplicate_threshold:
-        out.sigs, out.has_sig = minhasher().signatures(texts, words)
+        out.sigs, out.has_sig = minhasher().signatures(texts, signed)
     else:
         out.sigs, out.has_sig = np.zeros((len(texts), PERMS), dtype=np.uint64), np.zeros(len(texts), dtype=bool)
     return out
@@ -536,7 +551,7 @@ def _clean(item: Row, src: SourceParams, params: IngestParams, labels: list[str]
     kind shapes labeled rows, page furniture is removed from unlabeled ones."""
     if "\ufffd" in item.text:
         return "undecodable bytes (not UTF-8); re-encode the file as UTF-8", [], 0
-    if _SURROGATE.search(item.text):
+    if _has_surrogate(item.text):
         # JSON can spell half a UTF-16 pair (\\ud800); no UTF-8 file can hold it, so Parquet would refuse the row
         return "invalid Unicode: a lone surrogate (half of a UTF-16 pair); fix the escape in the source", [], 0
     if src.unescape_html:

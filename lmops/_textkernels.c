@@ -1,0 +1,551 @@
+/* Compiled kernels of ingest's per-document text work: each is the exact equivalent of a Python function in
+ * lmops/text.py or tasks/ingest.py (the *_py functions there), which stays the definition and the fallback where
+ * this module was not built. tests/test_textkernels.py compares the two on random strings of every character
+ * class the Python code treats apart.
+ *
+ * Why C: ingest spent most of its time in per-line and per-paragraph Python (str.strip on every line, a regex
+ * split per paragraph, a list of pieces per chunk); here each is one pass over the string's own buffer. Strings
+ * are read in their own width (1, 2 or 4 bytes a character) and results built in that width, then made canonical
+ * by PyUnicode_FromKindAndData (a str must be stored in the narrowest width that holds it, or == fails). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ALWAYS_INLINE __attribute__((always_inline))
+/* calls f with the string's width as a constant, so that each width gets its own loop without a switch per character */
+#define SPECIALISE(kind, f, ...)                                    \
+    switch (kind) {                                                 \
+    case PyUnicode_1BYTE_KIND: f(PyUnicode_1BYTE_KIND, __VA_ARGS__); break; \
+    case PyUnicode_2BYTE_KIND: f(PyUnicode_2BYTE_KIND, __VA_ARGS__); break; \
+    default: f(PyUnicode_4BYTE_KIND, __VA_ARGS__); break;          \
+    }
+
+/* zero-width space/non-joiner/joiner, word joiner, soft hyphen, BOM, Mongolian vowel separator: text.py's
+ * _INVISIBLE_CHARS */
+static inline int is_invisible(Py_UCS4 c) {
+    return c == 0x200b || c == 0x200c || c == 0x200d || c == 0x2060 || c == 0x00ad || c == 0xfeff || c == 0x180e;
+}
+
+/* what normalize_text turns into a space: the control characters [\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f], the space
+ * and OTHER_SPACES (\t \r \xa0 \u1680 \u2000-\u200a \u2028 \u2029 \u202f \u205f \u3000); the line feed is apart */
+static inline int is_space_like(Py_UCS4 c) {
+    if (c < 0x20) return c != '\n';
+    if (c == ' ') return 1;
+    if (c < 0x7f) return 0;
+    if (c <= 0xa0) return 1;
+    if (c < 0x1680) return 0;
+    return c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+           c == 0x3000;
+}
+
+/* normalize_text after NFC: invisible characters removed, control characters and every whitespace character but the
+ * line feed made spaces, paragraphs (split on \n\s*\n) with their whitespace folded to single spaces, the empty ones
+ * left out, joined by blank lines. A run of whitespace with two line feeds or more is a paragraph break. */
+static inline ALWAYS_INLINE Py_ssize_t fold_into(const int kind, const void *data, Py_ssize_t n, void *out) {
+    Py_ssize_t o = 0;
+    int any_out = 0, cur_has = 0, in_ws = 0, newlines = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c > ' ' && c < 0x7f && !in_ws && cur_has) {  /* most characters: printable ASCII inside a paragraph */
+            PyUnicode_WRITE(kind, out, o++, c);
+            continue;
+        }
+        if (c >= 0xad && is_invisible(c)) continue;
+        if (c == '\n') {
+            in_ws = 1;
+            newlines++;
+            continue;
+        }
+        if (is_space_like(c)) {
+            in_ws = 1;
+            continue;
+        }
+        if (in_ws) {
+            if (newlines >= 2) cur_has = 0;  /* a new paragraph */
+            else if (cur_has) PyUnicode_WRITE(kind, out, o++, ' ');
+            in_ws = 0;
+            newlines = 0;
+        }
+        if (!cur_has) {
+            if (any_out) {
+                PyUnicode_WRITE(kind, out, o++, '\n');
+                PyUnicode_WRITE(kind, out, o++, '\n');
+            }
+            cur_has = any_out = 1;
+        }
+        PyUnicode_WRITE(kind, out, o++, c);
+    }
+    return o;
+}
+
+static PyObject *fold(PyObject *Py_UNUSED(self), PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "fold() takes a str");
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg), o;
+    int kind = PyUnicode_KIND(arg);
+    const void *data = PyUnicode_DATA(arg);
+    void *out = PyMem_Malloc((size_t)(n > 0 ? n : 1) * kind);
+    if (!out) return PyErr_NoMemory();
+    SPECIALISE(kind, o = fold_into, data, n, out);
+    PyObject *res = PyUnicode_FromKindAndData(kind, out, o);
+    PyMem_Free(out);
+    return res;
+}
+
+/* Py_UNICODE_ISSPACE: what \s matches in a str pattern, and what str.strip() strips */
+#define ISSPACE(c) Py_UNICODE_ISSPACE(c)
+
+typedef struct {
+    Py_ssize_t *start, *end;
+    Py_ssize_t len, cap;
+} Spans;
+
+static int spans_add(Spans *s, Py_ssize_t a, Py_ssize_t b) {
+    if (s->len == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 256;
+        Py_ssize_t *na = PyMem_Realloc(s->start, cap * sizeof(Py_ssize_t));
+        if (!na) return -1;
+        s->start = na;
+        Py_ssize_t *nb = PyMem_Realloc(s->end, cap * sizeof(Py_ssize_t));
+        if (!nb) return -1;
+        s->end = nb;
+        s->cap = cap;
+    }
+    s->start[s->len] = a;
+    s->end[s->len] = b;
+    s->len++;
+    return 0;
+}
+
+static void spans_free(Spans *s) {
+    PyMem_Free(s->start);
+    PyMem_Free(s->end);
+}
+
+/* the pieces first..last-1 joined by single spaces, as one str */
+static PyObject *join_spans(int kind, const void *data, Spans *p, Py_ssize_t first, Py_ssize_t last, Py_UCS4 sep) {
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = first; k < last; k++) total += p->end[k] - p->start[k] + (k > first);
+    char *buf = PyMem_Malloc((size_t)(total > 0 ? total : 1) * kind);
+    if (!buf) return PyErr_NoMemory();
+    Py_ssize_t o = 0;
+    for (Py_ssize_t k = first; k < last; k++) {
+        if (k > first) PyUnicode_WRITE(kind, buf, o++, sep);
+        Py_ssize_t len = p->end[k] - p->start[k];
+        memcpy(buf + o * kind, (const char *)data + p->start[k] * kind, (size_t)len * kind);
+        o += len;
+    }
+    PyObject *res = PyUnicode_FromKindAndData(kind, buf, o);
+    PyMem_Free(buf);
+    return res;
+}
+
+/* chunk()'s pieces: spans of the text */
+static inline ALWAYS_INLINE int chunk_pieces(const int kind, const void *data, Py_ssize_t n, Py_ssize_t cc, Spans *pieces) {
+    Py_ssize_t p = 0;
+    for (;;) {
+        Py_ssize_t e = p;  /* the paragraph's end: the next "\n\n" (str.split's leftmost, non-overlapping) */
+        while (e < n && !(PyUnicode_READ(kind, data, e) == '\n' && e + 1 < n && PyUnicode_READ(kind, data, e + 1) == '\n')) e++;
+        if (e - p <= cc) {
+            if (spans_add(pieces, p, e) < 0) return -1;
+        } else {
+            Py_ssize_t s = p, q = p;
+            for (;;) {
+                /* the next sentence end: a stop followed by whitespace; then the whitespace run is skipped */
+                while (q < e) {
+                    Py_UCS4 c = PyUnicode_READ(kind, data, q);
+                    if ((c == '.' || c == '!' || c == '?') && q + 1 < e && ISSPACE(PyUnicode_READ(kind, data, q + 1))) break;
+                    q++;
+                }
+                Py_ssize_t send = q < e ? q + 1 : e;  /* the sentence [s, send) */
+                if (send - s > cc) {
+                    for (Py_ssize_t a = s; a < send; a += cc)
+                        if (spans_add(pieces, a, a + cc < send ? a + cc : send) < 0) return -1;
+                } else if (send > s) {
+                    if (spans_add(pieces, s, send) < 0) return -1;
+                }
+                if (q >= e) break;
+                q = send;
+                while (q < e && ISSPACE(PyUnicode_READ(kind, data, q))) q++;
+                s = q;
+            }
+        }
+        if (e >= n) return 0;
+        p = e + 2;
+    }
+}
+
+/* chunk_text: paragraphs (split on "\n\n") that fit a chunk are pieces; longer ones are cut after each [.!?]
+ * followed by whitespace (the whitespace dropped), a sentence longer than a chunk cut hard every chunk_chars
+ * characters; pieces are packed greedily, joined by spaces, and an empty chunk so far takes the next piece. */
+static PyObject *chunk(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *text;
+    Py_ssize_t cc;
+    if (!PyArg_ParseTuple(args, "Un", &text, &cc)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n <= cc) return Py_BuildValue("[O]", text);
+    if (cc <= 0) {
+        PyErr_SetString(PyExc_ValueError, "chunk_chars must be positive");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text), rc;
+    const void *data = PyUnicode_DATA(text);
+    Spans pieces = {0};
+    PyObject *chunks = NULL;
+    SPECIALISE(kind, rc = chunk_pieces, data, n, cc, &pieces);
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    chunks = PyList_New(0);
+    if (!chunks) goto fail;
+    Py_ssize_t start = 0, size = 0;
+    for (Py_ssize_t i = 0; i < pieces.len; i++) {
+        Py_ssize_t len = pieces.end[i] - pieces.start[i];
+        if (!size) {
+            start = i;
+            size = len;
+        } else if (size + 1 + len > cc) {
+            PyObject *c = join_spans(kind, data, &pieces, start, i, ' ');
+            if (!c || PyList_Append(chunks, c) < 0) {
+                Py_XDECREF(c);
+                goto fail;
+            }
+            Py_DECREF(c);
+            start = i;
+            size = len;
+        } else {
+            size += 1 + len;
+        }
+    }
+    if (size) {
+        PyObject *c = join_spans(kind, data, &pieces, start, pieces.len, ' ');
+        if (!c || PyList_Append(chunks, c) < 0) {
+            Py_XDECREF(c);
+            goto fail;
+        }
+        Py_DECREF(c);
+    }
+    spans_free(&pieces);
+    return chunks;
+fail:
+    spans_free(&pieces);
+    Py_XDECREF(chunks);
+    return NULL;
+}
+
+/* [^\W\d_]: a word character that is not a decimal digit nor the underscore */
+static inline int is_letter(Py_UCS4 c) { return Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c) && c != '_'; }
+
+/* strip_lines()'s scan: every line's span, and its key's span (invisible characters and whitespace stripped from
+ * both ends) with the number of invisible characters inside it; a blank key is an empty span */
+static inline ALWAYS_INLINE int line_keys(const int kind, const void *data, Py_ssize_t n, Spans *lines, Spans *keys,
+                                          Spans *inner) {
+    Py_ssize_t a = 0;
+    for (Py_ssize_t i = 0;; i++) {
+        if (i < n && PyUnicode_READ(kind, data, i) != '\n') continue;
+        Py_ssize_t s = a, e = i, k = 0;
+        while (s < e) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, s);
+            if (!(ISSPACE(c) || is_invisible(c))) break;
+            s++;
+        }
+        while (e > s) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, e - 1);
+            if (!(ISSPACE(c) || is_invisible(c))) break;
+            e--;
+        }
+        for (Py_ssize_t j = s; j < e; j++) k += is_invisible(PyUnicode_READ(kind, data, j));
+        if (spans_add(lines, a, i) < 0 || spans_add(keys, s, e) < 0 || spans_add(inner, k, 0) < 0) return -1;
+        if (i >= n) return 0;
+        a = i + 1;
+    }
+}
+
+#define MEMO_CHARS 64
+
+/* Boilerplate.strip with its patterns as `fullmatch` (and `memo`, a dict of the verdicts on short keys so far): lines whose key (the line without invisible characters,
+ * stripped) matches whole are page breaks; short lines with a letter within `window` non-blank lines of one, whose
+ * key occurs `repeats` times or more among such lines, are running headers. Returns (text without those lines,
+ * number of lines removed); the text itself where nothing matched. */
+static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *text, *fullmatch, *memo;
+    Py_ssize_t repeats, max_chars, window;
+    if (!PyArg_ParseTuple(args, "UOnnnO!", &text, &fullmatch, &repeats, &max_chars, &window, &PyDict_Type, &memo)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Spans lines = {0}, kspan = {0}, inner = {0};
+    PyObject **keys = NULL;
+    Py_ssize_t *keylen = NULL;
+    char *flag = NULL;  /* 1 anchor (page break), 2 near a break, 4 dropped */
+    PyObject *counts = NULL, *res = NULL;
+    int rc;
+    SPECIALISE(kind, rc = line_keys, data, n, &lines, &kspan, &inner);
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t L = lines.len;
+    keys = PyMem_Calloc(L, sizeof(PyObject *));
+    keylen = PyMem_Calloc(L, sizeof(Py_ssize_t));
+    flag = PyMem_Calloc(L, 1);
+    if (!keys || !keylen || !flag) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t anchors = 0;
+    for (Py_ssize_t l = 0; l < L; l++) {
+        Py_ssize_t s = kspan.start[l], e = kspan.end[l], in = inner.start[l];
+        if (s == e) continue;
+        PyObject *key;
+        if (!in) {
+            key = PyUnicode_Substring(text, s, e);
+        } else {
+            char *buf = PyMem_Malloc((size_t)(e - s) * kind);
+            if (!buf) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            Py_ssize_t o = 0;
+            for (Py_ssize_t i = s; i < e; i++) {
+                Py_UCS4 c = PyUnicode_READ(kind, data, i);
+                if (!is_invisible(c)) PyUnicode_WRITE(kind, buf, o++, c);
+            }
+            key = PyUnicode_FromKindAndData(kind, buf, o);
+            PyMem_Free(buf);
+        }
+        if (!key) goto done;
+        keys[l] = key;
+        keylen[l] = e - s - in;
+        /* a short line's verdict is remembered across documents: half of a filing's lines are repeats ("$", "1",
+         * "Total"), and a dict lookup costs a tenth of a regex call */
+        int memo_it = keylen[l] <= MEMO_CHARS;
+        PyObject *known = memo_it ? PyDict_GetItemWithError(memo, key) : NULL;
+        if (!known && PyErr_Occurred()) goto done;
+        int hit;
+        if (known) {
+            hit = known == Py_True;
+        } else {
+            PyObject *m = PyObject_CallOneArg(fullmatch, key);
+            if (!m) goto done;
+            hit = m != Py_None;
+            Py_DECREF(m);
+            if (memo_it && PyDict_SetItem(memo, key, hit ? Py_True : Py_False) < 0) goto done;
+        }
+        if (hit) {
+            flag[l] = 1;
+            anchors++;
+        }
+    }
+    if (!anchors) {
+        res = Py_BuildValue("(Oi)", text, 0);
+        goto done;
+    }
+    Py_ssize_t removed = anchors;
+    if (repeats) {
+        for (Py_ssize_t l = 0; l < L; l++) {
+            if (!(flag[l] & 1)) continue;
+            for (int step = -1; step <= 1; step += 2) {
+                Py_ssize_t i = l, seen = 0;
+                while (seen < window) {
+                    i += step;
+                    if (i < 0 || i >= L) break;
+                    if (!keys[i]) continue;
+                    seen++;
+                    if (flag[i] & 1 || keylen[i] > max_chars) continue;
+                    PyObject *k = keys[i];
+                    int kk = PyUnicode_KIND(k);
+                    const void *kd = PyUnicode_DATA(k);
+                    for (Py_ssize_t j = 0; j < keylen[i]; j++)
+                        if (is_letter(PyUnicode_READ(kk, kd, j))) {
+                            flag[i] |= 2;
+                            break;
+                        }
+                }
+            }
+        }
+        counts = PyDict_New();
+        if (!counts) goto done;
+        for (Py_ssize_t l = 0; l < L; l++) {
+            if (!(flag[l] & 2)) continue;
+            PyObject *c = PyDict_GetItemWithError(counts, keys[l]);
+            if (!c && PyErr_Occurred()) goto done;
+            PyObject *next = PyLong_FromSsize_t((c ? PyLong_AsSsize_t(c) : 0) + 1);
+            if (!next || PyDict_SetItem(counts, keys[l], next) < 0) {
+                Py_XDECREF(next);
+                goto done;
+            }
+            Py_DECREF(next);
+        }
+        for (Py_ssize_t l = 0; l < L; l++) {
+            if (!(flag[l] & 2)) continue;
+            if (PyLong_AsSsize_t(PyDict_GetItem(counts, keys[l])) >= repeats) {
+                flag[l] |= 4;
+                removed++;
+            }
+        }
+    }
+    {
+        /* the kept lines joined by line feeds */
+        Spans kept = {0};
+        for (Py_ssize_t l = 0; l < L; l++)
+            if (!(flag[l] & 1) && !(flag[l] & 4) && spans_add(&kept, lines.start[l], lines.end[l]) < 0) {
+                spans_free(&kept);
+                goto done;
+            }
+        PyObject *joined = join_spans(kind, data, &kept, 0, kept.len, '\n');
+        spans_free(&kept);
+        if (!joined) goto done;
+        res = Py_BuildValue("(Nn)", joined, removed);
+    }
+done:
+    if (keys) {
+        for (Py_ssize_t l = 0; l < lines.len; l++) Py_XDECREF(keys[l]);
+        PyMem_Free(keys);
+    }
+    PyMem_Free(keylen);
+    PyMem_Free(flag);
+    Py_XDECREF(counts);
+    spans_free(&lines);
+    spans_free(&kspan);
+    spans_free(&inner);
+    return res;
+}
+
+/* Duplicate detection's words, exact key and MinHash bins of one document (tasks/dedup.py: sign_py is the
+ * definition). Words: the text lower-cased character by character (the simple case mapping, Py_UNICODE_TOLOWER:
+ * str.lower() but for U+0130, whose full mapping is two characters) and split on whitespace, as str.split() does.
+ * A word's hash: FNV-1a over its code points, then MurmurHash3's finalizer. The exact key: two 64-bit chains over
+ * the word hashes, seeded by the role. MinHash: every 5-gram of word hashes mixed by odd multipliers (one shorter
+ * gram for a document under 5 words), finalized with the seed, its top 6 bits choosing one of 64 bins, each bin
+ * keeping its smallest value (UINT64_MAX where none fell). */
+#define PERMS 64
+#define GRAM 5
+static const uint64_t MIX[GRAM] = {0x9E3779B97F4A7C15ULL, 0xC2B2AE3D27D4EB4FULL, 0x165667B19E3779F9ULL,
+                                   0xD6E8FEB86659FD93ULL, 0xFF51AFD7ED558CCDULL};
+#define FNV_OFFSET 0xCBF29CE484222325ULL
+#define FNV_PRIME 0x100000001B3ULL
+#define KEY_A 0x243F6A8885A308D3ULL
+#define KEY_B 0x13198A2E03707344ULL
+
+static inline uint64_t fmix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xFF51AFD7ED558CCDULL;
+    x ^= x >> 33;
+    x *= 0xC4CEB9FE1A85EC53ULL;
+    return x ^ (x >> 33);
+}
+
+typedef struct {
+    uint64_t a, b, seed, ring[GRAM];
+    Py_ssize_t words;
+    uint64_t *bins;
+} Signer;
+
+static inline void add_word(Signer *st, uint64_t w) {
+    st->a = fmix64(st->a ^ w);
+    st->b = fmix64(st->b + w * MIX[4]);
+    st->ring[st->words % GRAM] = w;
+    st->words++;
+    if (st->words >= GRAM) {
+        uint64_t g = 0;
+        for (int k = 0; k < GRAM; k++) g += st->ring[(st->words - GRAM + k) % GRAM] * MIX[k];
+        uint64_t h = fmix64(g ^ st->seed);
+        int bin = (int)(h >> 58);
+        if (h < st->bins[bin]) st->bins[bin] = h;
+    }
+}
+
+static inline ALWAYS_INLINE void sign_words(const int kind, const void *data, Py_ssize_t n, Signer *st) {
+    uint64_t h = FNV_OFFSET;
+    int in_word = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80) {
+            if (c > ' ' && c != 0x7f) {  /* printable ASCII: the common case */
+                if (c >= 'A' && c <= 'Z') c += 32;
+                h = (h ^ c) * FNV_PRIME;
+                in_word = 1;
+                continue;
+            }
+            if (!ISSPACE(c)) {  /* the ASCII control characters that are not whitespace belong to words */
+                h = (h ^ c) * FNV_PRIME;
+                in_word = 1;
+                continue;
+            }
+        } else if (!ISSPACE(c)) {
+            h = (h ^ Py_UNICODE_TOLOWER(c)) * FNV_PRIME;
+            in_word = 1;
+            continue;
+        }
+        if (in_word) {
+            add_word(st, fmix64(h));
+            h = FNV_OFFSET;
+            in_word = 0;
+        }
+    }
+    if (in_word) add_word(st, fmix64(h));
+}
+
+static PyObject *sign(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *text;
+    unsigned long long role, seed;
+    if (!PyArg_ParseTuple(args, "UKK", &text, &role, &seed)) return NULL;
+    PyObject *sig = PyBytes_FromStringAndSize(NULL, PERMS * sizeof(uint64_t));
+    if (!sig) return NULL;
+    Signer st = {fmix64(KEY_A ^ role), fmix64(KEY_B ^ role), seed, {0}, 0, (uint64_t *)PyBytes_AS_STRING(sig)};
+    for (int k = 0; k < PERMS; k++) st.bins[k] = UINT64_MAX;
+    SPECIALISE(PyUnicode_KIND(text), sign_words, PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), &st);
+    if (st.words < GRAM) {  /* one shorter gram */
+        uint64_t g = 0;
+        for (Py_ssize_t k = 0; k < st.words; k++) g += st.ring[k] * MIX[k];
+        uint64_t h = fmix64(g ^ seed);
+        st.bins[h >> 58] = h;
+    }
+    uint64_t key[2] = {fmix64(st.a ^ (uint64_t)st.words), fmix64(st.b ^ (uint64_t)st.words)};
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, sizeof key);
+    if (!k) {
+        Py_DECREF(sig);
+        return NULL;
+    }
+    return Py_BuildValue("(NnN)", k, st.words, sig);
+}
+
+/* whether the text holds a lone surrogate (ingest's _SURROGATE.search, without a regex pass over every character) */
+static PyObject *has_surrogate(PyObject *Py_UNUSED(self), PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "has_surrogate() takes a str");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *d = PyUnicode_2BYTE_DATA(text);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((d[i] & 0xF800) == 0xD800) Py_RETURN_TRUE;
+    } else if (kind == PyUnicode_4BYTE_KIND) {
+        const Py_UCS4 *d = PyUnicode_4BYTE_DATA(text);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((d[i] & 0xFFFFF800) == 0xD800) Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+
+static PyMethodDef methods[] = {
+    {"fold", fold, METH_O, "normalize_text after NFC (see lmops.text)"},
+    {"chunk", chunk, METH_VARARGS, "chunk_text(text, chunk_chars) (see tasks/ingest.py)"},
+    {"strip_lines", strip_lines, METH_VARARGS, "Boilerplate.strip (see lmops.text)"},
+    {"has_surrogate", has_surrogate, METH_O, "whether the text holds a lone surrogate"},
+    {"sign", sign, METH_VARARGS, "sign(text, role, seed) -> (key, words, bins) (see tasks/dedup.py)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_textkernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__textkernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,78 @@
+"""The compiled text kernels (lmops/_textkernels.c) against the Python definitions they replace.
+
+Each kernel must return exactly what its *_py function returns, on random strings drawn from every class of
+character the definitions treat apart (controls, every whitespace character, invisible format characters,
+combining marks, characters of 1, 2 and 4 bytes' width, the one letter whose lower case is two characters), so
+that a snapshot's bytes never depend on whether the kernels were built."""
+
+import random
+import unicodedata
+
+import pytest
+
+from lmops.text import OTHER_SPACES, Boilerplate, _kernels, normalize_text_py
+from lmops.tasks.dedup import sign_py
+from lmops.tasks.ingest import _SURROGATE, chunk_text_py
+
+pytestmark = pytest.mark.skipif(_kernels is None, reason="the kernels were not built (or LMOPS_PURE_PYTHON is set)")
+
+ALPHABET = list("ab AZ.!?_7\n\n\n\x00\x0b\x0c\x1c\x1f\x7f\x85\u200b\u200c\u2060\ufeff\xad\u180e") + list(OTHER_SPACES) + list(
+    "e\u0301ÉİΣσ²\u0100\U0001F600\U00010D50"
+)
+
+
+def _texts(n: int, longest: int = 40, seed: int = 0) -> list[str]:
+    rnd = random.Random(seed)
+    return ["".join(rnd.choice(ALPHABET) for _ in range(rnd.randint(0, longest))) for _ in range(n)]
+
+
+def test_the_kernels_are_built_where_make_setup_ran():
+    # `make setup` compiles them (gcc and Python's headers are part of this stack); without them ingest is ~2x slower
+    import os
+
+    assert _kernels is not None or os.environ.get("LMOPS_PURE_PYTHON")
+
+
+def test_normalization_is_the_python_definition():
+    for t in _texts(30_000):
+        assert _kernels.fold(unicodedata.normalize("NFC", t)) == normalize_text_py(t), repr(t)
+
+
+def test_chunking_is_the_python_definition():
+    for t in _texts(10_000, longest=60):
+        for x in (t, normalize_text_py(t)):
+            for size in (1, 3, 8, 25):
+                assert _kernels.chunk(x, size) == chunk_text_py(x, size), (repr(x), size)
+
+
+def test_page_furniture_removal_is_the_python_definition():
+    rnd = random.Random(1)
+    lines = ["12", " 7 ", "Table of Contents", "ACME CORP", "", "\u200b", "We grew.", "Revenue rose 4%.", "and",
+             "A\u200bCME CORP", "²", "_", "4,210", "(12)", " \xad1\u200b2 ", "É" * 21, "É" * 20, "\U0001F600 CORP", "\u3000page 3 of 9\t"]
+    for window in (1, 2):
+        for repeats in (0, 1, 2, 3):
+            boiler = Boilerplate([r"[0-9]+", r"(?i)table of contents", r"(?i)page [0-9]+ of [0-9]+"], repeats, 20, window)
+            for _ in range(3000):
+                text = "\n".join(rnd.choice(lines) for _ in range(rnd.randint(0, 30)))
+                assert boiler.strip(text) == boiler.strip_py(text), (repr(text), window, repeats)
+    assert boiler._memo, "short keys' verdicts are remembered across documents"
+
+
+def test_signing_is_the_python_definition_for_every_character():
+    for t in _texts(5_000):
+        for role in (0, 1, 3):
+            assert _kernels.sign(t, role, 12345) == sign_py(t, role, 12345), repr(t)
+    # every character with a lower case, every whitespace character and a sample of the rest lower-case and split
+    # alike (a difference would change the key or the word count)
+    cps = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    special = [c for c in cps if c.lower() != c or c.isspace()]
+    assert len(special) > 1400
+    for part in (special, random.Random(2).sample(cps, 30_000)):
+        for i in range(0, len(part), 2048):
+            text = " ".join(part[i : i + 2048]) + " " + "".join(part[i : i + 2048])
+            assert _kernels.sign(text, 2, 99) == sign_py(text, 2, 99), hex(ord(part[i]))
+
+
+def test_the_surrogate_check_is_the_regex():
+    for t in _texts(5_000) + ["a\ud800", "\udfff", "\U0001F600\udc00", "é\udbff", "\ud7ff\ue000"]:
+        assert _kernels.has_surrogate(t) == (_SURROGATE.search(t) is not None), repr(t)
