@@ -242,13 +242,12 @@ fail:
 static inline int is_letter(Py_UCS4 c) { return Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c) && c != '_'; }
 
 /* strip_lines()'s scan: every line's span, and its key's span (invisible characters and whitespace stripped from
- * both ends) with the number of invisible characters inside it; a blank key is an empty span */
-static inline ALWAYS_INLINE int line_keys(const int kind, const void *data, Py_ssize_t n, Spans *lines, Spans *keys,
-                                          Spans *inner) {
+ * both ends); a blank key is an empty span */
+static inline ALWAYS_INLINE int line_keys(const int kind, const void *data, Py_ssize_t n, Spans *lines, Spans *keys) {
     Py_ssize_t a = 0;
     for (Py_ssize_t i = 0;; i++) {
         if (i < n && PyUnicode_READ(kind, data, i) != '\n') continue;
-        Py_ssize_t s = a, e = i, k = 0;
+        Py_ssize_t s = a, e = i;
         while (s < e) {
             Py_UCS4 c = PyUnicode_READ(kind, data, s);
             if (!(ISSPACE(c) || is_invisible(c))) break;
@@ -259,18 +258,24 @@ static inline ALWAYS_INLINE int line_keys(const int kind, const void *data, Py_s
             if (!(ISSPACE(c) || is_invisible(c))) break;
             e--;
         }
-        for (Py_ssize_t j = s; j < e; j++) k += is_invisible(PyUnicode_READ(kind, data, j));
-        if (spans_add(lines, a, i) < 0 || spans_add(keys, s, e) < 0 || spans_add(inner, k, 0) < 0) return -1;
+        if (spans_add(lines, a, i) < 0 || spans_add(keys, s, e) < 0) return -1;
         if (i >= n) return 0;
         a = i + 1;
     }
 }
 
+static inline ALWAYS_INLINE Py_ssize_t count_invisible(const int kind, const void *data, Py_ssize_t s, Py_ssize_t e) {
+    Py_ssize_t k = 0;
+    for (Py_ssize_t j = s; j < e; j++) k += is_invisible(PyUnicode_READ(kind, data, j));
+    return k;
+}
+
 #define MEMO_CHARS 64
 
-/* Boilerplate.strip with its patterns as `fullmatch` (and `memo`, a dict of the verdicts on short keys so far): lines whose key (the line without invisible characters,
- * stripped) matches whole are page breaks; short lines with a letter within `window` non-blank lines of one, whose
- * key occurs `repeats` times or more among such lines, are running headers. Returns (text without those lines,
+/* Boilerplate.strip with its patterns as `fullmatch` (and `memo`, a dict of the verdicts on short keys so far):
+ * lines whose key (the line without invisible characters, stripped) matches whole are page breaks; short lines with
+ * a letter within `window` non-blank lines of one, whose key occurs `repeats` times or more among such lines, are
+ * running headers. Returns (text without those lines,
  * number of lines removed); the text itself where nothing matched. */
 static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *text, *fullmatch, *memo;
@@ -279,13 +284,13 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
-    Spans lines = {0}, kspan = {0}, inner = {0};
+    Spans lines = {0}, kspan = {0};
     PyObject **keys = NULL;
     Py_ssize_t *keylen = NULL;
     char *flag = NULL;  /* 1 anchor (page break), 2 near a break, 4 dropped */
     PyObject *counts = NULL, *res = NULL;
     int rc;
-    SPECIALISE(kind, rc = line_keys, data, n, &lines, &kspan, &inner);
+    SPECIALISE(kind, rc = line_keys, data, n, &lines, &kspan);
     if (rc < 0) {
         PyErr_NoMemory();
         goto done;
@@ -300,8 +305,9 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     Py_ssize_t anchors = 0;
     for (Py_ssize_t l = 0; l < L; l++) {
-        Py_ssize_t s = kspan.start[l], e = kspan.end[l], in = inner.start[l];
+        Py_ssize_t s = kspan.start[l], e = kspan.end[l], in;
         if (s == e) continue;
+        SPECIALISE(kind, in = count_invisible, data, s, e);
         PyObject *key;
         if (!in) {
             key = PyUnicode_Substring(text, s, e);
@@ -413,7 +419,6 @@ done:
     Py_XDECREF(counts);
     spans_free(&lines);
     spans_free(&kspan);
-    spans_free(&inner);
     return res;
 }
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from lmops.text import _kernels
+
 PERMS, BANDS = 64, 16  # signature positions (one-permutation bins), LSH bands of 4
 DENSIFY_TRIES = 512
 MIN_WORDS = 8  # shorter documents get no signature: too few shingles to mean anything; exact dedup covers them
@@ -161,13 +163,7 @@ def sign_py(text: str, role: int, seed: int) -> tuple[bytes, int, bytes]:
     return struct.pack("=2Q", _fmix(a ^ n), _fmix(b ^ n)), n, struct.pack(f"={PERMS}Q", *bins)
 
 
-def _sign():
-    from lmops.text import _kernels
-
-    return _kernels.sign if _kernels is not None else sign_py
-
-
-sign = _sign()
+sign = _kernels.sign if _kernels is not None else sign_py
 
 
 def band_hashes(sigs):

@@ -23,7 +23,7 @@ from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
 from lmops.tasks.dedup import text_key
 from lmops.tasks.readers import Rejected, Row, read_source
-from lmops.text import normalize_text
+from lmops.text import _kernels, normalize_text
 
 COLUMNS = ["id", "text", "label", "source", "date", "entities"]
 CORPUS_COLUMNS = ["id", "text", "source", "date"]
@@ -32,8 +32,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _has_surrogate(text: str) -> bool:
-    from lmops.text import _kernels
-
     return _kernels.has_surrogate(text) if _kernels is not None else _SURROGATE.search(text) is not None
 
 
@@ -91,8 +89,6 @@ def _sentences(para: str) -> list[str]:
 
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
     """Split on paragraph, then sentence boundaries, packing pieces up to ~chunk_chars."""
-    from lmops.text import _kernels
-
     if _kernels is not None:
         return _kernels.chunk(text, chunk_chars)
     return chunk_text_py(text, chunk_chars)
