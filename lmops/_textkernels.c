@@ -6,7 +6,10 @@
  * Why C: ingest spent most of its time in per-line and per-paragraph Python (str.strip on every line, a regex
  * split per paragraph, a list of pieces per chunk); here each is one pass over the string's own buffer. Strings
  * are read in their own width (1, 2 or 4 bytes a character) and results built in that width, then made canonical
- * by PyUnicode_FromKindAndData (a str must be stored in the narrowest width that holds it, or == fails). */
+ * by PyUnicode_FromKindAndData (a str must be stored in the narrowest width that holds it, or == fails).
+ *
+ * The scans over a string's buffer run without the GIL (the str is immutable and referenced by the caller; their
+ * buffers come from the raw allocator), so that ingest's threads clean several batches at once. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,7 +46,12 @@ static inline int is_space_like(Py_UCS4 c) {
 /* normalize_text after NFC: invisible characters removed, control characters and every whitespace character but the
  * line feed made spaces, paragraphs (split on \n\s*\n) with their whitespace folded to single spaces, the empty ones
  * left out, joined by blank lines. A run of whitespace with two line feeds or more is a paragraph break. */
-static inline ALWAYS_INLINE Py_ssize_t fold_into(const int kind, const void *data, Py_ssize_t n, void *out) {
+#define NFC_SAFE_BELOW 0x3000
+#define NFC_UNSAFE (-1)
+
+/* `safe`: a bitmap of the characters below NFC_SAFE_BELOW that NFC leaves alone wherever they stand (lmops.text's
+ * nfc_safe); with it, a character outside it stops the fold (NFC_UNSAFE), the caller then normalizes first */
+static inline ALWAYS_INLINE Py_ssize_t fold_into(const int kind, const void *data, Py_ssize_t n, void *out, const unsigned char *safe) {
     Py_ssize_t o = 0;
     int any_out = 0, cur_has = 0, in_ws = 0, newlines = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -52,6 +60,7 @@ static inline ALWAYS_INLINE Py_ssize_t fold_into(const int kind, const void *dat
             PyUnicode_WRITE(kind, out, o++, c);
             continue;
         }
+        if (safe && c >= 0x300 && (c >= NFC_SAFE_BELOW || !(safe[c >> 3] & (1 << (c & 7))))) return NFC_UNSAFE;
         if (c >= 0xad && is_invisible(c)) continue;
         if (c == '\n') {
             in_ws = 1;
@@ -80,19 +89,29 @@ static inline ALWAYS_INLINE Py_ssize_t fold_into(const int kind, const void *dat
     return o;
 }
 
-static PyObject *fold(PyObject *Py_UNUSED(self), PyObject *arg) {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "fold() takes a str");
-        return NULL;
+/* fold(text, safe): normalize_text of a text in NFC; with `safe` (the NFC bitmap, bytes) of any text, or None
+ * where the text holds a character NFC might change */
+static PyObject *fold(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *arg, *safe_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "U|O", &arg, &safe_obj)) return NULL;
+    const unsigned char *safe = NULL;
+    if (safe_obj != Py_None) {
+        if (!PyBytes_Check(safe_obj) || PyBytes_GET_SIZE(safe_obj) != NFC_SAFE_BELOW / 8) {
+            PyErr_SetString(PyExc_ValueError, "fold(): safe must be a bitmap of NFC_SAFE_BELOW bits");
+            return NULL;
+        }
+        safe = (const unsigned char *)PyBytes_AS_STRING(safe_obj);
     }
     Py_ssize_t n = PyUnicode_GET_LENGTH(arg), o;
     int kind = PyUnicode_KIND(arg);
     const void *data = PyUnicode_DATA(arg);
-    void *out = PyMem_Malloc((size_t)(n > 0 ? n : 1) * kind);
+    void *out = PyMem_RawMalloc((size_t)(n > 0 ? n : 1) * kind);
     if (!out) return PyErr_NoMemory();
-    SPECIALISE(kind, o = fold_into, data, n, out);
-    PyObject *res = PyUnicode_FromKindAndData(kind, out, o);
-    PyMem_Free(out);
+    Py_BEGIN_ALLOW_THREADS
+    SPECIALISE(kind, o = fold_into, data, n, out, safe);
+    Py_END_ALLOW_THREADS
+    PyObject *res = o == NFC_UNSAFE ? Py_NewRef(Py_None) : PyUnicode_FromKindAndData(kind, out, o);
+    PyMem_RawFree(out);
     return res;
 }
 
@@ -107,10 +126,10 @@ typedef struct {
 static int spans_add(Spans *s, Py_ssize_t a, Py_ssize_t b) {
     if (s->len == s->cap) {
         Py_ssize_t cap = s->cap ? s->cap * 2 : 256;
-        Py_ssize_t *na = PyMem_Realloc(s->start, cap * sizeof(Py_ssize_t));
+        Py_ssize_t *na = PyMem_RawRealloc(s->start, cap * sizeof(Py_ssize_t));
         if (!na) return -1;
         s->start = na;
-        Py_ssize_t *nb = PyMem_Realloc(s->end, cap * sizeof(Py_ssize_t));
+        Py_ssize_t *nb = PyMem_RawRealloc(s->end, cap * sizeof(Py_ssize_t));
         if (!nb) return -1;
         s->end = nb;
         s->cap = cap;
@@ -122,8 +141,8 @@ static int spans_add(Spans *s, Py_ssize_t a, Py_ssize_t b) {
 }
 
 static void spans_free(Spans *s) {
-    PyMem_Free(s->start);
-    PyMem_Free(s->end);
+    PyMem_RawFree(s->start);
+    PyMem_RawFree(s->end);
 }
 
 /* the pieces first..last-1 joined by single spaces, as one str */
@@ -196,7 +215,9 @@ static PyObject *chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     const void *data = PyUnicode_DATA(text);
     Spans pieces = {0};
     PyObject *chunks = NULL;
+    Py_BEGIN_ALLOW_THREADS
     SPECIALISE(kind, rc = chunk_pieces, data, n, cc, &pieces);
+    Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_NoMemory();
         goto fail;
@@ -290,7 +311,9 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     char *flag = NULL;  /* 1 anchor (page break), 2 near a break, 4 dropped */
     PyObject *counts = NULL, *res = NULL;
     int rc;
+    Py_BEGIN_ALLOW_THREADS
     SPECIALISE(kind, rc = line_keys, data, n, &lines, &kspan);
+    Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_NoMemory();
         goto done;
@@ -505,7 +528,12 @@ static PyObject *sign(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!sig) return NULL;
     Signer st = {fmix64(KEY_A ^ role), fmix64(KEY_B ^ role), seed, {0}, 0, (uint64_t *)PyBytes_AS_STRING(sig)};
     for (int k = 0; k < PERMS; k++) st.bins[k] = UINT64_MAX;
-    SPECIALISE(PyUnicode_KIND(text), sign_words, PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), &st);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    Py_BEGIN_ALLOW_THREADS  /* (the bins are the new bytes object's own buffer, not yet seen by anyone else) */
+    SPECIALISE(kind, sign_words, data, n, &st);
+    Py_END_ALLOW_THREADS
     if (st.words < GRAM) {  /* one shorter gram */
         uint64_t g = 0;
         for (Py_ssize_t k = 0; k < st.words; k++) g += st.ring[k] * MIX[k];
@@ -543,7 +571,7 @@ static PyObject *has_surrogate(PyObject *Py_UNUSED(self), PyObject *text) {
 
 
 static PyMethodDef methods[] = {
-    {"fold", fold, METH_O, "normalize_text after NFC (see lmops.text)"},
+    {"fold", fold, METH_VARARGS, "fold(text, safe=None): normalize_text after NFC, or None (see lmops.text)"},
     {"chunk", chunk, METH_VARARGS, "chunk_text(text, chunk_chars) (see tasks/ingest.py)"},
     {"strip_lines", strip_lines, METH_VARARGS, "Boilerplate.strip (see lmops.text)"},
     {"has_surrogate", has_surrogate, METH_O, "whether the text holds a lone surrogate"},

@@ -131,6 +131,8 @@ class EngineParams(Section):
     connect_timeout_s: float = Field(default=30, gt=0)
     worker_memory: str = "2GiB"  # per LocalCluster worker (Dask spills, then pauses, past it)
     in_flight_per_worker: int = Field(default=2, ge=1)  # batches queued per worker: bounds the driver's memory
+    # local: threads cleaning batches at once (0 = one per core); the text kernels release the GIL as they scan
+    threads: int = Field(default=0, ge=0)
 
 
 class IngestParams(Section):
@@ -141,9 +143,12 @@ class IngestParams(Section):
     # batch_chars times the batches in flight, however large the sources)
     batch_rows: int = Field(default=2000, ge=1)
     batch_chars: int = Field(default=4_000_000, ge=1000)
+    # characters of cleaned batches kept in memory between the two passes (local engine) before the rest spill to
+    # disk: a corpus this small is never written twice; 0 spills every batch
+    hold_chars: int = Field(default=32_000_000, ge=0)
 
     # where and in what pieces the work runs, not what it produces: kept out of cache keys and the model hash
-    RUNTIME_ONLY: ClassVar[frozenset[str]] = frozenset({"engine", "batch_rows", "batch_chars"})
+    RUNTIME_ONLY: ClassVar[frozenset[str]] = frozenset({"engine", "batch_rows", "batch_chars", "hold_chars"})
 
     def content(self) -> dict[str, Any]:
         """The params that decide ingest's output."""

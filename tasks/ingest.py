@@ -140,12 +140,14 @@ class CleanedBatch:
     sigs: Any  # (n, 64) uint64
     has_sig: Any  # (n,) bool
     roles: Any = None  # (n,) dedup role codes where they differ from the source's role (auxiliary rows), else None
+    held: Any = None  # (documents' rows, quarantine records) where the batch was not spilled, else None
 
 
-def clean_batch(items: list, source: int, params: IngestParams, labels: list[str], kind_name: str, spill: str) -> CleanedBatch:
-    """Normalize, shape and sign one batch of records; write its rows and quarantine records to ``spill`` (a pickle)
-    and return only counts and fixed-width arrays. Pure but for that file: runs in this process or on a Dask worker
-    (which then needs the spill folder: local workers share this disk; a cluster, a shared file system)."""
+def clean_batch(items: list, source: int, params: IngestParams, labels: list[str], kind_name: str, spill: str | None) -> CleanedBatch:
+    """Normalize, shape and sign one batch of records; write its rows and quarantine records to ``spill`` (a pickle;
+    with None they come back in ``held``) and return only counts and fixed-width arrays. Pure but for that file:
+    runs in this process or on a Dask worker (which then needs the spill folder: local workers share this disk; a
+    cluster, a shared file system)."""
     import pickle
 
     import numpy as np
@@ -168,12 +170,14 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
             continue
         docs.append(rows)
         texts.append(" ".join(dict.fromkeys(r["text"] for r in rows)))
-    with open(spill, "wb") as fh:
-        pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    if spill is not None:
+        with open(spill, "wb") as fh:
+            pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
     # a labeled document without a label (mixed_entities: auxiliary) is deduplicated apart from the labeled ones
     roles = ["auxiliary" if src.role == "labeled" and rows[0]["label"] is None else src.role for rows in docs]
     signed = sign_documents(roles, texts)  # words, exact key and MinHash bins in one pass per document
-    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(roles, texts, signed), None, None)
+    out = CleanedBatch(source, len(items), removed_lines, len(quarantine), len(docs), exact_keys(roles, texts, signed), None, None,
+                       held=None if spill is not None else (docs, quarantine))
     if any(r != src.role for r in roles):
         out.roles = np.array([role_code(r) for r in roles], dtype=np.uint8)
     if params.near_duplicate_threshold:
@@ -190,10 +194,17 @@ def _boilerplate(params: IngestParams):
     return Boilerplate(b.line_patterns, b.repeated_line_min, b.repeated_line_max_chars)
 
 
-def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set[str], spill: Path):
+def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set[str], spill: Path, hold: int = 0):
     """(clean_batch arguments) per batch of records, source after source; a batch closes at ingest.batch_rows
-    records or ingest.batch_chars characters."""
-    k = 0
+    records or ingest.batch_chars characters. The first batches, up to ``hold`` characters, stay in memory (no
+    spill file); the rest spill."""
+    k = held = 0
+
+    def where(chars: int) -> str | None:
+        nonlocal held
+        held += chars
+        return None if held <= hold else str(spill / f"batch-{k:07d}.pkl")
+
     for s, src in enumerate(params.sources):
         if src.role not in roles:
             continue
@@ -206,21 +217,24 @@ def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set
             batch.append(item)
             chars += len(getattr(item, "text", "") or "")
             if len(batch) >= params.batch_rows or chars >= params.batch_chars:
-                yield (batch, s, params, labels, kind.name, str(spill / f"batch-{k:07d}.pkl"))
+                yield (batch, s, params, labels, kind.name, where(chars))
                 batch, chars, k = [], 0, k + 1
         if batch:
-            yield (batch, s, params, labels, kind.name, str(spill / f"batch-{k:07d}.pkl"))
+            yield (batch, s, params, labels, kind.name, where(chars))
             k += 1
 
 
 class _Collected:
-    """Pass 1's results, spilled: the documents and quarantine records of each batch in a pickle, the signatures in
-    one binary file; in memory only a few arrays of fixed width per document. Pass 2 (``labeled``, ``corpus``,
-    ``quarantine``) reads the batches back in order, keeping the documents ``dedup.resolve`` kept."""
+    """Pass 1's results, spilled: the documents and quarantine records of each batch in a pickle (but those of the
+    batches held in memory, up to ``ingest.hold_chars``), the signatures in one binary file; in memory only a few
+    arrays of fixed width per document. Pass 2 (``labeled``, ``corpus``, ``quarantine``) reads the batches back in
+    order, keeping the documents ``dedup.resolve`` kept."""
 
     def __init__(self, spill: Path, params: IngestParams):
         self.spill, self.params = spill, params
         self.batches: list[tuple[int, int, int]] = []  # (source index, first document, documents)
+        self._quarantined: list[int] = []  # quarantine records per batch
+        self._held: dict[int, Any] = {}  # batch -> (documents' rows, quarantine records), where not spilled
         self._keys, self._roles, self._has, self._bands, self._src = [], [], [], [], []
         self._sigs = open(spill / "sigs.u64", "wb")
         self.docs = 0
@@ -232,7 +246,10 @@ class _Collected:
         from lmops.tasks.dedup import band_hashes, role_code
 
         n = b.docs
+        if b.held is not None:
+            self._held[len(self.batches)] = b.held
         self.batches.append((b.source, self.docs, n))
+        self._quarantined.append(b.quarantined)
         self._keys.append(b.keys)
         self._roles.append(b.roles if b.roles is not None else np.full(n, role_code(self.params.sources[b.source].role), dtype=np.uint8))
         self._has.append(b.has_sig)
@@ -269,6 +286,8 @@ class _Collected:
     def _read(self, i: int):
         import pickle
 
+        if i in self._held:
+            return self._held[i]
         with open(self.spill / f"batch-{i:07d}.pkl", "rb") as fh:
             return pickle.load(fh)
 
@@ -283,8 +302,9 @@ class _Collected:
                     yield from rows
 
     def quarantine(self) -> Iterator[dict[str, Any]]:
-        for i in range(len(self.batches)):
-            yield from self._read(i)[1]
+        for i, n in enumerate(self._quarantined):
+            if n:  # (a batch read only for its quarantine records when it has some)
+                yield from self._read(i)[1]
 
 
 def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, kind: TaskKind, spill: Path,
@@ -301,7 +321,9 @@ def _collect(params: IngestParams, labels: list[str], summary: IngestSummary, ki
     engine = open_engine(params.engine)
     bar = tqdm(desc="ingest", unit="rows", disable=None, mininterval=2.0)
     try:
-        for b in engine.map(clean_batch, _batches(params, labels, kind, set(roles), spill)):
+        # batches cleaned on other processes always spill (their rows would otherwise travel back to this one)
+        hold = params.hold_chars if engine.in_process else 0
+        for b in engine.map(clean_batch, _batches(params, labels, kind, set(roles), spill, hold)):
             c = summary.sources[params.sources[b.source].name]
             c.rows_in += b.rows_in
             c.quarantined += b.quarantined

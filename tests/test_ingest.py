@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -256,3 +257,61 @@ def test_text_dir_does_not_follow_links_out_of_its_folder(tmp_path):
     assert "Private" not in text
     q = _quarantine(tmp_path)
     assert q[q["source"] == "docs"]["reason"].str.contains("outside the source folder").sum() >= 1
+
+
+def _read_jsonl_as_text(src):
+    """The JSON Lines reader as it was before orjson: text mode, then json. The definition the fast one keeps."""
+    from lmops.config import raw_label
+    from lmops.tasks.readers import Rejected, Row, _open_text
+
+    path = Path(src.path)
+    with _open_text(path) as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                yield Rejected(str(path), i, "empty line")
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Rejected(str(path), i, f"invalid JSON: {exc.msg}", line[:200])
+                continue
+            fields = src.text_columns or [src.text_column]
+            if not isinstance(rec, dict) or not any(isinstance(rec.get(f), str) for f in fields):
+                yield Rejected(str(path), i, f"no string field among {fields}", line[:200])
+                continue
+            text = "\n\n".join(rec[f] for f in fields if isinstance(rec.get(f), str) and rec[f].strip())
+            label = rec.get(src.label_column) if src.role == "labeled" and src.label_column else None
+            yield Row(text, str(path), i, label=raw_label(label))
+
+
+def test_json_lines_read_from_bytes_are_read_as_text_and_json_read_them(tmp_path):
+    """orjson parses JSON Lines from the raw bytes; every line must come out as the text-mode json reader made it:
+    the same rows, numbers, labels, reasons and quoted lines, whatever the line holds."""
+    import gzip
+
+    from lmops.tasks.readers import READERS
+
+    lines = [
+        b'{"text": "Plain headline one", "label": "positive"}',
+        b'{"text": "Windows line end", "label": 1}\r',  # (+ the \n below: \r\n)
+        b'{"text": "lone CR ends a line", "label": 2}\r{"text": "after the lone CR", "label": 0}',
+        b"", b"   \t", b"\xc2\xa0\xe3\x80\x80",  # blank, whitespace, Unicode spaces only
+        b'{"text": "big int label", "label": 123456789012345678901234567890}',
+        b'{"text": "float label", "label": 1.0}', b'{"text": "nested label", "label": [1, {"a": 2}]}',
+        b'{"text": "infinite label", "label": 1e400}', b'{"text": "NaN label", "label": NaN}',
+        b'{"text": "half pair \\ud800 escaped", "label": 1}', b'{"text": "caf\xe9 latin-1 byte", "label": 1}',
+        b'{"text": "duplicate keys", "text": "second wins", "label": 0}', b'{"text": 5, "label": 0}', b'[1, 2]', b'"just a string"',
+        b'{"text": "control \x01 char", "label": 0}', b'{"text": "truncated', b"\xff\xfe garbage \x00\x01",
+        b'{"text": "\xe2\x80\x99curly\xe2\x80\x9d and \\u00e9 escaped", "label": "Neutral"}', b'{"other": "no text field"}',
+        b'  {"text": "padded", "label": 0}  ', b'{"text": "' + b"x" * 300 + b'", "label": 0} trailing',
+    ]
+    body = b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n" + b'{"text": "last line without a line end", "label": 0}'
+    for name, write in (("plain.jsonl", lambda p: p.write_bytes(body)), ("packed.jsonl.gz", lambda p: p.write_bytes(gzip.compress(body)))):
+        path = tmp_path / name
+        write(path)
+        for role, label_column in (("labeled", "label"), ("unlabeled", None)):
+            src = SourceParams(name="s", role=role, format="jsonl", path=str(path), label_column=label_column or "label")
+            fast, reference = list(READERS["jsonl"](src)), list(_read_jsonl_as_text(src))
+            assert len(fast) == len(reference) == len(lines) + 2
+            for a, b in zip(fast, reference):
+                assert a == b

@@ -75,12 +75,15 @@ def _snapshot(path):
 
 
 def test_the_snapshot_does_not_depend_on_how_the_sources_are_cut_into_batches(tmp_path, monkeypatch):
-    """One batch, or a batch per 3 records with every Parquet output flushed a row group at a time: the same rows,
-    the same counts; and byte for byte the same files where the output fits one buffer (the data version)."""
+    """One batch, or a batch per 3 records, cleaned by one thread or several, held in memory between the passes or
+    spilled, with every Parquet output flushed a row group at a time: the same rows, the same counts; and byte for
+    byte the same files where the output fits one buffer (the data version)."""
     p = params_from_dict(tiny_params_dict())
     ingest(p.ingest, p.validate_.labels, tmp_path / "one", p.project.seed)
-    ingest(p.ingest.model_copy(update={"batch_rows": 3}), p.validate_.labels, tmp_path / "small", p.project.seed)
-    assert _snapshot(tmp_path / "one") == _snapshot(tmp_path / "small")
+    for name, update in (("small", {"batch_rows": 3}), ("spilled", {"batch_rows": 3, "hold_chars": 0, "engine": EngineParams(threads=1)}),
+                         ("threads", {"batch_rows": 7, "hold_chars": 2000, "engine": EngineParams(threads=3)})):
+        ingest(p.ingest.model_copy(update=update), p.validate_.labels, tmp_path / name, p.project.seed)
+        assert _snapshot(tmp_path / "one") == _snapshot(tmp_path / name), name
 
     monkeypatch.setattr(ingest_mod, "SINK_ROWS", 5)
     ingest(p.ingest.model_copy(update={"batch_rows": 3}), p.validate_.labels, tmp_path / "flushed", p.project.seed)
@@ -392,3 +395,31 @@ def test_page_furniture_removal_keeps_every_other_line_in_place():
             near = boiler._near_breaks(keys, sorted(drop), drop)
             drop |= {i for i in near if sum(keys[j] == keys[i] for j in near) >= 2}
         assert removed == len(drop) and out == "\n".join(ln for i, ln in enumerate(text.split("\n")) if i not in drop), repr(text)
+
+
+def test_the_local_engine_runs_batches_on_several_threads_and_returns_them_in_order():
+    """``engine.threads`` batches at once (a barrier that only that many threads can pass), results in input order
+    whatever order they finish in; an error in one batch reaches the caller."""
+    import threading
+    import time
+
+    from lmops.tasks.engine import open_engine
+
+    engine = open_engine(EngineParams(threads=3))
+    barrier = threading.Barrier(3, timeout=30)
+
+    def work(i):
+        if i < 3:
+            barrier.wait()  # would time out (BrokenBarrierError) unless three batches run at once
+        time.sleep(0.01 * (5 - i % 5))  # later batches finish first
+        return i, threading.current_thread().name
+
+    try:
+        out = list(engine.map(work, ((i,) for i in range(12))))
+        assert [i for i, _ in out] == list(range(12))
+        assert len({name for _, name in out}) == 3
+        with pytest.raises(ZeroDivisionError):
+            list(engine.map(lambda i: 1 // (i - 4), ((i,) for i in range(9))))
+    finally:
+        engine.close()
+    assert open_engine(EngineParams(threads=0)).workers == os.cpu_count()

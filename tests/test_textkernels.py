@@ -11,7 +11,7 @@ import unicodedata
 
 import pytest
 
-from lmops.text import OTHER_SPACES, Boilerplate, normalize_text_py
+from lmops.text import NFC_SAFE_BELOW, OTHER_SPACES, Boilerplate, nfc_safe, normalize_text, normalize_text_py
 from lmops.tasks.dedup import sign_py
 from lmops.tasks.ingest import _SURROGATE, chunk_text_py
 
@@ -43,6 +43,49 @@ def test_the_kernels_are_built_where_make_setup_ran():
 def test_normalization_is_the_python_definition():
     for t in _texts(30_000):
         assert K.fold(unicodedata.normalize("NFC", t)) == normalize_text_py(t), repr(t)
+
+
+def _safe_chars() -> set[str]:
+    bits = nfc_safe()
+    return {chr(c) for c in range(NFC_SAFE_BELOW) if bits[c >> 3] >> (c & 7) & 1}
+
+
+def test_the_nfc_bitmap_is_the_quick_check_over_every_character():
+    # the definition over all of Unicode (nfc_safe looks for canonical pairs below its bound only)
+    seconds = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    for x in range(0x110000):
+        d = unicodedata.decomposition(chr(x))
+        if d and d[0] != "<" and len(d.split()) == 2:
+            seconds.add(int(d.split()[1], 16))
+    expected = {chr(c) for c in range(NFC_SAFE_BELOW) if c not in seconds and not unicodedata.combining(chr(c))
+                and unicodedata.normalize("NFC", chr(c)) == chr(c)}
+    safe = _safe_chars()
+    assert safe == expected
+    assert {"a", "é", "\u2019", "\u201c", "\u2014", "\u2022", "\xa0", "\u200b"} <= safe
+    # a combining mark, Hangul and Oriya vowels that compose with the letter before, singletons NFC replaces
+    assert not {"\u0301", "\u1161", "\u11a8", "\u0b3e", "\u2000", "\u2126", "\u212b", "\u0344"} & safe
+    # the property itself: no pair of them changes under NFC (every one after and before a sample of the others)
+    rnd = random.Random(3)
+    ordered = sorted(safe)
+    for other in rnd.sample(ordered, 40):
+        for c in ordered:
+            for pair in (other + c, c + other):
+                assert unicodedata.normalize("NFC", pair) == pair, [hex(ord(x)) for x in pair]
+
+
+@built
+def test_folding_with_the_nfc_bitmap_is_folding_after_nfc():
+    # what NFC changes: a letter and its accent, Hangul jamo and a syllable, Oriya vowel parts, singletons
+    extra = list("e\u0301A\u030a\u1100\u1161\u11a8\uac00\u0b47\u0b3e\u2000\u2126\u212b\u304b\u3099\u2019\u2014")
+    rnd = random.Random(4)
+    alphabet, folded = ALPHABET + extra, 0
+    for _ in range(30_000):
+        t = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 30)))
+        fast = K.fold(t, nfc_safe())
+        assert fast is None or fast == K.fold(unicodedata.normalize("NFC", t)), repr(t)
+        assert normalize_text(t) == normalize_text_py(t), repr(t)
+        folded += fast is not None
+    assert folded > 3000  # (the texts of safe characters alone are folded in one pass)
 
 
 @built
