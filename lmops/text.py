@@ -96,7 +96,7 @@ class Boilerplate:
 
     def __init__(self, line_patterns: list[str], repeated_line_min: int, repeated_line_max_chars: int, window: int = 1):
         # one alternation, each pattern's leading global flags ("(?i)") scoped to its own branch
-        self._line = re.compile("|".join(_scoped(p) for p in line_patterns)) if line_patterns else None
+        self._line = re.compile("|".join(map(scoped, line_patterns))) if line_patterns else None
         self._repeats = repeated_line_min
         self._max_chars = repeated_line_max_chars
         self._window = window
@@ -162,6 +162,8 @@ _LETTER = re.compile(r"[^\W\d_]")
 _FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
 
 
-def _scoped(pattern: str) -> str:
+def scoped(pattern: str) -> str:
+    """The pattern as one branch of an alternation: in a group, its leading global flags ("(?i)") scoped to it (a
+    form Python's re and RE2 both read)."""
     m = _FLAGS.match(pattern)
     return f"(?{m.group(1)}:{pattern[m.end():]})" if m else f"(?:{pattern})"

@@ -88,3 +88,25 @@ def test_a_mostly_quarantined_source_fails_validation(ingested, tmp_path):
     with pytest.raises(DataError, match=rf"source '{name}': \d+ of \d+ rows quarantined .*max_quarantine_share 0.5"):
         validate_snapshot(snap, p.validate_, tmp_path / "v")
     assert validate_snapshot(snap, p.validate_.model_copy(update={"max_quarantine_share": 1.0}), tmp_path / "v2").success
+
+
+def test_the_boilerplate_patterns_as_one_alternation_count_the_rows_any_of_them_counts():
+    """GX scans the column once for the alternation; a row counts where any pattern matches, in pandas' Arrow
+    (RE2) path and in Python's re alike; patterns that cannot be one alternation stay a list."""
+    import random
+    import re
+
+    from lmops.tasks.validate import any_of
+
+    patterns = ValidateParams().boilerplate_patterns + [r"(?s)a.b", r"^[0-9]{3}\Z"]
+    (combined,) = any_of(patterns)
+    words = ["table", "of", "contents", "Page", "3", "12", "ALL", "Rights", "reserved", "click", "here", "a", "\n", "b",
+             "123", "cookie", "policy", "Cookie", "Settings", "é", "x"]
+    rnd = random.Random(0)
+    texts = ["123", "123\n", "Page 3 of 12", "page 3 of 12x", "a\nb"] + [" ".join(rnd.choices(words, k=rnd.randint(1, 8))) for _ in range(3000)]
+    expected = [any(re.search(p, t) for p in patterns) for t in texts]
+    assert 100 < sum(expected) < 2900
+    assert [re.search(combined, t) is not None for t in texts] == expected
+    arrow = pd.Series(texts, dtype="string[pyarrow]")
+    assert arrow.str.contains(combined).tolist() == expected
+    assert any_of([r"(a)\1", "b"]) == [r"(a)\1", "b"] and any_of(["(?P<x>a)", "(?P<x>b)"]) == ["(?P<x>a)", "(?P<x>b)"]
