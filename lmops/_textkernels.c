@@ -480,7 +480,7 @@ static inline void add_word(Signer *st, uint64_t w) {
     st->b = fmix64(st->b + w * MIX[4]);
     st->ring[st->words % GRAM] = w;
     st->words++;
-    if (st->words >= GRAM) {
+    if (st->bins && st->words >= GRAM) {
         uint64_t g = 0;
         for (int k = 0; k < GRAM; k++) g += st->ring[(st->words - GRAM + k) % GRAM] * MIX[k];
         uint64_t h = fmix64(g ^ st->seed);
@@ -520,21 +520,24 @@ static inline ALWAYS_INLINE void sign_words(const int kind, const void *data, Py
     if (in_word) add_word(st, fmix64(h));
 }
 
+/* sign(text, role, seed, bins=True): with bins false, the key and the word count alone (bins None) */
 static PyObject *sign(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *text;
     unsigned long long role, seed;
-    if (!PyArg_ParseTuple(args, "UKK", &text, &role, &seed)) return NULL;
-    PyObject *sig = PyBytes_FromStringAndSize(NULL, PERMS * sizeof(uint64_t));
+    int want_bins = 1;
+    if (!PyArg_ParseTuple(args, "UKK|p", &text, &role, &seed, &want_bins)) return NULL;
+    PyObject *sig = want_bins ? PyBytes_FromStringAndSize(NULL, PERMS * sizeof(uint64_t)) : Py_NewRef(Py_None);
     if (!sig) return NULL;
-    Signer st = {fmix64(KEY_A ^ role), fmix64(KEY_B ^ role), seed, {0}, 0, (uint64_t *)PyBytes_AS_STRING(sig)};
-    for (int k = 0; k < PERMS; k++) st.bins[k] = UINT64_MAX;
+    Signer st = {fmix64(KEY_A ^ role), fmix64(KEY_B ^ role), seed, {0}, 0, want_bins ? (uint64_t *)PyBytes_AS_STRING(sig) : NULL};
+    if (st.bins)
+        for (int k = 0; k < PERMS; k++) st.bins[k] = UINT64_MAX;
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     Py_BEGIN_ALLOW_THREADS  /* (the bins are the new bytes object's own buffer, not yet seen by anyone else) */
     SPECIALISE(kind, sign_words, data, n, &st);
     Py_END_ALLOW_THREADS
-    if (st.words < GRAM) {  /* one shorter gram */
+    if (st.bins && st.words < GRAM) {  /* one shorter gram */
         uint64_t g = 0;
         for (Py_ssize_t k = 0; k < st.words; k++) g += st.ring[k] * MIX[k];
         uint64_t h = fmix64(g ^ seed);
@@ -575,7 +578,7 @@ static PyMethodDef methods[] = {
     {"chunk", chunk, METH_VARARGS, "chunk_text(text, chunk_chars) (see tasks/ingest.py)"},
     {"strip_lines", strip_lines, METH_VARARGS, "Boilerplate.strip (see lmops.text)"},
     {"has_surrogate", has_surrogate, METH_O, "whether the text holds a lone surrogate"},
-    {"sign", sign, METH_VARARGS, "sign(text, role, seed) -> (key, words, bins) (see tasks/dedup.py)"},
+    {"sign", sign, METH_VARARGS, "sign(text, role, seed, bins=True) -> (key, words, bins or None) (see tasks/dedup.py)"},
     {NULL, NULL, 0, NULL},
 };
 

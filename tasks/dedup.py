@@ -132,7 +132,7 @@ def _fmix(x: int) -> int:
     return x ^ (x >> 33)
 
 
-def sign_py(text: str, role: int, seed: int) -> tuple[bytes, int, bytes]:
+def sign_py(text: str, role: int, seed: int, bins: bool = True) -> tuple[bytes, int, bytes | None]:
     """(exact key, words, MinHash bins) of one document: the definition of the compiled ``sign``, and its fallback.
 
     Words: the text lower-cased character by character (``c.lower()[0]``: the simple case mapping, which is
@@ -141,7 +141,7 @@ def sign_py(text: str, role: int, seed: int) -> tuple[bytes, int, bytes]:
     so equal keys mean the same words in the same order (a 64-bit hash per word: a collision in ~1e-8 for ten
     million distinct words). The bins: every 5-gram of word hashes mixed by odd multipliers (a document of fewer
     than 5 words is one shorter gram), finalized with the seed; the top 6 bits choose the bin, which keeps the
-    smallest value (``2**64 - 1`` where none fell; ``MinHasher`` densifies)."""
+    smallest value (``2**64 - 1`` where none fell; ``MinHasher`` densifies). With ``bins`` false: None for them."""
     import struct
 
     words = "".join(c.lower()[0] for c in text).split()
@@ -154,13 +154,16 @@ def sign_py(text: str, role: int, seed: int) -> tuple[bytes, int, bytes]:
         h = _fmix(h)
         hashes.append(h)
         a, b = _fmix(a ^ h), _fmix((b + h * _MIX[4]) & _M64)
+    n = len(hashes)
+    key = struct.pack("=2Q", _fmix(a ^ n), _fmix(b ^ n))
+    if not bins:
+        return key, n, None
     grams = [hashes[i : i + 5] for i in range(len(hashes) - 4)] or [hashes]
     bins = [_M64] * PERMS
     for gram in grams:
         x = _fmix((sum(h * m for h, m in zip(gram, _MIX)) & _M64) ^ seed)
         bins[x >> 58] = min(bins[x >> 58], x)
-    n = len(hashes)
-    return struct.pack("=2Q", _fmix(a ^ n), _fmix(b ^ n)), n, struct.pack(f"={PERMS}Q", *bins)
+    return key, n, struct.pack(f"={PERMS}Q", *bins)
 
 
 sign = _kernels.sign if _kernels is not None else sign_py
@@ -235,6 +238,13 @@ def _candidate_pairs(eligible, roles, bands):
 
 def role_code(role: str) -> int:
     return _ROLES[role]
+
+
+def words_key(text: str) -> bytes:
+    """16 bytes that are equal for texts with the same words up to case (``sign``'s exact key, no role): the
+    leakage guard's test of a corpus chunk against the evaluation texts, GIL-free in the compiled kernel. Equal
+    where ``text_key`` is, but for U+0130 (lower-cased to "i" here, to "i" + a combining dot there)."""
+    return sign(text, 0, 0, False)[0]
 
 
 def text_key(text: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from lmops.config import IngestParams, SourceParams
 from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
-from lmops.tasks.dedup import text_key
+from lmops.tasks.dedup import words_key
 from lmops.tasks.readers import Rejected, Row, read_source
 from lmops.text import _kernels, normalize_text
 
@@ -514,7 +514,7 @@ def _ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, k
             raise DataError(f"the {name} split is empty: add labeled rows, or assign a source to it (ingest.sources[].assign_split)")
 
     # Leakage guard: no evaluation text may appear in what the model pretrains on.
-    eval_keys = {text_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
+    eval_keys = {words_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
     leaked: list[dict[str, Any]] = []
 
     def leak(rec, file, row):
@@ -528,7 +528,7 @@ def _ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, k
         # an auxiliary headline is training data: one that is also an evaluation text goes to quarantine
         clean, paths = [], {src.name: src.path for src in params.sources}
         for rec in auxiliary.to_dict("records"):
-            if text_key(rec["text"]) in eval_keys:
+            if words_key(rec["text"]) in eval_keys:
                 leak(rec, paths[rec["source"]], int(rec["id"].rsplit(":", 1)[1]))
             else:
                 clean.append(rec)
@@ -538,7 +538,7 @@ def _ingest(params: IngestParams, labels: list[str], out_dir: Path, seed: int, k
     corpus = _corpus_sink(out_dir / "corpus.parquet")
     for rec in collected.rows("unlabeled"):
         file, row = rec.pop("_file"), rec.pop("_row")
-        if text_key(rec["text"]) in eval_keys:
+        if words_key(rec["text"]) in eval_keys:
             leak(rec, file, row)
             continue
         corpus.add(rec)

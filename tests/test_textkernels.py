@@ -117,6 +117,7 @@ def test_signing_is_the_python_definition_for_every_character():
     for t in _texts(5_000):
         for role in (0, 1, 3):
             assert K.sign(t, role, 12345) == sign_py(t, role, 12345), repr(t)
+            assert K.sign(t, role, 12345, False) == sign_py(t, role, 12345, False) == (K.sign(t, role, 12345)[0], K.sign(t, role, 12345)[1], None)
     # every character with a lower case, every whitespace character and a sample of the rest lower-case and split
     # alike (a difference would change the key or the word count)
     cps = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
