@@ -2,13 +2,17 @@
 labeled source, split, leakage-checked, written): wall time, peak RSS of the whole process tree (this process and
 any Dask workers), near-duplicate recall and precision on the planted pairs.
 
-Run: .venv/bin/python benchmarks/ingest_scale.py --data /tmp/corpus --workers 1 [--workers 2 ...] [--json]
+Run: .venv/bin/python benchmarks/ingest_scale.py --data /tmp/corpus --workers 1 [--workers 2 ...] [--threads 1] [--json]
+
+--workers 1 is this process (the local engine, its batches on ``--threads`` threads: 0, the default, one per core);
+more workers are a Dask LocalCluster of that many processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -50,13 +54,13 @@ class PeakRSS:
         return self.peak
 
 
-def run(data: Path, workers: int) -> dict:
+def run(data: Path, workers: int, threads: int = 0) -> dict:
     import pandas as pd
 
     from lmops.config import EngineParams, IngestParams, SourceParams
     from lmops.tasks.ingest import ingest
 
-    engine = EngineParams() if workers == 1 else EngineParams(kind="dask", workers=workers)
+    engine = EngineParams(threads=threads) if workers == 1 else EngineParams(kind="dask", workers=workers)
     labeled = SourceParams(name="sentfin", role="labeled", format="sentfin", path=str(ROOT / "tests/fixtures/sentfin_sample.csv"))
     params = IngestParams(sources=[labeled, SourceParams(name="gen", role="unlabeled", format="jsonl", path=str(data / "corpus.jsonl"))],
                           engine=engine)
@@ -76,7 +80,7 @@ def run(data: Path, workers: int) -> dict:
     planted = {copy for copy, _ in json.loads((data / "planted.json").read_text())}
     mb = (data / "corpus.jsonl").stat().st_size / 1e6
     shutil.rmtree(out, ignore_errors=True)
-    return {"workers": workers, "input_mb": round(mb, 1), "documents": c.rows_in, "seconds": round(seconds, 1),
+    return {"workers": workers, **({"threads": engine.threads or os.cpu_count()} if workers == 1 else {}), "input_mb": round(mb, 1), "documents": c.rows_in, "seconds": round(seconds, 1),
             "mb_per_s": round(mb / seconds, 2), "peak_rss_mb": round(peak / 2**20), "duplicates": c.duplicates,
             "near_duplicates": {"found": c.near_duplicates, "planted": len(planted),
                                 "recall": round(len(planted & dropped) / max(1, len(planted)), 4),
@@ -87,10 +91,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--workers", type=int, action="append")
+    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for w in args.workers or [1]:
-        print(json.dumps(run(Path(args.data), w)), flush=True)
+        print(json.dumps(run(Path(args.data), w, args.threads)), flush=True)
 
 
 if __name__ == "__main__":

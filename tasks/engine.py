@@ -20,8 +20,9 @@ from lmops.config import EngineParams
 
 class InProcess:
     """This process, no start-up cost: the default, and right for anything that ingests in seconds. Batches are
-    cleaned by ``threads`` threads at once (0: one per core): the text kernels release the GIL while they scan, so
-    one batch's scans run beside another's Python; results come back in input order, as from one thread."""
+    cleaned by ``threads`` threads at once (0: one per core) where the work releases the GIL, which the text kernels
+    do on long texts (``inline`` says which batches are not such work: those run on the calling thread, since two
+    threads running Python only take turns, and the turns cost). Results come back in input order."""
 
     in_process = True  # work mapped here can share this process's objects (a GX context) instead of building its own
 
@@ -32,7 +33,7 @@ class InProcess:
         self._window = params.in_flight_per_worker * self.workers
         self._pool = None
 
-    def map(self, fn: Callable[..., Any], args: Iterable[tuple]) -> Iterator[Any]:
+    def map(self, fn: Callable[..., Any], args: Iterable[tuple], inline: Callable[[tuple], bool] | None = None) -> Iterator[Any]:
         if self.workers == 1:
             for a in args:
                 yield fn(*a)
@@ -44,6 +45,11 @@ class InProcess:
         pending: deque = deque()
         try:
             for a in args:
+                if inline is not None and inline(a):
+                    while pending:  # (what was submitted before it comes first)
+                        yield pending.popleft().result()
+                    yield fn(*a)
+                    continue
                 pending.append(self._pool.submit(fn, *a))
                 if len(pending) >= self._window:
                     yield pending.popleft().result()
@@ -79,7 +85,7 @@ class DaskEngine:
         self.workers = max(1, len(self._client.scheduler_info().get("workers", {})) or params.workers)
         self._window = params.in_flight_per_worker * self.workers
 
-    def map(self, fn: Callable[..., Any], args: Iterable[tuple]) -> Iterator[Any]:
+    def map(self, fn: Callable[..., Any], args: Iterable[tuple], inline: Callable[[tuple], bool] | None = None) -> Iterator[Any]:
         pending: deque = deque()
         for a in args:
             pending.append(self._client.submit(fn, *a, pure=False))
@@ -108,8 +114,8 @@ class Borrowed:
     def __init__(self, engine):
         self.engine, self.workers, self.in_process = engine, engine.workers, engine.in_process
 
-    def map(self, fn: Callable[..., Any], args: Iterable[tuple]) -> Iterator[Any]:
-        return self.engine.map(fn, args)
+    def map(self, fn: Callable[..., Any], args: Iterable[tuple], inline: Callable[[tuple], bool] | None = None) -> Iterator[Any]:
+        return self.engine.map(fn, args, inline)
 
     def close(self) -> None:
         pass

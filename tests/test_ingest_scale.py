@@ -420,6 +420,18 @@ def test_the_local_engine_runs_batches_on_several_threads_and_returns_them_in_or
         assert len({name for _, name in out}) == 3
         with pytest.raises(ZeroDivisionError):
             list(engine.map(lambda i: 1 // (i - 4), ((i,) for i in range(9))))
+        # batches the caller marks inline run on its own thread, still in order among the others
+        me = threading.current_thread().name
+        out = list(engine.map(lambda i: (i, threading.current_thread().name), ((i,) for i in range(10)), inline=lambda a: a[0] % 3 == 0))
+        assert [i for i, _ in out] == list(range(10))
+        assert {i for i, name in out if name == me} == {0, 3, 6, 9}
     finally:
         engine.close()
+    # ingest's rule: batches of short records stay on the reading thread (the kernels keep the GIL on short texts)
+    from lmops.tasks.ingest import _short_documents
+    from lmops.tasks.readers import Row
+    from lmops.text import _kernels
+
+    short, long = [Row("a" * 7500, "f", i) for i in range(4)], [Row("a" * 200_000, "f", i) for i in range(4)]
+    assert _short_documents((short,)) and _short_documents((long,)) is (_kernels is None)
     assert open_engine(EngineParams(threads=0)).workers == os.cpu_count()
