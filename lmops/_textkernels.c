@@ -299,22 +299,24 @@ static inline ALWAYS_INLINE Py_ssize_t count_invisible(const int kind, const voi
 
 #define MEMO_CHARS 64
 
-/* Boilerplate.strip with its patterns as `fullmatch` (and `memo`, a dict of the verdicts on short keys so far):
+/* Boilerplate.strip with its patterns as `fullmatch` (and `memo`, a dict of the verdicts on short keys so far;
+ * `max_key`, the patterns' longest match in characters, or -1: a longer key cannot match, so it is never built
+ * unless it is short enough to be a running header, and never passed to the regex):
  * lines whose key (the line without invisible characters, stripped) matches whole are page breaks; short lines with
  * a letter within `window` non-blank lines of one, whose key occurs `repeats` times or more among such lines, are
  * running headers. Returns (text without those lines,
  * number of lines removed); the text itself where nothing matched. */
 static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *text, *fullmatch, *memo;
-    Py_ssize_t repeats, max_chars, window;
-    if (!PyArg_ParseTuple(args, "UOnnnO!", &text, &fullmatch, &repeats, &max_chars, &window, &PyDict_Type, &memo)) return NULL;
+    Py_ssize_t repeats, max_chars, window, max_key = -1;
+    if (!PyArg_ParseTuple(args, "UOnnnO!|n", &text, &fullmatch, &repeats, &max_chars, &window, &PyDict_Type, &memo, &max_key)) return NULL;
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     Spans lines = {0}, kspan = {0};
     PyObject **keys = NULL;
     Py_ssize_t *keylen = NULL;
-    char *flag = NULL;  /* 1 anchor (page break), 2 near a break, 4 dropped */
+    char *flag = NULL;  /* 1 anchor (page break), 2 near a break, 4 dropped, 8 not blank */
     PyObject *counts = NULL, *res = NULL;
     int rc;
     NOGIL_BEGIN(n)
@@ -336,7 +338,13 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     for (Py_ssize_t l = 0; l < L; l++) {
         Py_ssize_t s = kspan.start[l], e = kspan.end[l], in;
         if (s == e) continue;
+        flag[l] = 8;
         SPECIALISE(kind, in = count_invisible, data, s, e);
+        keylen[l] = e - s - in;
+        if (max_key >= 0 && keylen[l] > max_key) {
+            if (keylen[l] > max_chars) continue;  /* neither a page break nor a header: no key at all */
+            /* (a header candidate: its key is built below, but not matched) */
+        }
         PyObject *key;
         if (!in) {
             key = PyUnicode_Substring(text, s, e);
@@ -356,7 +364,7 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         if (!key) goto done;
         keys[l] = key;
-        keylen[l] = e - s - in;
+        if (max_key >= 0 && keylen[l] > max_key) continue;
         /* a short line's verdict is remembered across documents: half of a filing's lines are repeats ("$", "1",
          * "Total"), and a dict lookup costs a tenth of a regex call */
         int memo_it = keylen[l] <= MEMO_CHARS;
@@ -373,7 +381,7 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
             if (memo_it && PyDict_SetItem(memo, key, hit ? Py_True : Py_False) < 0) goto done;
         }
         if (hit) {
-            flag[l] = 1;
+            flag[l] |= 1;
             anchors++;
         }
     }
@@ -390,7 +398,7 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
                 while (seen < window) {
                     i += step;
                     if (i < 0 || i >= L) break;
-                    if (!keys[i]) continue;
+                    if (!(flag[i] & 8)) continue;
                     seen++;
                     if (flag[i] & 1 || keylen[i] > max_chars) continue;
                     PyObject *k = keys[i];

@@ -94,10 +94,11 @@ class BoilerplateParams(Section):
     """Page furniture removed from unlabeled documents line by line, before normalization joins lines (see
     ``lmops.text.Boilerplate``). The default patterns are what EDGAR's HTML-to-text leaves in 10-K items."""
 
-    # a line that matches one of these whole (after trimming) is removed
+    # a line that matches one of these whole (after trimming) is removed; bounded repeats ({0,40}, not *) give each
+    # pattern a longest match, and the line kernel then skips every longer line without calling the regex
     line_patterns: list[str] = Field(default_factory=lambda: [
-        r"(?i)(?:table of cont\w*|of contents)", r"(?i)index to (?:consolidated )?financial statements",
-        r"(?i)(?:page\s*)?[-–—]?\s*\d{1,4}\s*[-–—]?", r"(?i)page \d+ of \d+",
+        r"(?i)(?:table of cont\w{0,40}|of contents)", r"(?i)index to (?:consolidated )?financial statements",
+        r"(?i)(?:page\s{0,10})?[-–—]?\s{0,10}\d{1,4}\s{0,10}[-–—]?", r"(?i)page \d{1,6} of \d{1,6}",
     ])
     # a line of at most repeated_line_max_chars with a letter in it, seen this often in one document next to a
     # page-break line (one of line_patterns), is a running header or footer ("2023 FORM 10-K"); 0 = off

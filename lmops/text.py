@@ -97,6 +97,7 @@ class Boilerplate:
     def __init__(self, line_patterns: list[str], repeated_line_min: int, repeated_line_max_chars: int, window: int = 1):
         # one alternation, each pattern's leading global flags ("(?i)") scoped to its own branch
         self._line = re.compile("|".join(map(scoped, line_patterns))) if line_patterns else None
+        self._max_key = _longest_match(self._line.pattern) if line_patterns else -1
         self._repeats = repeated_line_min
         self._max_chars = repeated_line_max_chars
         self._window = window
@@ -109,7 +110,8 @@ class Boilerplate:
         if _kernels is not None:
             if len(self._memo) > 200_000:  # bounded: a long-running worker must not grow without limit
                 self._memo.clear()
-            return _kernels.strip_lines(text, self._line.fullmatch, self._repeats, self._max_chars, self._window, self._memo)
+            return _kernels.strip_lines(text, self._line.fullmatch, self._repeats, self._max_chars, self._window, self._memo,
+                                        self._max_key)
         return self.strip_py(text)
 
     def strip_py(self, text: str) -> tuple[str, int]:
@@ -156,6 +158,20 @@ class Boilerplate:
                     if i not in anchor_set and len(k) <= self._max_chars and _LETTER.search(k):
                         out.add(i)
         return sorted(out)
+
+
+def _longest_match(pattern: str) -> int:
+    """The most characters a match of the pattern can span, or -1 where that is unbounded (``*``, ``+``) or
+    unknown: the line kernel matches no key longer than this (it cannot match) and builds none it need not."""
+    try:
+        import re._parser as parser  # Python's own regex parser: its width is what its matcher can span
+    except ImportError:  # pragma: no cover - before 3.11
+        return -1
+    try:
+        longest = parser.parse(pattern).getwidth()[1]
+    except Exception:  # noqa: BLE001 - a parser that changed shape: no bound, only slower
+        return -1
+    return longest if longest < 1 << 31 else -1
 
 
 _LETTER = re.compile(r"[^\W\d_]")

@@ -101,15 +101,20 @@ def test_page_furniture_removal_is_the_python_definition():
     rnd = random.Random(1)
     lines = ["12", " 7 ", "Table of Contents", "ACME CORP", "", "\u200b", "We grew.", "Revenue rose 4%.", "and",
              "A\u200bCME CORP", "²", "_", "4,210", "(12)", " \xad1\u200b2 ", "É" * 21, "É" * 20, "\U0001F600 CORP", "\u3000page 3 of 9\t"]
-    for window in (1, 2):
-        for repeats in (0, 1, 2, 3):
-            boiler = Boilerplate([r"[0-9]+", r"(?i)table of contents", r"(?i)page [0-9]+ of [0-9]+"], repeats, 20, window)
-            memo: dict[str, bool] = {}
-            for _ in range(3000):
-                text = "\n".join(rnd.choice(lines) for _ in range(rnd.randint(0, 30)))
-                fast = K.strip_lines(text, boiler._line.fullmatch, repeats, 20, window, memo)
-                assert fast == boiler.strip_py(text), (repr(text), window, repeats)
-            assert memo, "short keys' verdicts are remembered across documents"
+    lines += ["A much longer line of prose that no page-number pattern could ever match whole", "Table of Contentsss", "12345"]
+    # unbounded patterns, and bounded ones, whose longest match (17) lets the kernel skip longer lines unmatched
+    bounded = [r"[0-9]{1,4}", r"(?i)table of contents", r"(?i)page [0-9]{1,2} of [0-9]{1,2}"]
+    for patterns, longest in (([r"[0-9]+", r"(?i)table of contents", r"(?i)page [0-9]+ of [0-9]+"], -1), (bounded, 17)):
+        for window in (1, 2):
+            for repeats in (0, 1, 2, 3):
+                boiler = Boilerplate(patterns, repeats, 20, window)
+                assert boiler._max_key == longest
+                memo: dict[str, bool] = {}
+                for _ in range(3000):
+                    text = "\n".join(rnd.choice(lines) for _ in range(rnd.randint(0, 30)))
+                    fast = K.strip_lines(text, boiler._line.fullmatch, repeats, 20, window, memo, boiler._max_key)
+                    assert fast == boiler.strip_py(text), (repr(text), window, repeats)
+                assert memo, "short keys' verdicts are remembered across documents"
 
 
 @built
