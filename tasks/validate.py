@@ -17,8 +17,11 @@ from lmops.config import EngineParams, ValidateParams
 from lmops.errors import DataError
 from lmops.kinds import KINDS, TaskKind
 
-# HTML/XML tags or character entities left in text (scraped pages, filings); [0-9], not \d: see boilerplate_patterns
-MARKUP = r"<[A-Za-z/!][^>]{0,200}>|&(?:[a-z]{2,8}|#[0-9]{2,5});"
+# HTML/XML tags or character entities left in text (scraped pages, filings); [0-9], not \d: see boilerplate_patterns.
+# Two patterns, not their alternation: each starts with one literal character, so RE2 skips to its next occurrence
+# (memchr), where the alternation, with two first characters, runs its automaton over every byte (on the 10-K corpus
+# 2 + 1.5 ms against 38 ms)
+MARKUP = (r"<[A-Za-z/!][^>]{0,200}>", r"&(?:[a-z]{2,8}|#[0-9]{2,5});")
 
 
 @dataclass
@@ -69,9 +72,27 @@ def any_of(patterns: list[str]) -> list[str]:
     return [combined]
 
 
+_MARKUP_EXPECTATION = None
+
+
+def _markup_expectation():
+    """``expect_column_values_to_not_hold_markup``: GX's regex-list expectation (a row is unexpected where any of
+    its patterns matches) under its own name, so that the report tells it from the boilerplate one. Defined on first
+    use: GX is imported lazily, and a class registers itself with GX when it is made."""
+    global _MARKUP_EXPECTATION
+    if _MARKUP_EXPECTATION is None:
+        from great_expectations.expectations import ExpectColumnValuesToNotMatchRegexList
+
+        class ExpectColumnValuesToNotHoldMarkup(ExpectColumnValuesToNotMatchRegexList):
+            """Rows holding HTML/XML tags or character entities (each kind of markup one pattern)."""
+
+        _MARKUP_EXPECTATION = ExpectColumnValuesToNotHoldMarkup
+    return _MARKUP_EXPECTATION
+
+
 def _text_quality(E, p: ValidateParams) -> list:
     # markup and boilerplate are counted per row; up to the configured share is tolerated
-    markup = E.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, mostly=round(1 - p.max_markup_share, 6))
+    markup = _markup_expectation()(column="text", regex_list=list(MARKUP), mostly=round(1 - p.max_markup_share, 6))
     if not p.boilerplate_patterns:
         return [markup]
     regexes = any_of(list(p.boilerplate_patterns))
