@@ -80,7 +80,8 @@ def run(data: Path, workers: int, threads: int = 0) -> dict:
     planted = {copy for copy, _ in json.loads((data / "planted.json").read_text())}
     mb = (data / "corpus.jsonl").stat().st_size / 1e6
     shutil.rmtree(out, ignore_errors=True)
-    return {"workers": workers, **({"threads": engine.threads or os.cpu_count()} if workers == 1 else {}), "input_mb": round(mb, 1), "documents": c.rows_in, "seconds": round(seconds, 1),
+    local = {"threads": engine.threads or os.cpu_count()} if workers == 1 else {}
+    return {"workers": workers, **local, "input_mb": round(mb, 1), "documents": c.rows_in, "seconds": round(seconds, 1),
             "mb_per_s": round(mb / seconds, 2), "peak_rss_mb": round(peak / 2**20), "duplicates": c.duplicates,
             "near_duplicates": {"found": c.near_duplicates, "planted": len(planted),
                                 "recall": round(len(planted & dropped) / max(1, len(planted)), 4),

@@ -35,7 +35,6 @@ def _has_surrogate(text: str) -> bool:
     return _kernels.has_surrogate(text) if _kernels is not None else _SURROGATE.search(text) is not None
 
 
-
 @dataclass
 class SourceCounts:
     rows_in: int = 0

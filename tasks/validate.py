@@ -7,6 +7,7 @@ UpdateDataDocsAction renders the HTML Data Docs into the run folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -72,22 +73,17 @@ def any_of(patterns: list[str]) -> list[str]:
     return [combined]
 
 
-_MARKUP_EXPECTATION = None
-
-
+@functools.cache
 def _markup_expectation():
     """``expect_column_values_to_not_hold_markup``: GX's regex-list expectation (a row is unexpected where any of
     its patterns matches) under its own name, so that the report tells it from the boilerplate one. Defined on first
     use: GX is imported lazily, and a class registers itself with GX when it is made."""
-    global _MARKUP_EXPECTATION
-    if _MARKUP_EXPECTATION is None:
-        from great_expectations.expectations import ExpectColumnValuesToNotMatchRegexList
+    from great_expectations.expectations import ExpectColumnValuesToNotMatchRegexList
 
-        class ExpectColumnValuesToNotHoldMarkup(ExpectColumnValuesToNotMatchRegexList):
-            """Rows holding HTML/XML tags or character entities (each kind of markup one pattern)."""
+    class ExpectColumnValuesToNotHoldMarkup(ExpectColumnValuesToNotMatchRegexList):
+        """Rows holding HTML/XML tags or character entities (each kind of markup one pattern)."""
 
-        _MARKUP_EXPECTATION = ExpectColumnValuesToNotHoldMarkup
-    return _MARKUP_EXPECTATION
+    return ExpectColumnValuesToNotHoldMarkup
 
 
 def _text_quality(E, p: ValidateParams) -> list:
@@ -96,8 +92,8 @@ def _text_quality(E, p: ValidateParams) -> list:
     if not p.boilerplate_patterns:
         return [markup]
     regexes = any_of(list(p.boilerplate_patterns))
-    notes = None if len(regexes) > 1 else "Any of validate.boilerplate_patterns, as one alternation: " + ", ".join(
-        f"`{x}`" for x in p.boilerplate_patterns)
+    combined = len(p.boilerplate_patterns) > 1 and len(regexes) == 1
+    notes = "Any of validate.boilerplate_patterns, as one alternation: " + ", ".join(f"`{x}`" for x in p.boilerplate_patterns) if combined else None
     return [markup, E.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=regexes, mostly=round(1 - p.max_boilerplate_share, 6),
                                                             notes=notes)]
 
