@@ -99,8 +99,9 @@ def minhasher() -> MinHasher:
     return _HASHER
 
 
-def sign_documents(role: int | str | list[str], docs: list[str], seed: int | None = None) -> list[tuple[bytes, int, bytes]]:
-    """``sign`` of every document (role: one for all, or one per document; seed: the process's MinHasher's)."""
+def sign_documents(role: int | str | list[str], docs: list, seed: int | None = None) -> list[tuple[bytes, int, bytes]]:
+    """``sign`` of every document (a str, or a list of them signed as joined by spaces; role: one for all, or one per
+    document; seed: the process's MinHasher's)."""
     seed = minhasher().seed if seed is None else seed
     codes = [_code(role)] * len(docs) if not isinstance(role, list) else [_code(r) for r in role]
     return [sign(d, c, seed) for d, c in zip(docs, codes)]
@@ -132,7 +133,7 @@ def _fmix(x: int) -> int:
     return x ^ (x >> 33)
 
 
-def sign_py(text: str, role: int, seed: int, bins: bool = True) -> tuple[bytes, int, bytes | None]:
+def sign_py(text: str | list[str], role: int, seed: int, bins: bool = True) -> tuple[bytes, int, bytes | None]:
     """(exact key, words, MinHash bins) of one document: the definition of the compiled ``sign``, and its fallback.
 
     Words: the text lower-cased character by character (``c.lower()[0]``: the simple case mapping, which is
@@ -141,8 +142,12 @@ def sign_py(text: str, role: int, seed: int, bins: bool = True) -> tuple[bytes, 
     so equal keys mean the same words in the same order (a 64-bit hash per word: a collision in ~1e-8 for ten
     million distinct words). The bins: every 5-gram of word hashes mixed by odd multipliers (a document of fewer
     than 5 words is one shorter gram), finalized with the seed; the top 6 bits choose the bin, which keeps the
-    smallest value (``2**64 - 1`` where none fell; ``MinHasher`` densifies). With ``bins`` false: None for them."""
+    smallest value (``2**64 - 1`` where none fell; ``MinHasher`` densifies). With ``bins`` false: None for them.
+    ``text`` may be a list of texts: they are signed as ``" ".join(text)``."""
     import struct
+
+    if not isinstance(text, str):
+        text = " ".join(text)
 
     words = "".join(c.lower()[0] for c in text).split()
     a, b = _fmix(_KEY_A ^ role), _fmix(_KEY_B ^ role)

@@ -142,11 +142,13 @@ class CleanedBatch:
     held: Any = None  # (documents' rows, quarantine records) where the batch was not spilled, else None
 
 
-def clean_batch(items: list, source: int, params: IngestParams, labels: list[str], kind_name: str, spill: str | None) -> CleanedBatch:
+def clean_batch(items: list, source: int, params: IngestParams, labels: list[str], kind_name: str, spill: str | None,
+                boiler=None) -> CleanedBatch:
     """Normalize, shape and sign one batch of records; write its rows and quarantine records to ``spill`` (a pickle;
     with None they come back in ``held``) and return only counts and fixed-width arrays. Pure but for that file:
     runs in this process or on a Dask worker (which then needs the spill folder: local workers share this disk; a
-    cluster, a shared file system)."""
+    cluster, a shared file system). ``boiler``: the ingest's Boilerplate (one for all its batches, so that the
+    verdicts it remembers on short lines carry from batch to batch), else a new one."""
     import pickle
 
     import numpy as np
@@ -154,7 +156,7 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
     from lmops.tasks.dedup import PERMS, exact_keys, minhasher, role_code, sign_documents
 
     src, kind = params.sources[source], KINDS[kind_name]
-    boiler = _boilerplate(params)
+    boiler = boiler or _boilerplate(params)
     quarantine: list[dict[str, Any]] = []
     docs: list[list[dict[str, Any]]] = []  # the rows of each document (entity rows repeat their headline; chunks)
     texts, removed_lines = [], 0
@@ -168,7 +170,7 @@ def clean_batch(items: list, source: int, params: IngestParams, labels: list[str
             quarantine.append({"source": src.name, "file": item.file, "row": item.row, "reason": reason, "text": item.text[:200]})
             continue
         docs.append(rows)
-        texts.append(" ".join(dict.fromkeys(r["text"] for r in rows)))
+        texts.append(list(dict.fromkeys(r["text"] for r in rows)))  # signed as joined by spaces, without the join
     if spill is not None:
         with open(spill, "wb") as fh:
             pickle.dump((docs, quarantine), fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -198,6 +200,8 @@ def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set
     records or ingest.batch_chars characters. The first batches, up to ``hold`` characters, stay in memory (no
     spill file); the rest spill."""
     k = held = 0
+    # one for the whole ingest: on the 10-K sample a new one per batch sent 0.02 s more of short lines to the regex
+    boiler = _boilerplate(params)
 
     def where(chars: int) -> str | None:
         nonlocal held
@@ -216,10 +220,10 @@ def _batches(params: IngestParams, labels: list[str], kind: TaskKind, roles: set
             batch.append(item)
             chars += len(getattr(item, "text", "") or "")
             if len(batch) >= params.batch_rows or chars >= params.batch_chars:
-                yield (batch, s, params, labels, kind.name, where(chars))
+                yield (batch, s, params, labels, kind.name, where(chars), boiler)
                 batch, chars, k = [], 0, k + 1
         if batch:
-            yield (batch, s, params, labels, kind.name, where(chars))
+            yield (batch, s, params, labels, kind.name, where(chars), boiler)
             k += 1
 
 

@@ -175,8 +175,9 @@ def _json_lines(path: Path, exact: tuple[str, ...] = ()) -> Iterator[tuple[int, 
     they are strings, which both read alike. Lines end at \\n, \\r\\n or a lone \\r, as in text mode."""
     import orjson
 
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
+    # a 1 MB buffer: a filing is one line of ~200 KB, which the default 8 KB buffer reads in pieces (0.019 s against
+    # 0.005 s for the 10-K file)
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=1 << 20) as fh:
         i = 0
         for raw in fh:
             if i == 0 and raw.startswith(_BOM):  # utf-8-sig: a byte-order mark at the start of the file only
