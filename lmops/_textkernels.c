@@ -62,19 +62,21 @@ static inline ALWAYS_INLINE Py_ssize_t fold_into(const int kind, const void *dat
     Py_ssize_t o = 0;
     int any_out = 0, cur_has = 0, in_ws = 0, newlines = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (cur_has && !in_ws) {
+            /* most characters: printable ASCII inside a paragraph, and single spaces between its words, copied as
+             * they are. One test per character, not a branch per kind of character: the branch on spaces, taken
+             * at every word's end, was mispredicted as often (0.084 -> 0.056 s on the 10-K sample's documents) */
+            while (i + 1 < n) {
+                Py_UCS4 c = PyUnicode_READ(kind, data, i), d = PyUnicode_READ(kind, data, i + 1);
+                if ((c - 0x20u >= 0x5fu) | ((c == ' ') & (d - 0x21u >= 0x5eu))) break;
+                PyUnicode_WRITE(kind, out, o++, c);
+                i++;
+            }
+        }
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c > ' ' && c < 0x7f && !in_ws && cur_has) {  /* most characters: printable ASCII inside a paragraph */
+        if (c > ' ' && c < 0x7f && !in_ws && cur_has) {  /* (the last character) */
             PyUnicode_WRITE(kind, out, o++, c);
             continue;
-        }
-        if (c == ' ' && !in_ws && cur_has && i + 1 < n) {  /* the next most: one space between two words */
-            Py_UCS4 d = PyUnicode_READ(kind, data, i + 1);
-            if (d > ' ' && d < 0x7f) {
-                PyUnicode_WRITE(kind, out, o++, ' ');
-                PyUnicode_WRITE(kind, out, o++, d);
-                i++;
-                continue;
-            }
         }
         if (safe && c >= 0x300 && (c >= NFC_SAFE_BELOW || !(safe[c >> 3] & (1 << (c & 7))))) return NFC_UNSAFE;
         if (c >= 0xad && is_invisible(c)) continue;
