@@ -432,8 +432,9 @@ static int memo_reserve(Memo *m, Py_ssize_t n) {
 /* the GIL-free part of strip_lines: each non-blank line's key length and flag 8; the lines that could match
  * (keys of at most max_key characters, or any with max_key -1) either decided from the memo (flag 1 where it
  * matched) or marked todo: 2 where the key is one the memo can hold (its hash in kh), 1 where not */
-static inline ALWAYS_INLINE void line_verdicts(const int kind, const void *data, const Spans *kspan, Py_ssize_t max_key, Memo *memo,
-                                               Py_ssize_t *keylen, char *flag, char *todo, uint64_t *kh) {
+static inline ALWAYS_INLINE void line_verdicts(const int kind, const void *data, const Spans *kspan, Py_ssize_t max_key,
+                                               const unsigned char *first, Memo *memo, Py_ssize_t *keylen, char *flag, char *todo,
+                                               uint64_t *kh) {
     PyThread_acquire_lock(memo->lock, WAIT_LOCK);
     for (Py_ssize_t l = 0; l < kspan->len; l++) {
         Py_ssize_t s = kspan->start[l], e = kspan->end[l];
@@ -442,6 +443,8 @@ static inline ALWAYS_INLINE void line_verdicts(const int kind, const void *data,
         Py_ssize_t in = count_invisible(kind, data, s, e);
         keylen[l] = e - s - in;
         if (max_key >= 0 && keylen[l] > max_key) continue;  /* it cannot match */
+        Py_UCS4 c0 = PyUnicode_READ(kind, data, s);  /* (the key's first character: stripping ends at a visible one) */
+        if (first && c0 < 128 && !(first[c0 >> 3] & (1 << (c0 & 7)))) continue;  /* no match begins with it */
         if (in || keylen[l] > MEMO_CHARS) {
             todo[l] = 1;
             continue;
@@ -485,17 +488,27 @@ static inline ALWAYS_INLINE void memo_add(const int kind, const void *data, Py_s
 
 /* Boilerplate.strip with its patterns as `fullmatch` (and `memo`, line_memo()'s verdicts on short keys so far;
  * `max_key`, the patterns' longest match in characters, or -1: a longer key cannot match, so it is never passed
- * to the regex, and never built unless its line is a running header's candidate):
+ * to the regex, and never built unless its line is a running header's candidate; `first`, the ASCII characters
+ * a match can begin with, or None: a key beginning with another ASCII character is not passed to the regex):
  * lines whose key (the line without invisible characters, stripped) matches whole are page breaks; short lines with
  * a letter within `window` non-blank lines of one, whose key occurs `repeats` times or more among such lines, are
  * running headers. Returns (text without those lines, number of lines removed); the text itself where nothing
  * matched. */
 static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *text, *fullmatch, *memo_obj;
+    PyObject *first_obj = Py_None;
     Py_ssize_t repeats, max_chars, window, max_key = -1;
-    if (!PyArg_ParseTuple(args, "UOnnnO|n", &text, &fullmatch, &repeats, &max_chars, &window, &memo_obj, &max_key)) return NULL;
+    if (!PyArg_ParseTuple(args, "UOnnnO|nO", &text, &fullmatch, &repeats, &max_chars, &window, &memo_obj, &max_key, &first_obj)) return NULL;
     Memo *memo = PyCapsule_GetPointer(memo_obj, MEMO_CAPSULE);
     if (!memo) return NULL;
+    const unsigned char *first = NULL;
+    if (first_obj != Py_None) {
+        if (!PyBytes_Check(first_obj) || PyBytes_GET_SIZE(first_obj) != 16) {
+            PyErr_SetString(PyExc_ValueError, "strip_lines(): first must be a bitmap of the 128 ASCII characters");
+            return NULL;
+        }
+        first = (const unsigned char *)PyBytes_AS_STRING(first_obj);
+    }
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
@@ -524,7 +537,7 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
         goto done;
     }
     NOGIL_BEGIN(n)
-    SPECIALISE(kind, line_verdicts, data, &kspan, max_key, memo, keylen, flag, todo, kh);
+    SPECIALISE(kind, line_verdicts, data, &kspan, max_key, first, memo, keylen, flag, todo, kh);
     NOGIL_END
     /* the keys the memo did not know, through the regex (once per key: `asked`); then remembered, all under one
      * hold of the lock */
