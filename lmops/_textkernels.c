@@ -163,21 +163,47 @@ static void spans_free(Spans *s) {
     PyMem_RawFree(s->end);
 }
 
-/* the pieces first..last-1 joined by single spaces, as one str */
+/* n characters from width `from` to width `to`, which holds every one of them */
+static void copy_chars(int to, void *dst, int from, const void *src, Py_ssize_t n) {
+    if (to == from) {
+        memcpy(dst, src, (size_t)n * from);
+    } else if (to == PyUnicode_1BYTE_KIND && from == PyUnicode_2BYTE_KIND) {
+        for (Py_ssize_t i = 0; i < n; i++) ((Py_UCS1 *)dst)[i] = (Py_UCS1)((const Py_UCS2 *)src)[i];
+    } else if (to == PyUnicode_1BYTE_KIND) {
+        for (Py_ssize_t i = 0; i < n; i++) ((Py_UCS1 *)dst)[i] = (Py_UCS1)((const Py_UCS4 *)src)[i];
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) ((Py_UCS2 *)dst)[i] = (Py_UCS2)((const Py_UCS4 *)src)[i];
+    }
+}
+
+/* the or of the characters in data[s, e): below 0x80, 0x100 or 0x10000 exactly where all of them are, which is
+ * all PyUnicode_New needs to know to give a str its canonical width */
+static inline ALWAYS_INLINE Py_UCS4 or_chars(const int kind, const void *data, Py_ssize_t s, Py_ssize_t e) {
+    Py_UCS4 acc = 0;
+    for (Py_ssize_t j = s; j < e; j++) acc |= PyUnicode_READ(kind, data, j);
+    return acc;
+}
+
+/* the pieces first..last-1 joined by `sep`, as one str: its width from an or of the pieces' characters, then the
+ * pieces copied into it (PyUnicode_FromKindAndData of a joined buffer read and copied everything twice more) */
 static PyObject *join_spans(int kind, const void *data, Spans *p, Py_ssize_t first, Py_ssize_t last, Py_UCS4 sep) {
     Py_ssize_t total = 0;
-    for (Py_ssize_t k = first; k < last; k++) total += p->end[k] - p->start[k] + (k > first);
-    char *buf = PyMem_Malloc((size_t)(total > 0 ? total : 1) * kind);
-    if (!buf) return PyErr_NoMemory();
+    Py_UCS4 bound = last - first > 1 ? sep : 0;
+    for (Py_ssize_t k = first; k < last; k++) {
+        total += p->end[k] - p->start[k] + (k > first);
+        SPECIALISE(kind, bound |= or_chars, data, p->start[k], p->end[k]);
+    }
+    PyObject *res = PyUnicode_New(total, bound < 0x80 ? 0x7f : bound < 0x100 ? 0xff : bound < 0x10000 ? 0xffff : 0x10ffff);
+    if (!res) return NULL;
+    int to = PyUnicode_KIND(res);
+    char *dst = PyUnicode_DATA(res);
     Py_ssize_t o = 0;
     for (Py_ssize_t k = first; k < last; k++) {
-        if (k > first) PyUnicode_WRITE(kind, buf, o++, sep);
+        if (k > first) PyUnicode_WRITE(to, dst, o++, sep);
         Py_ssize_t len = p->end[k] - p->start[k];
-        memcpy(buf + o * kind, (const char *)data + p->start[k] * kind, (size_t)len * kind);
+        copy_chars(to, dst + o * to, kind, (const char *)data + p->start[k] * kind, len);
         o += len;
     }
-    PyObject *res = PyUnicode_FromKindAndData(kind, buf, o);
-    PyMem_Free(buf);
     return res;
 }
 
