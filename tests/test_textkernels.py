@@ -156,6 +156,21 @@ def test_the_first_characters_of_a_match_are_a_superset_found_by_the_regex_engin
 
 
 @built
+def test_line_feeds_are_found_in_every_width_at_every_place_in_a_word():
+    # the kernels look for line feeds a 64-bit word at a time (four 2-byte or two 4-byte characters): a line feed in
+    # every lane, runs longer and shorter than a word, and characters holding the byte 0x0A that are no line feed
+    boiler = Boilerplate([r"[0-9]{1,3}"], 2, 20)
+    for filler in ("a", "\u010a", "\u0a0a", "\U0001000a", "\U000a0a0a", "é"):
+        for n in range(0, 12):
+            for at in range(n + 1):
+                for tail in ("", "7", "\n", "\n\n" + filler * 3):
+                    t = filler * at + "\n" + filler * (n - at) + "\n\n" + "12\n" + filler * n + tail
+                    assert K.strip_lines(t, boiler._line.fullmatch, 2, 20, 1, K.line_memo(), boiler._max_key, boiler._first) == boiler.strip_py(t), repr(t)
+                    for size in (2, 5):
+                        assert K.chunk(t, size) == chunk_text_py(t, size), (repr(t), size)
+
+
+@built
 def test_signing_is_the_python_definition_for_every_character():
     for t in _texts(5_000):
         for role in (0, 1, 3):
