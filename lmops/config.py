@@ -393,6 +393,10 @@ class FinetuneParams(Section):
     # strength chosen on validation) before fine-tuning everything, so the first steps do not distort the features
     # through a random head
     linear_probe: bool = False
+    # the seed of the weights the base does not have (the new head), apart from project.seed (dropout, the order of
+    # the rows): runs of several seeds with one init_seed start from the same model, so that their weights can be
+    # averaged into one (a soup) without averaging unrelated heads. null = project.seed, as before
+    init_seed: int | None = None
     # entity-targeted sentiment (task: entity): the target entity's mentions in the headline wrapped in this marker
     # ("Gold shines; * Silver * dull" for the pair about Silver), so the model need not find the entity the pair
     # names by matching it; saved in the model's config, read by every encoder of its inputs. "" = off

@@ -274,6 +274,20 @@ def warmup_linear(opt, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
 
 
+def initial_model(base: str, labels: list[str], kind, seed: int, init_seed: int | None = None):
+    """(model, tokenizer) to fine-tune, the weights the base lacks drawn from ``init_seed`` where it is set; torch's
+    random state then follows ``seed`` (dropout). Without it both come from ``seed``, one stream, as they always did."""
+    import torch
+
+    from lmops.tasks.predict import load_classifier
+
+    torch.manual_seed(seed if init_seed is None else init_seed)
+    loaded = load_classifier(base, labels, kind, train=True)
+    if init_seed is not None:
+        torch.manual_seed(seed)
+    return loaded
+
+
 def finetune(
     train_path: Path, val_path: Path, base: str, labels: list[str], params: FinetuneParams, seed: int, out_dir: Path, progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
@@ -286,9 +300,8 @@ def finetune(
 
     from lmops.kinds.base import Reading
     from lmops.tasks.plots import loss_curve
-    from lmops.tasks.predict import load_classifier, predict_logits
+    from lmops.tasks.predict import predict_logits
 
-    torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     train = pd.read_parquet(train_path)
     val = pd.read_parquet(val_path)
@@ -296,7 +309,7 @@ def finetune(
     y_train, y_val = kind.targets(train, labels), kind.targets(val, labels)
     texts, val_inputs = kind.inputs(train), kind.inputs(val)
 
-    model, tokenizer = load_classifier(base, labels, kind, train=True)
+    model, tokenizer = initial_model(base, labels, kind, seed, params.init_seed)
     # what params say wins over what a fine-tuned base was saved with, and training reads the inputs as evaluation will
     if params.casing != "none":
         enable_casing(model, params.casing)

@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score
 from lmops.kinds import KINDS
 from lmops.metrics import classification_report
 from lmops.tasks.evaluate import evaluate_model
-from lmops.tasks.finetune import finetune
+from lmops.tasks.finetune import finetune, initial_model
 from lmops.tasks.predict import load_classifier, predict_logits
 
 SEQ = KINDS["sequence"]
@@ -122,6 +122,27 @@ def test_full_finetune_beats_chance_on_validation(tiny_lm, ingested, tmp_path):
     ours = f1_score(val["label"], [LABELS[i] for i in logits.argmax(-1).tolist()], labels=LABELS, average="macro", zero_division=0)
     assert ours == pytest.approx(s.val_macro_f1, abs=1e-3)  # the saved model is the best epoch's
     assert ours > baseline + 0.15, (ours, baseline)
+
+
+def test_an_init_seed_gives_runs_of_other_seeds_the_same_starting_head(tiny_lm):
+    _, pre, _ = tiny_lm
+
+    def start(seed, init_seed):
+        model, _ = initial_model(pre.model_dir, LABELS, SEQ, seed, init_seed)
+        head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("classifier")}
+        assert head
+        return head, torch.rand(4)  # what dropout would draw next
+
+    (h1, r1), (h2, r2) = start(1, 5), start(2, 5)
+    assert all(torch.equal(h1[k], h2[k]) for k in h1)  # one starting model for a soup of seeds 1 and 2
+    torch.manual_seed(2)
+    assert torch.equal(r2, torch.rand(4)) and not torch.equal(r1, r2)  # the rest follows each run's own seed
+    # without it, as before: the head and dropout one stream of project.seed, so seeds start from different heads
+    (g1, q1), (g2, _) = start(1, None), start(2, None)
+    assert not all(torch.equal(g1[k], g2[k]) for k in g1)
+    torch.manual_seed(1)
+    load_classifier(pre.model_dir, LABELS, SEQ, train=True)
+    assert torch.equal(q1, torch.rand(4))
 
 
 def test_local_metric_module_matches_sklearn():
