@@ -204,8 +204,8 @@ def load_text_file(path: Path, out_dir: Path):
     from lmops.tasks.ingest import ingest_corpus_only
 
     src = SourceParams(name=path.stem, role="unlabeled", format=_format_of(path, default="text_lines"), path=str(path))
-    frame, summary = ingest_corpus_only(IngestParams(sources=[src]), out_dir)
-    if frame.empty:
+    _, summary = ingest_corpus_only(IngestParams(sources=[src]), out_dir, read_back=False)
+    if not summary.corpus_rows:
         raise DataError(f"{path}: no usable text; see {out_dir / 'quarantine.parquet'}")
     return out_dir / "corpus.parquet", next(iter(summary.sources.values()))
 

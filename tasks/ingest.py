@@ -452,8 +452,10 @@ def ingest_labeled_only(params: IngestParams, labels: list[str], out_dir: Path, 
     return frame, summary
 
 
-def ingest_corpus_only(params: IngestParams, out_dir: Path):
-    """Ingest unlabeled sources alone (corpus benchmarks, corpus-only refreshes); returns (frame, summary)."""
+def ingest_corpus_only(params: IngestParams, out_dir: Path, read_back: bool = True):
+    """Ingest unlabeled sources alone (corpus benchmarks, corpus-only refreshes, LM evaluation files); returns (the
+    corpus as a frame, summary), or (None, summary) with ``read_back`` false: a caller that needs only the Parquet
+    file does not load a corpus larger than memory back into it (the row count is ``summary.corpus_rows``)."""
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -467,7 +469,7 @@ def ingest_corpus_only(params: IngestParams, out_dir: Path):
         sink.close()
         _write_quarantine(collected.quarantine(), params, out_dir)
     summary.corpus_rows = sink.rows
-    return pd.read_parquet(out_dir / "corpus.parquet"), summary
+    return (pd.read_parquet(out_dir / "corpus.parquet") if read_back else None), summary
 
 
 def _write_quarantine(records, params: IngestParams, out_dir: Path, more=()) -> None:

@@ -178,6 +178,21 @@ def test_bad_input_on_a_dask_cluster_is_quarantined_with_reasons(tmp_path, dask_
     assert frame["text"].str.len().sum() >= 10 * 2**20, "the 10 MB line is chunked, not lost"
 
 
+def test_a_caller_that_needs_only_the_file_is_not_handed_the_corpus_back(tmp_path):
+    from lmops.errors import DataError
+    from lmops.tasks.evaluate import load_text_file
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Revenue of segment {i} rose on demand."}) + "\n" for i in range(7)))
+    frame, summary = ingest_corpus_only(IngestParams(sources=[SourceParams(name="c", role="unlabeled", format="jsonl", path=str(corpus))]),
+                                        tmp_path / "out", read_back=False)
+    assert frame is None and summary.corpus_rows == 7 == len(pd.read_parquet(tmp_path / "out" / "corpus.parquet"))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n\t\n")
+    with pytest.raises(DataError, match="no usable text"):
+        load_text_file(blank, tmp_path / "blank")
+
+
 @pytest.mark.slow
 def test_a_corpus_much_larger_than_the_batches_ingests_in_bounded_memory(tmp_path):
     """A 300 MB corpus (planted near-duplicates among re-sampled 10-K/FOMC sentences) in a child process: peak
