@@ -72,7 +72,8 @@ def main() -> None:
     results["member_mean"] = {s: round(sum(results["macro_f1"][n][s] for n in names) / len(names), 4) for s in frames}
     # B − A, paired over the same rows: each combination against each member, and the members against each other
     # (how far a seed alone moves the score on these rows: the yardstick for the rest)
-    pairs = [(n, who) for who in ("ensemble", "soup") for n in names] + list(itertools.combinations(names, 2))
+    # (and the soup against the ensemble: does one averaged model keep what the several bought?)
+    pairs = [(n, who) for who in ("ensemble", "soup") for n in names] + [("ensemble", "soup")] + list(itertools.combinations(names, 2))
     results["differences"] = {f"{b} - {a}": {s: bootstrap_diff(truth[s], preds[a, s], preds[b, s], labels)["macro_f1"] for s in frames}
                               for a, b in pairs}
     print(json.dumps({k: results[k] for k in ("macro_f1", "member_mean")}, indent=1))
