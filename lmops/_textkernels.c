@@ -476,13 +476,26 @@ static int memo_reserve(Memo *m, Py_ssize_t n) {
     return 0;
 }
 
+/* Take the memo's lock. A thread that waited for it with the GIL released takes the GIL back holding it, so a
+ * thread holding the GIL must never wait for the lock (the two would wait for each other): it only tries, and
+ * otherwise waits with the GIL released. `gil`: whether the caller holds the GIL. */
+static void memo_acquire(Memo *m, int gil) {
+    if (PyThread_acquire_lock(m->lock, NOWAIT_LOCK)) return;
+    if (!gil) {
+        PyThread_acquire_lock(m->lock, WAIT_LOCK);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(m->lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+}
+
 /* the GIL-free part of strip_lines: each non-blank line's key length and flag 8; the lines that could match
  * (keys of at most max_key characters, or any with max_key -1) either decided from the memo (flag 1 where it
  * matched) or marked todo: 2 where the key is one the memo can hold (its hash in kh), 1 where not */
 static inline ALWAYS_INLINE void line_verdicts(const int kind, const void *data, const Spans *kspan, Py_ssize_t max_key,
                                                const unsigned char *first, Memo *memo, Py_ssize_t *keylen, char *flag, char *todo,
                                                uint64_t *kh) {
-    PyThread_acquire_lock(memo->lock, WAIT_LOCK);
     for (Py_ssize_t l = 0; l < kspan->len; l++) {
         Py_ssize_t s = kspan->start[l], e = kspan->end[l];
         if (s == e) continue;
@@ -503,7 +516,6 @@ static inline ALWAYS_INLINE void line_verdicts(const int kind, const void *data,
         else
             todo[l] = 2;
     }
-    PyThread_release_lock(memo->lock);
 }
 
 /* the line's key: the line stripped (data[s, e)) without its invisible characters */
@@ -584,7 +596,9 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
         goto done;
     }
     NOGIL_BEGIN(n)
+    memo_acquire(memo, _save == NULL);
     SPECIALISE(kind, line_verdicts, data, &kspan, max_key, first, memo, keylen, flag, todo, kh);
+    PyThread_release_lock(memo->lock);
     NOGIL_END
     /* the keys the memo did not know, through the regex (once per key: `asked`); then remembered, all under one
      * hold of the lock */
@@ -609,11 +623,7 @@ static PyObject *strip_lines(PyObject *Py_UNUSED(self), PyObject *args) {
         learnt += todo[l] == 2;
     }
     if (learnt) {
-        if (!PyThread_acquire_lock(memo->lock, NOWAIT_LOCK)) {  /* (another thread is looking up: wait without the GIL) */
-            Py_BEGIN_ALLOW_THREADS
-            PyThread_acquire_lock(memo->lock, WAIT_LOCK);
-            Py_END_ALLOW_THREADS
-        }
+        memo_acquire(memo, 1);
         for (Py_ssize_t l = 0; l < L; l++)
             if (todo[l] == 2) SPECIALISE(kind, memo_add, data, kspan.start[l], kspan.end[l], kh[l], flag[l] & 1, memo);
         PyThread_release_lock(memo->lock);

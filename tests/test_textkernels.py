@@ -155,6 +155,36 @@ def test_the_first_characters_of_a_match_are_a_superset_found_by_the_regex_engin
                 assert allowed is None or t[0] in allowed, (p, t)
 
 
+_MEMO_STRESS = """
+import threading
+from lmops import _textkernels as K
+from lmops.text import Boilerplate
+b = Boilerplate([r"[0-9]{1,3}", r"(?i)table of contents"], 2, 20)
+memo = K.line_memo()
+def work(t):
+    short = ["\\n".join(f"t{t}k{i}x{j}" for j in range(20)) for i in range(50)]
+    for i in range(300):
+        # a long text (new keys: looked up without the GIL, then learnt) or a short one (looked up holding the GIL)
+        d = "\\n".join(f"{t}-{i}-{j}" for j in range(5000)) if i % 3 == 0 else short[i % 50] + f"\\nq{t}{i}"
+        K.strip_lines(d, b._line.fullmatch, 2, 20, 1, memo, b._max_key, b._first)
+threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+[x.start() for x in threads]
+[x.join() for x in threads]
+print("done")
+"""
+
+
+@built
+def test_threads_sharing_a_memo_never_wait_for_each_other():
+    # a thread that waited for the memo's lock takes the GIL back holding it; one that held the GIL while waiting for
+    # the lock hung both (every run of this, before memo_acquire): long texts and short ones on four threads
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MEMO_STRESS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
+
+
 @built
 def test_line_feeds_are_found_in_every_width_at_every_place_in_a_word():
     # the kernels look for line feeds a 64-bit word at a time (four 2-byte or two 4-byte characters): a line feed in
