@@ -52,7 +52,7 @@ def nfc_safe() -> bytes:
     canonical pair (nothing composes with the character before it): Unicode's NFC_Quick_Check=Yes with class 0.
     A text of such characters only is its own NFC. Built from this Python's unicodedata (~30 ms, once per process),
     so it follows the Unicode version that unicodedata.normalize does. The whole plane, not the scripts below
-    U+3000 alone: filings converted from Word carry Symbol-font bullets in the private use area (U+F0B7), and 9 of
+    U+3000 alone: filings converted from Word carry Symbol-font bullets in the private use area (U+F0B7), and 5 of
     the 10-K sample's 142 documents went through unicodedata.normalize for one of them."""
     seconds = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul vowels and trailing consonants
     # the pairs whose second half lies below the bound all sit there too (tests/test_textkernels.py checks the whole
@@ -104,15 +104,14 @@ class Boilerplate:
         self._repeats = repeated_line_min
         self._max_chars = repeated_line_max_chars
         self._window = window
-        # the compiled strip's verdicts on short keys, across documents (bounded; shared by threads under its lock)
-        self._memo = _kernels.line_memo() if _kernels is not None else None
+        self._memo = _new_memo()
 
     def __getstate__(self):
         # shipped to a cluster's worker per batch: the patterns, not what this process has remembered
         return {k: v for k, v in self.__dict__.items() if k != "_memo"}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _memo=_kernels.line_memo() if _kernels is not None else None)
+        self.__dict__.update(state, _memo=_new_memo())
 
     def strip(self, text: str) -> tuple[str, int]:
         """(text without boilerplate lines, number of lines removed)."""
@@ -167,6 +166,11 @@ class Boilerplate:
                     if i not in anchor_set and len(k) <= self._max_chars and _LETTER.search(k):
                         out.add(i)
         return sorted(out)
+
+
+def _new_memo():
+    """The compiled strip's verdicts on short keys, across documents (bounded; shared by threads under its lock)."""
+    return _kernels.line_memo() if _kernels is not None else None
 
 
 def _longest_match(pattern: str) -> int:
