@@ -1,4 +1,4 @@
-"""The pipeline flow: ingest → validate → version → tokenize → pretrain → finetune → [distill] → evaluate → gate → register.
+"""The pipeline flow: ingest → validate → version → tokenize → pretrain → finetune → [soup | distill] → evaluate → gate → register.
 
 Run: ``lmops run [--params FILE] [key.path=value ...]`` (or ``make run``).
 
@@ -114,6 +114,17 @@ def distill(p: Params, run: RunLayout, teacher):
 
 
 @step
+def soup(p: Params, run: RunLayout, base: str, first):
+    s = stages.soup_candidate(p, run, base, first)
+    members = "\n".join(f"| {'**' if m in s.soup['used'] else ''}{Path(m).parent.name}{'**' if m in s.soup['used'] else ''} | {v:.4f} |"
+                         for m, v in zip(s.soup["members"], s.soup["member_val"]))
+    artifact("soup", f"# Soup ({s.soup['method']}) of {len(s.soup['used'])} of {len(s.soup['members'])} members\n\n| member (bold: averaged) | "
+             f"validation score |\n|---|---:|\n{members}\n| **soup** | {s.val_select:.4f} |\n\n" + png_markdown(s.loss_plot, "validation scores"),
+             "the soup's members and the soup on validation")
+    return s
+
+
+@step
 def evaluate(p: Params, run: RunLayout, model_dir: str):
     r = stages.evaluate(p, model_dir, run.data.test, run.stage("evaluate"), "Candidate on the test split")
     artifact("evaluation", Path(r.report_path).read_text() + "\n" + png_markdown(r.confusion_plot, "confusion matrix"), "candidate test metrics")
@@ -166,7 +177,10 @@ def pipeline(params: dict[str, Any], project_root: str, snapshot: str | None = N
                 report = validate(p, run, root)
                 data = version(run, root)
             pre = pretrain(p, run, tokenize(p, run)) if p.pretrain.enabled else None
-            ft = finetune(p, run, resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir)
+            base = resolve_model_ref(p.finetune.base_model) if p.finetune.base_model else pre.model_dir
+            ft = finetune(p, run, base)
+            if p.soup.enabled:
+                ft = soup(p, run, base, ft)  # the soup of this model and the other seeds' is the candidate from here on
             if p.distill.enabled:
                 ft = distill(p, run, ft)  # the student is the candidate from here on
             ev = evaluate(p, run, ft.model_dir)

@@ -11,6 +11,7 @@
     lmops rollback NAME --reason TEXT
     lmops compare NAME@A NAME@B [--json]
     lmops distill --teacher NAME@champion [--teacher DIR ...] [distill.layers=[0,2,4]]
+    lmops soup --member DIR --member DIR [...] [soup.method=greedy]
     lmops init
 """
 
@@ -550,6 +551,22 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soup(args: argparse.Namespace) -> int:
+    """Average fine-tuned models of one start (``--member``, plus ``soup.members``) into one model (``soup`` params);
+    the soup, every member and their ensemble scored on the same test split (report.md). The soup is a model folder
+    (``lmops compare``, ``lmops evaluate``)."""
+    params = _params(args)
+    from lmops.tasks import stages
+
+    run = RunLayout(new_run_dir("soup"))
+    refs = [*(args.member or []), *params.soup.members]
+    members = [_model_dir(ref, run.root / f"member-{i}") for i, ref in enumerate(refs)]
+    params = stages.for_model(params, members[0]) if members else params
+    out = stages.soup(params, members, _snapshot(params), run.stage("soup"), names=refs)
+    _emit(out, args.json, lambda o: Path(o["report"]).read_text() + f"\nsoup: {o['summary']['model_dir']}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two models side by side: registered versions' params, lineage and recorded metrics, and both scored now on
     the same rows (the test split or --data FILE) with the paired-bootstrap interval of the difference."""
@@ -719,6 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "both scored on the test split"))
     p.add_argument("--teacher", action="append", required=True, metavar="MODEL", help="a model folder or NAME@ALIAS; several = an ensemble")
     p.set_defaults(func=cmd_distill)
+    p = with_params(sub.add_parser("soup", help="average --member MODEL (repeat it; fine-tuned from one start, finetune.init_seed) into one "
+                                                "model (soup.method uniform or greedy); the soup, the members and their ensemble scored on the "
+                                                "test split"))
+    p.add_argument("--member", action="append", metavar="MODEL", help="a model folder or NAME@ALIAS|@VERSION (with soup.members: two or more)")
+    p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("compare", help="A [B]: B − A (one model: it − the champion) scored now on the same rows, with a paired-bootstrap "
                                        "95%% interval and whether it is distinguishable from noise; registered versions' params, "

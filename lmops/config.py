@@ -481,6 +481,30 @@ class DistillParams(Section):
     lr: float = Field(default=1e-4, gt=0)
 
 
+class SoupParams(Section):
+    """Fine-tuned models of one starting point averaged weight by weight into one model (tasks/soup.py, Wortsman et
+    al. 2022): `lmops soup`, or in the pipeline with `enabled`. The monitor pays for one model; session 24 measured
+    that a soup of three seeds kept the out-of-source gain their ensemble bought (BENCHMARKS.md)."""
+
+    # in `lmops run`: the fine-tune stage is run once more for each of `seeds` (same data, same finetune params,
+    # another project.seed), and the average of those models (plus `members`) is the candidate the gate judges and
+    # the registry records; the members stay in the run folder. Needs finetune.init_seed, so they share their head
+    enabled: bool = False
+    # more training seeds beside project.seed (the pipeline's first member)
+    seeds: list[int] = Field(default_factory=list)
+    # more members: model folders, pkg: references or registry NAME@ALIAS|@VERSION, started from the same weights
+    members: list[str] = Field(default_factory=list)
+    # uniform = every member's weights averaged; greedy = members in order of their validation score, each kept only
+    # if the soup's validation score does not drop with it (Wortsman et al.'s greedy soup)
+    method: Literal["uniform", "greedy"] = "uniform"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "SoupParams":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"soup.seeds {self.seeds} repeats a seed: a member trained twice with one seed is the same model twice")
+        return self
+
+
 class LabeledFileParams(Section):
     """How a user's labeled file is read (its format, columns and label names), beside the ingest sources."""
 
@@ -699,6 +723,7 @@ class Params(Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     distill: DistillParams = Field(default_factory=DistillParams)
+    soup: SoupParams = Field(default_factory=SoupParams)
     gate: GateParams = Field(default_factory=GateParams)
     register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
 
@@ -728,6 +753,17 @@ class Params(Section):
         if self.finetune.entity_auxiliary == "mixed" and not any(s.mixed_entities == "auxiliary" for s in self.ingest.sources):
             raise ValueError("finetune.entity_auxiliary: mixed trains on the headlines a source keeps with mixed_entities: auxiliary; "
                              "set ingest.sources[<the sentfin source>].mixed_entities: auxiliary, or finetune.entity_auxiliary: all")
+        if self.soup.enabled:
+            if not self.soup.seeds and not self.soup.members:
+                raise ValueError("soup.enabled averages the fine-tuned model with others: list soup.seeds (more training seeds) or soup.members")
+            if self.project.seed in self.soup.seeds:
+                raise ValueError(f"soup.seeds {self.soup.seeds} lists project.seed {self.project.seed}, whose model is already the first member")
+            if self.finetune.init_seed is None:
+                raise ValueError("soup.enabled: the members must start from one model, or their heads are unrelated and their average is "
+                                 f"not a model: set finetune.init_seed (e.g. finetune.init_seed={self.project.seed})")
+            if self.distill.enabled:
+                raise ValueError("soup.enabled and distill.enabled both make the candidate from the fine-tuned model: enable one "
+                                 "(distill.teachers takes the soup's members as an ensemble)")
         if self.validate_.text_max_chars < self.validate_.text_min_chars:
             raise ValueError("validate.text_max_chars must be >= validate.text_min_chars")
         if self.finetune.task == "sequence":
@@ -809,6 +845,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - {loc}: unknown key (typo? check the section's keys in params.yaml)")
+        elif isinstance(err.get("input"), dict):  # a check across keys names them itself; the whole section would bury it
+            lines.append(f"  - {loc}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  - {loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

@@ -80,22 +80,6 @@ def teacher_probs(teachers: list[str], inputs: list, labels: list[str], ft: Fine
     return ensemble_probs([(ref, ft.max_length) for ref in teachers], inputs, labels, ft.kind, batch_size, temperature)
 
 
-def _teachers_held_out(teachers: list[str], test_path: Path) -> None:
-    """A teacher fitted on this snapshot's test rows (trained on another split) would pass them to the student and
-    make both their test scores in-sample: refused, naming the fix."""
-    import pandas as pd
-
-    if not test_path.is_file():
-        return
-    texts = pd.read_parquet(test_path, columns=["text"])["text"]
-    for teacher in teachers:
-        mask = seen.seen_rows(teacher, texts)
-        if mask is not None and mask.any():
-            raise UserError(f"teacher {teacher} was trained or validated on {int(mask.sum())} of the {len(texts)} rows of this snapshot's "
-                            f"test split ({test_path}): it was trained on another split. Train the teachers on this one (the same "
-                            "ingest.split_seed, or project.seed when that is unset) so the student's and the teachers' test scores are held out")
-
-
 def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: Path | None, labels: list[str], params: DistillParams,
             ft: FinetuneParams, seed: int, out_dir: Path, progress: bool = True) -> DistillSummary:
     import numpy as np
@@ -112,7 +96,7 @@ def distill(teachers: list[str], train_path: Path, val_path: Path, corpus_path: 
     if not kind.calibrated:
         raise UserError(f"distillation needs one label per row; finetune.task {kind.name!r} predicts per token")
     torch.manual_seed(seed)
-    _teachers_held_out(teachers, val_path.with_name("test.parquet"))
+    seen.require_held_out(teachers, val_path.with_name("test.parquet"), "teacher", "student")
     out_dir.mkdir(parents=True, exist_ok=True)
     train, val = pd.read_parquet(train_path), pd.read_parquet(val_path)
     texts, y = kind.inputs(train), list(kind.targets(train, labels))

@@ -58,6 +58,7 @@ class FinetuneSummary:
     train_rows: int | None = None  # rows one epoch draws from: training rows (windows), plus entity pairs (finetune.entity_auxiliary)
     linear_probe: dict | None = None  # finetune.linear_probe: the head's L2 strength and its validation macro-F1 before fine-tuning
     interpolation: dict | None = None  # finetune.interpolate: {"alpha": kept, "scores": {alpha: validation score}}
+    soup: dict | None = None  # a soup (tasks/soup.py): its method, members, those kept, their validation scores, their start
 
 
 def lora_targets(model_type: str, override: list[str] | None) -> list[str]:
@@ -274,6 +275,20 @@ def warmup_linear(opt, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
 
 
+def start_digest(model) -> str:
+    """A digest of every weight of ``model`` (names, dtypes, shapes and bytes): equal for two runs exactly when they
+    start from the same weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
 def initial_model(base: str, labels: list[str], kind, seed: int, init_seed: int | None = None):
     """(model, tokenizer) to fine-tune, the weights the base lacks drawn from ``init_seed`` where it is set; torch's
     random state then follows ``seed`` (dropout). Without it both come from ``seed``, one stream, as they always did."""
@@ -350,6 +365,8 @@ def finetune(
         model.get_input_embeddings().weight.requires_grad_(False)
     # the base's encoder as training starts (after casing's resized table), for finetune.interpolate
     anchor = encoder_weights(model) if params.interpolate else None
+    # the weights training starts from, saved in the config: models of one start may be averaged (tasks/soup.py)
+    model.config.lmops_start = start_digest(model)
     total_params = sum(p.numel() for p in model.parameters())
     if params.method != "full":
         from peft import get_peft_model

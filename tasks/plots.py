@@ -34,6 +34,26 @@ def loss_curve(series: dict[str, list[tuple[float, float]]], path: Path, title: 
     return path
 
 
+def bars(values: dict[str, float], path: Path, title: str, ylabel: str) -> Path:
+    """One bar per name, its value written above it (the soup's members and the soup, on validation)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(values) + 1), 4), dpi=100)
+    names, ys = list(values), list(values.values())
+    drawn = ax.bar(range(len(ys)), ys, color=["#9ab" if i < len(ys) - 1 else "#36c" for i in range(len(ys))])
+    ax.bar_label(drawn, fmt="%.4f", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    low = min(ys) if ys else 0.0
+    ax.set_ylim(max(0.0, low - 0.1), min(1.0, max(ys) + 0.05) if ys else 1.0)  # the differences are points, not the whole scale
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4), dpi=100)

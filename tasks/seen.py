@@ -90,3 +90,21 @@ def held_out(data_path: Path, models: list[tuple[str, str | Path]], out_path: Pa
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frame[~drop].to_parquet(out_path, index=False)
     return out_path, counts
+
+
+def require_held_out(models: Iterable[str | Path], test_path: Path, role: str, product: str) -> None:
+    """A model fitted on this snapshot's test rows (trained on another split) would pass them on to the ``product`` made
+    from it (a distilled student, a soup) and make both their test scores in-sample: refused, naming the fix."""
+    import pandas as pd
+
+    from lmops.errors import UserError
+
+    if not Path(test_path).is_file():
+        return
+    texts = pd.read_parquet(test_path, columns=["text"])["text"]
+    for model in models:
+        mask = seen_rows(model, texts)
+        if mask is not None and mask.any():
+            raise UserError(f"{role} {model} was trained or validated on {int(mask.sum())} of the {len(texts)} rows of this snapshot's "
+                            f"test split ({test_path}): it was trained on another split. Train the {role}s on this one (the same "
+                            f"ingest.split_seed, or project.seed when that is unset) so the {product}'s and the {role}s' test scores are held out")

@@ -246,6 +246,72 @@ def distill_candidate(p: Params, data: Snapshot, teacher, out: Path):
     return summary.as_candidate(teacher)
 
 
+def soup_candidate(p: Params, run: RunLayout, base: str, first):
+    """The pipeline's soup: the fine-tune stage once more for each of ``soup.seeds`` (another project.seed, the same
+    init_seed), those models, ``first`` (project.seed's) and ``soup.members`` averaged; returns the soup as a fine-tune
+    summary, the candidate from here on. Each member's training is cached like the fine-tune stage's."""
+    from lmops.tasks import seen
+    from lmops.tasks.soup import SoupSummary
+    from lmops.tasks.soup import soup as run_soup
+    from lmops.tasks.stagecache import file_digest, model_identity
+
+    trained = [first]
+    for seed in p.soup.seeds:
+        trained.append(finetune(p.model_copy(update={"project": p.project.model_copy(update={"seed": seed})}), run.data, base,
+                                run.stage(f"finetune-seed-{seed}")))
+    given = [str(model_folder(ref, run.root / f"soup-member-{i}")) for i, ref in enumerate(p.soup.members)]
+    seen.require_held_out(given, run.data.test, "member", "soup")
+    members = [m.model_dir for m in trained] + given
+    out = run.stage("soup")
+
+    def compute():
+        return run_soup(members, run.data.validation, p.validate_.labels, p.finetune, p.soup.method, out)
+
+    inputs = {"members": [model_identity(m) for m in members], "validation": file_digest(run.data.validation), "labels": p.validate_.labels,
+              "soup": p.soup, "finetune": p.finetune}
+    summary = _reuse(p, "soup", inputs, out, compute, lambda d: SoupSummary(**d))
+    return summary.as_candidate(first, trained)
+
+
+def soup(p: Params, members: list[Path], data: "Snapshot", out: Path, names: list[str] | None = None) -> dict:
+    """Average ``members`` into a soup (``soup.method``); score the soup, every member and (one label per row) their
+    ensemble on the same test rows (``out/report.md``, the soup − each of them with a paired-bootstrap interval).
+    Returns the summary, each model's headline and the report's path."""
+    from dataclasses import asdict
+
+    from lmops.tasks import seen
+    from lmops.tasks.soup import soup as run_soup
+
+    names = names or [str(m) for m in members]
+    seen.require_held_out(members, data.test, "member", "soup")
+    summary = run_soup(members, data.validation, p.validate_.labels, p.finetune, p.soup.method, out / "soup")
+    soup_eval = evaluate(p, summary.model_dir, data.test, out / "soup-eval", f"soup of {len(summary.used)} on the test split")
+    rows = []
+    for i, m in enumerate(members):
+        res = evaluate(p, m, data.test, out / f"member-{i}-eval", f"{names[i]} on the test split")
+        rows.append((names[i] + ("" if str(m) in summary.used else " (left out of the soup)"), res))
+    if p.finetune.kind.calibrated:  # the several models the soup stands for: does one averaged model keep what they buy together?
+        from lmops.tasks.evaluate import evaluate_ensemble
+
+        rows.append((f"ensemble of the {len(members)} members", evaluate_ensemble(
+            [(m, reading_length(p, m)) for m in members], data.test, p.validate_.labels, p.evaluate.batch_size, out / "ensemble-eval",
+            p.finetune.kind, f"the ensemble of {len(members)} members on the test split")))
+    metric = "macro_f1"
+    lines = [f"# Soup ({summary.method}) of {len(summary.used)} of {len(members)} members", "",
+             f"validation score: soup {summary.val_select}, members {', '.join(f'{v:.4f}' for v in summary.member_val)}"
+             + (f" · started from {summary.start}" if summary.start else ""), *(f"note: {n}" for n in summary.notes), "",
+             f"| model | {metric} (test) | 95% interval | soup − it | 95% interval of the difference |", "|---|---:|---|---:|---|",
+             f"| soup | {soup_eval.headline()[metric]:.4f} | {_ci(soup_eval)} | | |"]
+    against = {}
+    for name, res in rows:
+        d = _scores(p, soup_eval, res).diff[metric]
+        against[name] = d
+        lines.append(f"| {name} | {res.headline()[metric]:.4f} | {_ci(res)} | {d['diff']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"summary": asdict(summary), "soup": soup_eval.headline(), "models": {n: r.headline() for n, r in rows},
+            "soup_minus": against, "report": str(out / "report.md")}
+
+
 def model_folder(ref: str, dest: Path) -> Path:
     """A model folder (or ``pkg:`` reference) as is; a registry ``NAME@ALIAS|@VERSION`` downloaded to ``dest``."""
     if Path(ref).exists():
@@ -419,6 +485,8 @@ def register(p: Params, run: RunLayout, root: Path, data, report, pre, ft, ev, d
         "parent_model": p.finetune.base_model or (pre.model_dir if pre else ""),
         "finetune_method": ft.method,
         "finetune_weights": ft.best_weights,  # "averaged" when finetune.averaging's average was the better one
+        # a soup's members (run folders or the references it was given) and which of them it averaged
+        **({"soup": json.dumps({k: ft.soup[k] for k in ("method", "members", "used", "start")})} if ft.soup else {}),
         "gate_promote": str(decision.promote).lower(),
         "gate_reasons": json.dumps(decision.reasons),
         "run_dir": str(run.root),
