@@ -194,3 +194,18 @@ def test_the_pipeline_registers_the_soup_through_the_gate(prefect_api, project, 
     local = registry.download_model(info["source"], run / "check")
     assert _config(local)["lmops_soup"] == {"method": "uniform", "members": 2}
     assert (run / "soup" / "scores.png").exists() and (run / "finetune-seed-8" / "finetune.json").exists()
+
+
+def test_the_soup_command_averages_the_members_it_is_given(members, project, lmops_home, monkeypatch, capsys):
+    """`lmops soup --member A --member B soup.method=greedy`: the command's path (a fresh ingest of the project, which
+    splits as the members' data did), its JSON, and the exit code of a refusal."""
+    from lmops.cli import main
+
+    runs, apart, _, _, _ = members
+    monkeypatch.chdir(project)
+    assert main(["soup", "--member", runs[0].model_dir, "--member", runs[2].model_dir, "soup.method=greedy", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["summary"]["method"] == "greedy" and out["summary"]["members"] == [runs[0].model_dir, runs[2].model_dir]
+    assert Path(out["report"]).read_text().startswith("# Soup (greedy) of ") and Path(out["summary"]["model_dir"], "model.safetensors").is_file()
+    assert main(["soup", "--member", runs[0].model_dir, "--member", apart.model_dir]) == 2
+    assert "started from different weights" in capsys.readouterr().err
