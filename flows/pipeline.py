@@ -116,8 +116,8 @@ def distill(p: Params, run: RunLayout, teacher):
 @step
 def soup(p: Params, run: RunLayout, base: str, first):
     s = stages.soup_candidate(p, run, base, first)
-    members = "\n".join(f"| {'**' if m in s.soup['used'] else ''}{Path(m).parent.name}{'**' if m in s.soup['used'] else ''} | {v:.4f} |"
-                         for m, v in zip(s.soup["members"], s.soup["member_val"]))
+    names = {m: f"**{Path(m).parent.name}**" if m in s.soup["used"] else Path(m).parent.name for m in s.soup["members"]}
+    members = "\n".join(f"| {names[m]} | {v:.4f} |" for m, v in zip(s.soup["members"], s.soup["member_val"]))
     artifact("soup", f"# Soup ({s.soup['method']}) of {len(s.soup['used'])} of {len(s.soup['members'])} members\n\n| member (bold: averaged) | "
              f"validation score |\n|---|---:|\n{members}\n| **soup** | {s.val_select:.4f} |\n\n" + png_markdown(s.loss_plot, "validation scores"),
              "the soup's members and the soup on validation")

@@ -194,6 +194,15 @@ def test_the_pipeline_registers_the_soup_through_the_gate(prefect_api, project, 
     local = registry.download_model(info["source"], run / "check")
     assert _config(local)["lmops_soup"] == {"method": "uniform", "members": 2}
     assert (run / "soup" / "scores.png").exists() and (run / "finetune-seed-8" / "finetune.json").exists()
+    # what a person sees in the Prefect UI: the members' and the soup's validation scores, with the plot inlined
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        shown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soup"])),
+                                      flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[out["flow_run_id"]])))
+    assert len(shown) == 1 and "| **finetune** |" in shown[0].data and "| **finetune-seed-8** |" in shown[0].data
+    assert "| **soup** |" in shown[0].data and "data:image/png;base64," in shown[0].data
 
 
 def test_the_soup_command_averages_the_members_it_is_given(members, project, lmops_home, monkeypatch, capsys):
