@@ -561,6 +561,12 @@ def cmd_soup(args: argparse.Namespace) -> int:
     run = RunLayout(new_run_dir("soup"))
     refs = [*(args.member or []), *params.soup.members]
     members = [_model_dir(ref, run.root / f"member-{i}") for i, ref in enumerate(refs)]
+    if args.sweep:  # a sweep's trials start from one model (one project.seed): Wortsman et al.'s soup of hyperparameters
+        from lmops.tasks.sweep import trial_models
+
+        found = trial_models(Path(args.sweep))
+        members += found
+        refs += [str(f.relative_to(args.sweep).parts[0]) for f in found]
     params = stages.for_model(params, members[0]) if members else params
     out = stages.soup(params, members, _snapshot(params), run.stage("soup"), names=refs)
     _emit(out, args.json, lambda o: Path(o["report"]).read_text() + f"\nsoup: {o['summary']['model_dir']}")
@@ -740,6 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "model (soup.method uniform or greedy); the soup, the members and their ensemble scored on the "
                                                 "test split"))
     p.add_argument("--member", action="append", metavar="MODEL", help="a model folder or NAME@ALIAS|@VERSION (with soup.members: two or more)")
+    p.add_argument("--sweep", metavar="DIR", help="also every model a `lmops sweep` saved in DIR (its --out folder); with soup.method=greedy "
+                                                  "the trials that lower the soup's validation score are left out")
     p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("compare", help="A [B]: B − A (one model: it − the champion) scored now on the same rows, with a paired-bootstrap "

@@ -239,6 +239,15 @@ def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, se
                        study_db=str(out / "study.db"), seconds=round(time.perf_counter() - start, 1))
 
 
+def trial_models(out: Path) -> list[Path]:
+    """The model folders a sweep's trials saved (``out/trial-NNN/finetune/model``), in trial order: what ``lmops soup
+    --sweep`` averages. A pruned trial saved none."""
+    found = sorted(f for f in Path(out).glob("trial-*/finetune/model") if (f / "config.json").is_file())
+    if not found:
+        raise UserError(f"{out}: no trial saved a model (trial-NNN/finetune/model): give the --out folder of a `lmops sweep` whose trials completed")
+    return found
+
+
 def _plot(trials: list[Trial], objective: str, path: Path) -> Path:
     import matplotlib
 

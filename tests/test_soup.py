@@ -206,8 +206,8 @@ def test_the_pipeline_registers_the_soup_through_the_gate(prefect_api, project, 
 
 
 def test_the_soup_command_averages_the_members_it_is_given(members, project, lmops_home, monkeypatch, capsys):
-    """`lmops soup --member A --member B soup.method=greedy`: the command's path (a fresh ingest of the project, which
-    splits as the members' data did), its JSON, and the exit code of a refusal."""
+    """`lmops soup --member A --member B soup.method=greedy` and `lmops soup --sweep DIR`: the command's path (a fresh
+    ingest of the project, which splits as the members' data did), its JSON, and the exit code of a refusal."""
     from lmops.cli import main
 
     runs, apart, _, _, _ = members
@@ -218,3 +218,13 @@ def test_the_soup_command_averages_the_members_it_is_given(members, project, lmo
     assert Path(out["report"]).read_text().startswith("# Soup (greedy) of ") and Path(out["summary"]["model_dir"], "model.safetensors").is_file()
     assert main(["soup", "--member", runs[0].model_dir, "--member", apart.model_dir]) == 2
     assert "started from different weights" in capsys.readouterr().err
+    # --sweep DIR: the models a sweep's trials saved (a pruned trial saved none), named by trial in the report
+    sweep = project / "sweep"
+    for n, run in ((0, runs[0]), (2, runs[1])):
+        shutil.copytree(run.model_dir, sweep / f"trial-00{n}" / "finetune" / "model")
+    (sweep / "trial-001" / "finetune").mkdir(parents=True)
+    assert main(["soup", "--sweep", str(sweep), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["summary"]["members"] == [str(sweep / t / "finetune" / "model") for t in ("trial-000", "trial-002")]
+    assert "| trial-000 |" in Path(out["report"]).read_text() and "| trial-002 |" in Path(out["report"]).read_text()
+    assert main(["soup", "--sweep", str(project)]) == 2 and "no trial saved a model" in capsys.readouterr().err

@@ -107,6 +107,12 @@ def test_lmops_sweep_trains_real_trials_and_its_layer_runs(project, lmops_home, 
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(out["trials"]) == 3 and 0 <= out["best_value"] <= 1
     assert [t["reused"] for t in out["trials"] if t["state"] == "COMPLETE"].count(False) >= 1
+    # the trials started from one model (one project.seed): a greedy soup of them is never below the best on validation
+    soup = run_cli("soup", "--sweep", str(Path(out["study_db"]).parent), "soup.method=greedy", "--json", cwd=project, env=env)
+    assert soup.returncode == 0, soup.stderr[-3000:]
+    made = json.loads(soup.stdout.strip().splitlines()[-1])["summary"]
+    assert len(made["members"]) == [t["state"] for t in out["trials"]].count("COMPLETE") and made["start"]
+    assert made["val_select"] >= max(made["member_val"]) and made["used"][0] == made["members"][made["member_val"].index(max(made["member_val"]))]
     run = run_cli("run", "--params", out["best_layer"], "--json", cwd=project, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1])["model"]["version"] == 1
