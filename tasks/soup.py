@@ -95,11 +95,12 @@ def check_members(members: list[Path]) -> tuple[str | None, list[str]]:
         with safe_open(str(m / WEIGHTS), framework="pt") as f:
             shapes[m] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     configs = {m: _config(m) for m in usable}
+    recipe = {m: {k: v for k, v in conf.items() if k not in _INCIDENTAL and k != "lmops_start"} for m, conf in configs.items()}
     if usable:
         first = usable[0]
-        ref = {k: v for k, v in configs[first].items() if k not in _INCIDENTAL and k != "lmops_start"}
+        ref = recipe[first]
         for m in usable[1:]:
-            conf = {k: v for k, v in configs[m].items() if k not in _INCIDENTAL and k != "lmops_start"}
+            conf = recipe[m]
             differ = sorted(k for k in set(ref) | set(conf) if ref.get(k) != conf.get(k))
             if differ:
                 problems.append(f"{m}: its config differs from {first}'s in " + ", ".join(f"{k} ({conf.get(k)!r} vs {ref.get(k)!r})" for k in differ[:6])
@@ -128,6 +129,8 @@ def average(members: list[Path], out: Path) -> Path:
     (summed in float64, saved in the members' dtype); integer buffers are the first member's."""
     from safetensors.torch import load_file, save_file
 
+    from lmops.tasks import calibration, seen
+
     sums, dtypes, fixed = {}, {}, {}
     for m in members:
         for k, v in load_file(str(m / WEIGHTS)).items():
@@ -141,8 +144,6 @@ def average(members: list[Path], out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    from lmops.tasks import calibration, seen
-
     for f in members[0].iterdir():  # config and tokenizer; not what is the first member's own
         if f.is_file() and f.name not in (WEIGHTS, calibration.FILE, seen.FILE):
             shutil.copy2(f, out / f.name)
@@ -159,6 +160,8 @@ def soup(members: list[str | Path], val_path: Path, labels: list[str], ft: Finet
     from lmops.tasks import calibration, seen
     from lmops.tasks.predict import load_classifier, predict_logits, saved_max_length
 
+    if method not in ("uniform", "greedy"):
+        raise UserError(f"soup.method {method!r} is not one of uniform, greedy")
     kind = ft.kind
     t0 = time.perf_counter()
     members = [Path(m) for m in members]
@@ -189,7 +192,7 @@ def soup(members: list[str | Path], val_path: Path, labels: list[str], ft: Finet
         used = list(members)
         best, logits = score(average(used, model_dir))
         bar.update(1)
-    elif method == "greedy":
+    else:  # greedy
         order = sorted(range(len(members)), key=lambda i: -member_scores[i]["select"])  # stable: ties keep the given order
         used = [members[order[0]]]
         best, logits = score(members[order[0]])
@@ -205,8 +208,6 @@ def soup(members: list[str | Path], val_path: Path, labels: list[str], ft: Finet
             bar.update(1)
         shutil.rmtree(trial, ignore_errors=True)
         average(used, model_dir)
-    else:
-        raise UserError(f"soup.method {method!r} is not one of uniform, greedy")
     bar.close()
     conf = _config(model_dir)
     conf["lmops_soup"] = {"method": method, "members": len(used)}  # the folder says what it is, wherever it is copied
