@@ -398,7 +398,7 @@ def finetune(
         by_source = source_scores(kind, val_logits, y_val, val_sources, labels, loss_fn) if len(set(val_sources)) > 1 else {}
         return selection_score(v["select"], by_source, params.select_on), v, by_source
 
-    lengths = np.array(kind.lengths(texts))
+    lengths = np.array(kind.lengths(tokenizer, texts, params.max_length, reading)) if params.group_by_length else None
     masking = torch.Generator().manual_seed(seed)  # its own stream: finetune.token_mask leaves dropout's draws as they were
     history, train_pts, val_pts, avg_pts = [], [], [], []
     best_f1, best_epoch, best_state, stale, best_macro, best_entity, best_weights = -1.0, 0, None, 0, 0.0, None, "trained"

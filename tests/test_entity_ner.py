@@ -278,6 +278,25 @@ def test_length_grouped_batches_cut_padding_and_keep_every_row():
     assert padded(grouped) < 0.7 * padded(order)
 
 
+def test_group_by_length_sorts_by_the_word_pieces_a_batch_is_padded_to(tiny_lm):
+    """Characters are a poor proxy (a URL is many characters and few pieces, a number the reverse): each kind's
+    length is what its encoder pads the input to, capped at max_length; the token kind counts words."""
+    from lmops.kinds.base import Reading
+    from lmops.models import load_tokenizer
+
+    tok_run, _, _ = tiny_lm
+    tok = load_tokenizer(tok_run.tokenizer_dir)
+    texts = ["profit rises", "https://t.co/abcdefghijk", "shares of acme fall 3.5% after guidance cut on weak demand in asia"]
+    pairs = [("acme", t) for t in texts]
+    for kind, inputs in ((KINDS["sequence"], texts), (KINDS["entity"], pairs)):
+        got = kind.lengths(tok, inputs, 24, Reading())
+        alone = [kind.encode(tok, [x], 24)["input_ids"].shape[1] for x in inputs]
+        assert got == alone and max(got) == 24 and min(got) < 24, got
+    marked = KINDS["entity"].lengths(tok, [("acme", texts[2])], 64, Reading(entity_marker="*"))
+    assert marked[0] == KINDS["entity"].lengths(tok, [("acme", texts[2])], 64, Reading())[0] + 2  # read as trained
+    assert KINDS["token"].lengths(tok, [["Acme", "Corp", "falls"], ["Hi"]], 8, Reading()) == [3, 1]
+
+
 def test_the_entity_marker_wraps_every_whole_word_mention_of_the_target_in_any_case():
     from lmops.kinds.entity import mark_entity
 

@@ -204,8 +204,13 @@ class TaskKind:
 
         return loss_fn(logits, torch.as_tensor(targets, dtype=torch.long))
 
-    def lengths(self, inputs: list) -> list[int]:
-        return [len(str(x)) for x in inputs]
+    def lengths(self, tokenizer, inputs: list, max_length: int, reading: Reading = Reading()) -> list[int]:
+        """What each input is padded up to in a batch: its word pieces as :meth:`encode` reads it, at most
+        ``max_length`` (``finetune.group_by_length`` batches inputs of similar length by it)."""
+        out = []
+        for i in range(0, len(inputs), 2048):
+            out += self.encode(tokenizer, inputs[i : i + 2048], max_length, reading)["attention_mask"].sum(1).tolist()
+        return out
 
     # --- prediction ----------------------------------------------------------------------------------
     def fill_index(self, labels: list[str]) -> int:
