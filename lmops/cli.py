@@ -279,7 +279,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lmops.env import project_root, runs_dir
     from lmops.models import resolve_model_ref
     from lmops.tasks import stages
-    from lmops.tasks.sweep import check_space, load_spec, run_sweep
+    from lmops.tasks.sweep import check_space, load_spec, run_sweep, set_metric
 
     spec = load_spec(Path(args.space))
 
@@ -288,6 +288,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     check_space(spec, load)
     data = _snapshot(params)
+    out = Path(args.out) if args.out else runs_dir() / f"sweep-{spec.name}"  # the same name continues the same study
+    sets = stages.sweep_sets(params, spec, data, out / "sets", project_root())
 
     def train(p, out: Path, on_epoch):
         if p.finetune.base_model:
@@ -296,8 +298,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             base = stages.pretrain(p, stages.tokenize(p, data, out / "tokenize"), out / "pretrain").model_dir
         return stages.finetune(p, data, base, out / "finetune", on_epoch=on_epoch)
 
-    out = Path(args.out) if args.out else runs_dir() / f"sweep-{spec.name}"  # the same name continues the same study
-    r = run_sweep(spec, load, data, out, train, params.register_.experiment, params.project.seed, progress=not args.json)
+    def score_sets(p, s, out: Path) -> dict[str, float]:
+        metric = set_metric(spec.objective)
+        return {name: stages.evaluate(p, s.model_dir, rows, out / name, f"Sweep trial on {name}").headline()[metric]
+                for name, rows in sets.items()}
+
+    r = run_sweep(spec, load, data, out, train, params.register_.experiment, params.project.seed, progress=not args.json,
+                  score_sets=score_sets)
     _emit(r.to_dict(), args.json, lambda o: Path(o["report"]).read_text())
     return 0
 

@@ -158,6 +158,7 @@ def soup(members: list[str | Path], val_path: Path, labels: list[str], ft: Finet
     from tqdm.auto import tqdm
 
     from lmops.tasks import calibration, seen
+    from lmops.tasks.finetune import selection_score, source_scores
     from lmops.tasks.predict import load_classifier, predict_logits, saved_max_length
 
     if method not in ("uniform", "greedy"):
@@ -174,12 +175,17 @@ def soup(members: list[str | Path], val_path: Path, labels: list[str], ft: Finet
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     max_length = saved_max_length(members[0]) or ft.max_length
 
+    sources = val["source"].tolist() if "source" in val else []
+
     def score(folder: Path):
-        """(validation scores, raw logits) of a model folder: uncalibrated, so members and soups are read alike."""
+        """(validation scores, raw logits) of a model folder: uncalibrated, so members and soups are read alike.
+        ``select`` is the score fine-tuning chose its epoch by (``finetune.select_on``: e.g. the mean over sources)."""
         model, tok = load_classifier(str(folder), labels, kind)
         model.lmops_calibrator = calibration.Identity()
         logits = predict_logits(model, tok, inputs, kind, labels, max_length, 128)
-        return kind.validation_score(logits, targets, labels, loss_fn), logits
+        v = kind.validation_score(logits, targets, labels, loss_fn)
+        by_source = source_scores(kind, logits, targets, sources, labels, loss_fn) if len(set(sources)) > 1 else {}
+        return {**v, "select": selection_score(v["select"], by_source, ft.select_on)}, logits
 
     bar = tqdm(total=len(members) + (1 if method == "uniform" else len(members) - 1), desc=f"soup ({method})", disable=not progress, unit="model")
     member_scores = []

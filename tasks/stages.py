@@ -410,6 +410,26 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
     return decision
 
 
+def sweep_sets(p: Params, spec, data: Snapshot, out: Path, root: Path) -> dict[str, Path]:
+    """A sweep's out-of-source selection sets (``spec.sets``), read once with the ingest rules, less their rows that
+    are training or validation data: {name: rows}. A file that is also one of ``gate.sets`` is refused: a canary
+    the configuration was chosen on no longer tells the gate how it does on unseen data."""
+    from lmops.errors import UserError
+    from lmops.tasks.evaluate import load_labeled_file
+
+    where = lambda path: (Path(path) if Path(path).is_absolute() else root / path).resolve()  # noqa: E731
+    gate_files = {where(g.path): name for name, g in p.gate.sets.items()}
+    clash = [f"sets.{name} is gate.sets.{gate_files[where(s.path)]} too ({s.path})" for name, s in spec.sets.items() if where(s.path) in gate_files]
+    missing = [f"sets.{name}: {where(s.path)} does not exist" for name, s in spec.sets.items() if not where(s.path).is_file()]
+    if clash or missing:
+        raise UserError(f"sweep {spec.name}: " + "; ".join(clash + missing)
+                        + ("; choose on another slice than the gate judges on (a canary the sweep chose on is not unseen)" if clash else ""))
+    rows = {}
+    for name, s in spec.sets.items():
+        rows[name], _, _ = load_labeled_file(where(s.path), p, out / name, s.file_columns(), exclude=[data.train, data.validation])
+    return rows
+
+
 def _unseen_by(model: Path, name: str, data_path: Path, out_path: Path) -> tuple[Path, int, str | None]:
     """The rows of ``data_path`` ``model`` was not fitted or selected on (all of them when it recorded nothing), how
     many were left out, and a note when it had seen every one (then all are kept: its score is in-sample)."""

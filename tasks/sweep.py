@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lmops.config import LabeledFileParams
 from lmops.errors import UserError
 
 # Sections a trial can change on a fixed data snapshot (ingest/validate would need another snapshot; the gate,
@@ -55,6 +56,13 @@ def _searchable(key: str) -> str:
 SpaceKey = Annotated[str, AfterValidator(_searchable)]  # checked per key, reported with the values' problems
 
 
+class SweepSetParams(LabeledFileParams):
+    """An out-of-source selection set: a labeled file of another source, never trained on (its rows that are also
+    training or validation data are left out and counted), scored after each completed trial."""
+
+    path: str  # relative to the project root
+
+
 class SweepSpec(BaseModel):
     """A sweep's YAML file (``lmops sweep --space FILE``)."""
 
@@ -68,6 +76,12 @@ class SweepSpec(BaseModel):
     # from the 2nd epoch on, stop a trial whose validation score is below the median of earlier trials at that epoch
     pruning: bool = True
     space: dict[SpaceKey, Dim]
+    # Choose on out-of-source data as well as in source: with sets, a completed trial's value is
+    # (1 - sets_weight) * the validation objective + sets_weight * the mean of its scores on these sets (macro-F1;
+    # entity F1 for NER). Pruning still compares validation epoch by epoch. Keep them apart from gate.sets: a set the
+    # configuration was chosen on is no longer an unseen canary for the gate.
+    sets: dict[str, SweepSetParams] = Field(default_factory=dict)
+    sets_weight: float = Field(default=0.5, gt=0, le=1)
 
     @field_validator("space")
     @classmethod
@@ -83,6 +97,8 @@ class Trial:
     state: str  # COMPLETE, PRUNED, FAIL
     params: dict[str, Any]
     value: float | None
+    validation: float | None = None  # the validation objective alone (value mixes in the sets when there are any)
+    sets: dict[str, float] = field(default_factory=dict)  # score on each of spec.sets
     epochs: list[float] = field(default_factory=list)
     seconds: float = 0.0
     mlflow_run_id: str = ""
@@ -160,12 +176,28 @@ def layer_of(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, seed: int, progress: bool = True) -> SweepResult:
+def set_metric(objective: str) -> str:
+    """The metric a trial is scored by on ``spec.sets``: the one its validation objective is about."""
+    return "micro_f1" if objective == "val_entity_f1" else "macro_f1"
+
+
+def combined(spec: SweepSpec, validation: float, sets: dict[str, float]) -> float:
+    """A trial's value: its validation objective, mixed with its mean score on the out-of-source sets."""
+    if not sets:
+        return validation
+    return (1 - spec.sets_weight) * validation + spec.sets_weight * sum(sets.values()) / len(sets)
+
+
+def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, seed: int, progress: bool = True,
+              score_sets=None) -> SweepResult:
     """Optimise ``spec.objective`` over ``spec.space``.
 
     ``load(overrides) -> Params``; ``train(p, out_dir, on_epoch) -> FinetuneSummary`` runs one trial's stages on
-    ``data`` (the caller's stage functions); ``on_epoch(epoch, score)`` may raise optuna.TrialPruned. The study is
-    kept in ``out/study.db`` (SQLite): re-running the same command continues it."""
+    ``data`` (the caller's stage functions); ``on_epoch(epoch, score)`` may raise optuna.TrialPruned.
+    ``score_sets(p, summary, out_dir) -> {set: score}`` scores a completed trial's model on ``spec.sets`` (required
+    when there are sets). The study is kept in ``out/study.db`` (SQLite): re-running the same command continues it."""
+    if spec.sets and score_sets is None:
+        raise UserError(f"sweep {spec.name}: sets {sorted(spec.sets)} given, but nothing to score them with")
     import mlflow
     import optuna
     import yaml
@@ -205,12 +237,20 @@ def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, se
                         raise optuna.TrialPruned(f"epoch {epoch}: {spec.objective} {score:.4f} below the median of earlier trials")
 
                 s = train(p, out / f"trial-{trial.number:03d}", on_epoch)
-                value = getattr(s, spec.objective, None)  # val_entity_f1 exists for NER only
-                value = float(value if value is not None else s.val_macro_f1)
+                validation = getattr(s, spec.objective, None)  # val_entity_f1 exists for NER only
+                validation = float(validation if validation is not None else s.val_macro_f1)
+                on_sets = {name: float(v) for name, v in score_sets(p, s, out / f"trial-{trial.number:03d}" / "sets").items()} if spec.sets else {}
+                value = combined(spec, validation, on_sets)
                 trial.set_user_attr("epochs", scores)
                 trial.set_user_attr("reused", not scores)
                 trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
-                mlflow.log_metric(f"best_{spec.objective}", value)
+                trial.set_user_attr("validation", validation)
+                trial.set_user_attr("sets", on_sets)
+                mlflow.log_metric(f"best_{spec.objective}", validation)
+                for name, v in on_sets.items():
+                    mlflow.log_metric(f"set.{name}.{set_metric(spec.objective)}", v)
+                if on_sets:
+                    mlflow.log_metric("sweep_value", value)
                 mlflow.set_tag("lmops.sweep.state", "COMPLETE")
             return value
 
@@ -218,6 +258,7 @@ def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, se
         if remaining:
             study.optimize(objective, n_trials=remaining, timeout=spec.time_budget_s, show_progress_bar=progress)
         trials = [Trial(number=t.number, state=t.state.name, params=dict(t.params), value=t.value,
+                        validation=t.user_attrs.get("validation", t.value), sets=t.user_attrs.get("sets") or {},
                         epochs=t.user_attrs.get("epochs") or [v for _, v in sorted(t.intermediate_values.items())],
                         seconds=t.user_attrs.get("seconds", round(t.duration.total_seconds(), 1) if t.duration else 0.0),
                         mlflow_run_id=t.user_attrs.get("mlflow_run_id", ""), reused=bool(t.user_attrs.get("reused")))
@@ -226,12 +267,12 @@ def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, se
             raise UserError(f"sweep {spec.name}: no trial completed ({len(trials)} finished: {sorted({t.state for t in trials})})")
         best = study.best_trial
         layer = out / "best.yaml"
-        layer.write_text(f"# lmops sweep {spec.name}: trial {best.number} of {len(trials)}, {spec.objective} {best.value:.4f} on the validation split\n"
+        layer.write_text(f"# lmops sweep {spec.name}: trial {best.number} of {len(trials)}, {_value_words(spec, trials, best.number)}\n"
                          f"# use it: lmops run --params {layer}\n" + yaml.safe_dump(layer_of(dict(best.params)), sort_keys=True))
-        plot = _plot(trials, spec.objective, out / "trials.png")
+        plot = _plot(trials, spec.objective, out / "trials.png", "value (validation and sets)" if spec.sets else None)
         report = _report(spec, trials, best.number, layer, out / "report.md")
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-        mlflow.log_metric(f"best_{spec.objective}", float(best.value))
+        mlflow.log_metric("best_value" if spec.sets else f"best_{spec.objective}", float(best.value))
         for f in (layer, plot, report):
             mlflow.log_artifact(str(f))
     return SweepResult(name=spec.name, objective=spec.objective, best_value=round(float(best.value), 4), best_params=dict(best.params),
@@ -248,7 +289,7 @@ def trial_models(out: Path) -> list[Path]:
     return found
 
 
-def _plot(trials: list[Trial], objective: str, path: Path) -> Path:
+def _plot(trials: list[Trial], objective: str, path: Path, value_label: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,7 +306,7 @@ def _plot(trials: list[Trial], objective: str, path: Path) -> Path:
     pruned = [t for t in trials if t.state == "PRUNED" and t.epochs]
     a.scatter([t.number for t in pruned], [t.epochs[-1] for t in pruned], c="tab:red", marker="x", label="pruned (last epoch)")
     a.set_xlabel("trial")
-    a.set_ylabel(objective)
+    a.set_ylabel(value_label or objective)
     a.legend(fontsize=8)
     for t in trials:
         if t.epochs:
@@ -279,16 +320,31 @@ def _plot(trials: list[Trial], objective: str, path: Path) -> Path:
     return path
 
 
+def _value_words(spec: SweepSpec, trials: list[Trial], best: int) -> str:
+    t = next(t for t in trials if t.number == best)
+    if not spec.sets:
+        return f"{spec.objective} {t.value:.4f} on the validation split"
+    on = ", ".join(f"{name} {v:.4f}" for name, v in t.sets.items())
+    return (f"value {t.value:.4f} = {1 - spec.sets_weight:g} x {spec.objective} {t.validation:.4f} on the validation split "
+            f"+ {spec.sets_weight:g} x the mean {set_metric(spec.objective)} on the out-of-source sets ({on})")
+
+
 def _report(spec: SweepSpec, trials: list[Trial], best: int, layer: Path, path: Path) -> Path:
-    keys = list(spec.space)
-    lines = [f"# Sweep {spec.name}", "", f"{len(trials)} trials ({sum(t.state == 'PRUNED' for t in trials)} pruned) · objective "
-             f"**{spec.objective}** on the validation split (the test split is left to the gate) · best: trial {best}", "",
+    keys, names = list(spec.space), list(spec.sets)
+    chosen = (f"**{spec.objective}** on the validation split" if not names else
+              f"**{1 - spec.sets_weight:g} × {spec.objective}** on the validation split **+ {spec.sets_weight:g} × the mean "
+              f"{set_metric(spec.objective)}** on out-of-source sets never trained on ({', '.join(names)})")
+    lines = [f"# Sweep {spec.name}", "", f"{len(trials)} trials ({sum(t.state == 'PRUNED' for t in trials)} pruned) · chosen on "
+             f"{chosen} (the test split is left to the gate) · best: trial {best}", "",
              f"Best params as a config layer: `{layer}` (`lmops run --params {layer}`)", "",
-             "| trial | state | " + " | ".join(keys) + f" | {spec.objective} | epochs | s |", "|" + "---|" * (len(keys) + 5)]
+             "| trial | state | " + " | ".join(keys) + f" | {spec.objective} | " + "".join(f"{n} | " for n in names)
+             + ("value | " if names else "") + "epochs | s |", "|" + "---|" * (len(keys) + 5 + len(names) + bool(names))]
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     for t in sorted(trials, key=lambda t: (t.value is None, -(t.value or 0))):
         mark = " **best**" if t.number == best else ""
         vals = " | ".join(f"{t.params.get(k):.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k)) for k in keys)
-        lines.append(f"| {t.number}{mark} | {t.state.lower()} | {vals} | {'' if t.value is None else f'{t.value:.4f}'} | "
+        on = "".join(f"{fmt(t.sets.get(n))} | " for n in names) + (f"{fmt(t.value)} | " if names else "")
+        lines.append(f"| {t.number}{mark} | {t.state.lower()} | {vals} | {fmt(t.validation if names else t.value)} | {on}"
                      f"{len(t.epochs) if t.epochs else ('cached' if t.reused else '')} | {t.seconds} |")
     path.write_text("\n".join(lines) + "\n\n![trials](trials.png)\n")
     return path

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -75,6 +76,32 @@ def test_a_uniform_soup_is_the_mean_of_its_members_weights(members, tmp_path):
     val = pd.read_parquet(data / "validation.parquet")
     pred = predict_logits(model, tok, val["text"].tolist(), SEQ, LABELS, p.finetune.max_length, 64).argmax(-1).tolist()
     assert macro_f1(SEQ.targets(val, LABELS), pred, 3) == pytest.approx(s.val_macro_f1, abs=1e-4)
+
+
+def test_a_soup_is_scored_on_validation_as_fine_tuning_chose_its_epochs(members, tmp_path):
+    """With several sources in validation and finetune.select_on: source_mean, members and soup are compared on the
+    mean of the per-source scores, as early stopping compared epochs (the pooled score would let one source's
+    larger share decide)."""
+    from lmops.metrics import macro_f1
+    from lmops.tasks.calibration import Identity
+    from lmops.tasks.predict import load_classifier, predict_logits
+
+    runs, _, p, data, _ = members
+    val = pd.read_parquet(data / "validation.parquet")
+    val["source"] = ["a" if i % 4 else "b" for i in range(len(val))]  # 3 : 1
+    val.to_parquet(tmp_path / "val.parquet", index=False)
+    by_mean = p.finetune.model_copy(update={"select_on": "source_mean"})
+    s = soup([r.model_dir for r in runs], tmp_path / "val.parquet", LABELS, by_mean, "uniform", tmp_path / "mean", progress=False)
+    pooled = soup([r.model_dir for r in runs], tmp_path / "val.parquet", LABELS, p.finetune.model_copy(update={"select_on": "pooled"}),
+                  "uniform", tmp_path / "pooled", progress=False)
+    model, tok = load_classifier(s.model_dir, LABELS, SEQ)
+    model.lmops_calibrator = Identity()
+    pred = predict_logits(model, tok, val["text"].tolist(), SEQ, LABELS, p.finetune.max_length, 64).argmax(-1)
+    y = SEQ.targets(val, LABELS)
+    per_source = [macro_f1([y[i] for i in idx], pred[idx].tolist(), 3) for idx in
+                  (np.flatnonzero(val["source"] == name) for name in ("a", "b"))]
+    assert s.val_select == pytest.approx(sum(per_source) / 2, abs=1e-4) and pooled.val_select == pytest.approx(s.val_macro_f1, abs=1e-4)
+    assert s.val_select != pytest.approx(pooled.val_select, abs=1e-4)  # the two criteria differ on these rows
 
 
 def _ruined(member: str, tmp_path: Path) -> Path:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -116,3 +117,82 @@ def test_lmops_sweep_trains_real_trials_and_its_layer_runs(project, lmops_home, 
     run = run_cli("run", "--params", out["best_layer"], "--json", cwd=project, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1])["model"]["version"] == 1
+
+
+def test_with_out_of_source_sets_a_trial_is_chosen_on_validation_and_the_sets_together(project, lmops_home, tmp_path, monkeypatch):
+    """The driver on a known surface: validation prefers one lr, the out-of-source set the other; the weight of the
+    sets decides which is best, and each trial keeps both scores."""
+    import math
+
+    monkeypatch.chdir(project)
+    load = lambda extra: load_params(project / "params.yaml", overrides=extra)  # noqa: E731
+    val = lambda lr: 0.9 - 0.1 * (math.log10(lr) + 3)  # noqa: E731 - validation prefers lr 1e-3 ...
+    oos = lambda lr: 0.5 + 0.2 * (math.log10(lr) + 3)  # noqa: E731 - ... the out-of-source set 1e-2
+
+    def train(p, out, on_epoch):
+        on_epoch(1, val(p.finetune.lr))
+        return SimpleNamespace(val_macro_f1=val(p.finetune.lr), lr=p.finetune.lr)
+
+    def score_sets(p, s, out):
+        return {"tweets": oos(s.lr)}
+
+    def spec(weight):
+        return SweepSpec.model_validate({"name": f"w{weight}", "trials": 6, "pruning": False, "sets_weight": weight,
+                                         "space": {"finetune.lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+                                         "sets": {"tweets": {"path": "tweets.csv", "label_map": {"0": "negative"}}}})
+
+    for weight, pick in ((0.5, max), (0.1, min)):
+        r = run_sweep(spec(weight), load, None, tmp_path / f"s{weight}", train, "lmops", seed=3, progress=False, score_sets=score_sets)
+        for t in r.trials:
+            lr = t.params["finetune.lr"]
+            assert t.validation == pytest.approx(val(lr)) and t.sets == {"tweets": pytest.approx(oos(lr))}
+            assert t.value == pytest.approx((1 - weight) * val(lr) + weight * oos(lr))
+        tried = [t.params["finetune.lr"] for t in r.trials]
+        assert r.best_params["finetune.lr"] == pick(tried)  # 0.5: the set's side wins; 0.1: validation's
+        text = Path(r.report).read_text()
+        assert "out-of-source sets never trained on (tweets)" in text and "| tweets | value |" in text
+        assert "tweets 0." in Path(r.best_layer).read_text().splitlines()[0]
+    with pytest.raises(UserError, match="nothing to score them with"):
+        run_sweep(spec(0.5), load, None, tmp_path / "none", train, "lmops", seed=3, progress=False)
+
+
+def test_lmops_sweep_scores_every_trial_on_its_sets_and_refuses_a_gate_canary(project, lmops_home, tiny_lm, tmp_path, monkeypatch):
+    """The command on the tiny project with real fine-tuning trials: each trial's model is scored on the tweets set
+    (its rows read with the ingest rules), and its value is the mix of that score and validation."""
+    import mlflow
+
+    from lmops import cli
+    from lmops.kinds import KINDS
+    from lmops.tasks import stages
+    from lmops.tasks.evaluate import evaluate_model
+    from tests.conftest import FIXTURES
+
+    _, pre, _ = tiny_lm
+    monkeypatch.chdir(project)
+    tweets = {"path": str(FIXTURES / "twitter_sample.csv"), "label_map": {"0": "negative", "1": "positive", "2": "neutral"}}
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"name": "oos", "trials": 2, "pruning": False, "sets": {"tweets": tweets},
+                                     "space": {"finetune.lr": {"choices": [0.0005, 0.005]}}}))
+    out = tmp_path / "sweep"
+    base = [f"finetune.base_model={pre.model_dir}", "pretrain.enabled=false", "finetune.epochs=1"]
+    args = ["sweep", "--space", str(space), "--out", str(out), *base, "--json"]
+    assert cli.main(args) == 0
+    p = load_params(project / "params.yaml", overrides=base)
+    rows = out / "sets" / "tweets" / "eval.parquet"
+    c = mlflow.tracking.MlflowClient()
+    runs = {run.data.tags.get("lmops.sweep.trial"): run for run in c.search_runs([c.get_experiment_by_name("lmops").experiment_id])}
+    text = (out / "report.md").read_text()
+    for trial in sorted(out.glob("trial-*")):
+        number = int(trial.name.split("-")[1])
+        got = evaluate_model(trial / "finetune" / "model", rows, p.validate_.labels, 64, 32, tmp_path / f"ev{number}", KINDS["sequence"])
+        run = runs[str(number)]
+        assert run.data.metrics["set.tweets.macro_f1"] == pytest.approx(got.macro_f1, abs=1e-6)
+        value = 0.5 * run.data.metrics["best_val_macro_f1"] + 0.5 * got.macro_f1
+        assert run.data.metrics["sweep_value"] == pytest.approx(value, abs=1e-6) and f"{value:.4f}" in text
+    # the set was read like an ingest source: 150 tweets in, none dropped silently
+    assert len(pd.read_parquet(rows)) > 100
+    # a sweep may not choose on the canary the gate judges by
+    gated = load_params(project / "params.yaml", overrides=[f"gate.sets={json.dumps({'canary': tweets})}"])
+    spec = load_spec(space)
+    with pytest.raises(UserError, match="sets.tweets is gate.sets.canary too"):
+        stages.sweep_sets(gated, spec, None, tmp_path / "x", project)
