@@ -426,7 +426,9 @@ def sweep_sets(p: Params, spec, data: Snapshot, out: Path, root: Path) -> dict[s
                         + ("; choose on another slice than the gate judges on (a canary the sweep chose on is not unseen)" if clash else ""))
     rows = {}
     for name, s in spec.sets.items():
-        rows[name], _, _ = load_labeled_file(where(s.path), p, out / name, s.file_columns(), exclude=[data.train, data.validation])
+        rows[name], counts, left_out = load_labeled_file(where(s.path), p, out / name, s.file_columns(), exclude=[data.train, data.validation])
+        print(f"sweep set {name}: {counts.kept - left_out} rows scored; of {counts.rows_in} read, {counts.quarantined} quarantined, "
+              f"{counts.duplicates} duplicates, {left_out} left out as training or validation data", file=sys.stderr)
     return rows
 
 

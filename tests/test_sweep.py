@@ -156,7 +156,7 @@ def test_with_out_of_source_sets_a_trial_is_chosen_on_validation_and_the_sets_to
         run_sweep(spec(0.5), load, None, tmp_path / "none", train, "lmops", seed=3, progress=False)
 
 
-def test_lmops_sweep_scores_every_trial_on_its_sets_and_refuses_a_gate_canary(project, lmops_home, tiny_lm, tmp_path, monkeypatch):
+def test_lmops_sweep_scores_every_trial_on_its_sets_and_refuses_a_gate_canary(project, lmops_home, tiny_lm, tmp_path, monkeypatch, capsys):
     """The command on the tiny project with real fine-tuning trials: each trial's model is scored on the tweets set
     (its rows read with the ingest rules), and its value is the mix of that score and validation."""
     import mlflow
@@ -189,8 +189,9 @@ def test_lmops_sweep_scores_every_trial_on_its_sets_and_refuses_a_gate_canary(pr
         assert run.data.metrics["set.tweets.macro_f1"] == pytest.approx(got.macro_f1, abs=1e-6)
         value = 0.5 * run.data.metrics["best_val_macro_f1"] + 0.5 * got.macro_f1
         assert run.data.metrics["sweep_value"] == pytest.approx(value, abs=1e-6) and f"{value:.4f}" in text
-    # the set was read like an ingest source: 150 tweets in, none dropped silently
+    # the set was read like an ingest source, and what was scored is counted
     assert len(pd.read_parquet(rows)) > 100
+    assert f"sweep set tweets: {len(pd.read_parquet(rows))} rows scored; of 150 read" in capsys.readouterr().err
     # a sweep may not choose on the canary the gate judges by
     gated = load_params(project / "params.yaml", overrides=[f"gate.sets={json.dumps({'canary': tweets})}"])
     spec = load_spec(space)
