@@ -212,6 +212,13 @@ def run_sweep(spec: SweepSpec, load, data, out: Path, train, experiment: str, se
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2) if spec.pruning else optuna.pruners.NopPruner())
     done_before = len([t for t in study.trials if t.state.is_finished()])
+    # a continued study compares new trials' values with the old ones': they must mean the same thing
+    definition = {"objective": spec.objective, "sets": sorted(spec.sets), "sets_weight": spec.sets_weight if spec.sets else None}
+    before = study.user_attrs.get("value_definition")
+    if done_before and before is not None and before != definition:
+        raise UserError(f"{out / 'study.db'}: its {done_before} trials were valued as {before}, this sweep file values them as {definition}; "
+                        f"give it another --out (or name) to start a new study, or restore objective, sets and sets_weight")
+    study.set_user_attr("value_definition", definition)
     mlflow.set_experiment(experiment)
     start = time.perf_counter()
     with mlflow.start_run(run_name=f"sweep {spec.name}") as parent:

@@ -152,6 +152,11 @@ def test_with_out_of_source_sets_a_trial_is_chosen_on_validation_and_the_sets_to
         text = Path(r.report).read_text()
         assert "out-of-source sets never trained on (tweets)" in text and "| tweets | value |" in text
         assert "tweets 0." in Path(r.best_layer).read_text().splitlines()[0]
+    # continuing a study under another definition of a trial's value would rank old and new trials on two scales
+    with pytest.raises(UserError, match="valued as") as err:
+        edited = spec(0.5).model_copy(update={"name": "w0.1"})  # the study of the 0.1 sweep, its file edited to 0.5
+        run_sweep(edited, load, None, tmp_path / "s0.1", train, "lmops", seed=3, progress=False, score_sets=score_sets)
+    assert "'sets_weight': 0.1" in str(err.value) and "'sets_weight': 0.5" in str(err.value)
     with pytest.raises(UserError, match="nothing to score them with"):
         run_sweep(spec(0.5), load, None, tmp_path / "none", train, "lmops", seed=3, progress=False)
 
