@@ -370,7 +370,6 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
     """Score the current champion now on the same test split, and both models on every ``gate.sets`` entry
     (``model_dir``: the candidate's folder; paths relative to ``root``); then decide (``gate/decision.json``)."""
     from lmops.tasks import registry
-    from lmops.tasks.evaluate import load_labeled_file
     from lmops.tasks.gate import decide
 
     champ = registry.get_version(p.register_.model_name, registry.CHAMPION)
@@ -392,9 +391,7 @@ def gate(p: Params, run: RunLayout, candidate, model_dir: str | Path | None = No
     sets = {}
     for name, spec in p.gate.sets.items():
         out = run.gate / "sets" / name
-        path = Path(spec.path) if Path(spec.path).is_absolute() else (root or Path.cwd()) / spec.path
-        data, _, left_out = load_labeled_file(path, p, out / "data", spec.file_columns(),
-                                              exclude=[run.data.train, run.data.validation])
+        data, _, left_out = _labeled_set(p, spec, root, run.data, out / "data")
         if local:
             data, seen_here, note = _unseen_by(local, f"champion v{champ.version}", data, out / "data" / "held-out.parquet")
             left_out += seen_here
@@ -415,21 +412,33 @@ def sweep_sets(p: Params, spec, data: Snapshot, out: Path, root: Path) -> dict[s
     are training or validation data: {name: rows}. A file that is also one of ``gate.sets`` is refused: a canary
     the configuration was chosen on no longer tells the gate how it does on unseen data."""
     from lmops.errors import UserError
-    from lmops.tasks.evaluate import load_labeled_file
 
-    where = lambda path: (Path(path) if Path(path).is_absolute() else root / path).resolve()  # noqa: E731
-    gate_files = {where(g.path): name for name, g in p.gate.sets.items()}
-    clash = [f"sets.{name} is gate.sets.{gate_files[where(s.path)]} too ({s.path})" for name, s in spec.sets.items() if where(s.path) in gate_files]
-    missing = [f"sets.{name}: {where(s.path)} does not exist" for name, s in spec.sets.items() if not where(s.path).is_file()]
+    gate_files = {_project_file(g.path, root): name for name, g in p.gate.sets.items()}
+    clash = [f"sets.{name} is gate.sets.{gate_files[_project_file(s.path, root)]} too ({s.path})" for name, s in spec.sets.items()
+             if _project_file(s.path, root) in gate_files]
+    missing = [f"sets.{name}: {_project_file(s.path, root)} does not exist" for name, s in spec.sets.items() if not _project_file(s.path, root).is_file()]
     if clash or missing:
         raise UserError(f"sweep {spec.name}: " + "; ".join(clash + missing)
                         + ("; choose on another slice than the gate judges on (a canary the sweep chose on is not unseen)" if clash else ""))
     rows = {}
     for name, s in spec.sets.items():
-        rows[name], counts, left_out = load_labeled_file(where(s.path), p, out / name, s.file_columns(), exclude=[data.train, data.validation])
+        rows[name], counts, left_out = _labeled_set(p, s, root, data, out / name)
         print(f"sweep set {name}: {counts.kept - left_out} rows scored; of {counts.rows_in} read, {counts.quarantined} quarantined, "
               f"{counts.duplicates} duplicates, {left_out} left out as training or validation data", file=sys.stderr)
     return rows
+
+
+def _project_file(path: str, root: Path | None) -> Path:
+    """A path from params or a sweep file: as given when absolute, else under the project root."""
+    return (Path(path) if Path(path).is_absolute() else (root or Path.cwd()) / path).resolve()
+
+
+def _labeled_set(p: Params, spec, root: Path | None, data: Snapshot, out: Path):
+    """A named labeled file (``gate.sets`` or a sweep's ``sets`` entry) through the ingest rules, less its rows that
+    are ``data``'s training or validation rows: (rows, the file's row counts, how many were left out)."""
+    from lmops.tasks.evaluate import load_labeled_file
+
+    return load_labeled_file(_project_file(spec.path, root), p, out, spec.file_columns(), exclude=[data.train, data.validation])
 
 
 def _unseen_by(model: Path, name: str, data_path: Path, out_path: Path) -> tuple[Path, int, str | None]:

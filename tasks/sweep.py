@@ -351,7 +351,7 @@ def _report(spec: SweepSpec, trials: list[Trial], best: int, layer: Path, path: 
         mark = " **best**" if t.number == best else ""
         vals = " | ".join(f"{t.params.get(k):.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k)) for k in keys)
         on = "".join(f"{fmt(t.sets.get(n))} | " for n in names) + (f"{fmt(t.value)} | " if names else "")
-        lines.append(f"| {t.number}{mark} | {t.state.lower()} | {vals} | {fmt(t.validation if names else t.value)} | {on}"
+        lines.append(f"| {t.number}{mark} | {t.state.lower()} | {vals} | {fmt(t.validation)} | {on}"
                      f"{len(t.epochs) if t.epochs else ('cached' if t.reused else '')} | {t.seconds} |")
     path.write_text("\n".join(lines) + "\n\n![trials](trials.png)\n")
     return path
