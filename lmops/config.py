@@ -409,6 +409,11 @@ class FinetuneParams(Section):
     # drawn anew every step (seeded): the model cannot lean on any one word, as text from another source often
     # lacks the words it learned (cashtags, links, slang); validation and prediction read every token
     token_mask: float = Field(default=0.0, ge=0, lt=1)
+    # R-Drop (Liang et al., 2021): every batch goes through the model twice, under two dropout draws, and the loss adds
+    # this weight times the symmetric KL divergence between the two predictions (averaged over what the loss scores)
+    # to the mean of their cross-entropies: the sub-models dropout samples must agree, so the one served (no dropout)
+    # is closer to what training fitted. Twice the training compute; 0 = off
+    rdrop: float = Field(default=0.0, ge=0)
     # WiSE-FT after training (method full): the encoder's weights moved back towards the base's,
     # alpha · trained + (1 − alpha) · base, the head as trained, for each alpha listed; the weights with the best
     # validation score are kept, the trained ones on a tie. [] = off. Measured at 0.8 on three seeds: +0.2 / +0.5 / +0.5 on

@@ -375,6 +375,9 @@ def finetune(
             model = get_peft_model(model, peft_config(params, model))  # SEQ_CLS keeps the classifier head trainable and saved
         except ValueError as exc:
             raise UserError(f"finetune.method {params.method!r} does not support {model.config.model_type!r} here: {exc}") from exc
+    if params.rdrop and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        raise UserError(f"finetune.rdrop: {params.rdrop} makes two dropout draws of each batch agree, but {base} has no dropout "
+                        "left on (every dropout probability is 0): set finetune.rdrop: 0")
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
 
@@ -411,13 +414,15 @@ def finetune(
         order = sampler.epoch()
         if params.group_by_length:
             order = length_grouped(order, lengths, params.batch_size, rng)
-        epoch_loss = 0.0
+        epoch_loss, epoch_kl = 0.0, 0.0
         for i in range(0, len(order), params.batch_size):
             idx = order[i : i + params.batch_size]
             enc = kind.encode(tokenizer, [texts[j] for j in idx], params.max_length, reading)
             if params.token_mask:
                 enc["input_ids"] = mask_tokens(enc["input_ids"], tokenizer, params.token_mask, masking)
-            loss = kind.batch_loss(train_loss_fn, model(**enc).logits, enc, [y_train[j] for j in idx])
+            loss, fit, agreement = training_loss(model, enc, kind, train_loss_fn, [y_train[j] for j in idx], params.rdrop)
+            if agreement is not None:
+                epoch_kl += float(agreement.detach()) * len(idx)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
@@ -425,13 +430,15 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             if average is not None:
                 average.update()
-            epoch_loss += float(loss.detach()) * len(idx)
+            epoch_loss += float(fit.detach()) * len(idx)  # the training loss curve stays cross-entropy, R-Drop or not
             step += 1
             bar.update(1)
         epoch_loss /= len(texts)
         f1, v, by_source = validate()
         val_loss, macro, entity_f1 = v["val_loss"], v["macro"], v.get("entity_f1")
         history.append({"epoch": epoch, "train_loss": round(epoch_loss, 4), **_scores(v, by_source, f1)})
+        if params.rdrop:  # how far apart two dropout draws still predict, per training row
+            history[-1]["train_dropout_kl"] = round(epoch_kl / len(texts), 5)
         weights = "trained"
         if average is not None:
             with average.applied():
@@ -500,6 +507,32 @@ def finetune(
     )
     (out_dir / "finetune.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def training_loss(model, enc, kind, loss_fn, targets: list, rdrop: float = 0.0):
+    """(what a training step descends, its cross-entropy part, R-Drop's agreement term or None). With ``rdrop`` the
+    batch runs twice, under two dropout draws: the mean of their cross-entropies plus ``rdrop`` times
+    :func:`symmetric_kl` between them."""
+    if not rdrop:
+        fit = kind.batch_loss(loss_fn, model(**enc).logits, enc, targets)
+        return fit, fit, None
+    first, target = kind.scored(model(**enc).logits, enc, targets)
+    second = kind.scored(model(**enc).logits, enc, targets)[0]
+    agreement = symmetric_kl(first, second, target)
+    fit = (loss_fn(first, target) + loss_fn(second, target)) / 2
+    return fit + rdrop * agreement, fit, agreement
+
+
+def symmetric_kl(a, b, target):
+    """R-Drop's agreement term: (KL(p_a ‖ p_b) + KL(p_b ‖ p_a)) / 2 between the softmaxes of two logit rows, summed
+    over classes and averaged over the rows whose target is not -100 (0 when there are none)."""
+    import torch
+
+    keep = target != -100
+    if not bool(keep.any()):
+        return a.sum() * 0.0
+    la, lb = torch.log_softmax(a[keep], -1), torch.log_softmax(b[keep], -1)
+    return ((la.exp() * (la - lb)).sum(-1) + (lb.exp() * (lb - la)).sum(-1)).mean() / 2
 
 
 def encoder_weights(model) -> dict:

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -887,3 +888,77 @@ def test_label_smoothing_trains_a_less_confident_model_and_selects_on_plain_targ
     y = torch.tensor([LABELS.index(v) for v in val["label"]])
     best = next(h for h in smooth.history if h["epoch"] == smooth.best_epoch)
     assert best["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits.float(), y).item(), abs=2e-3)
+
+
+def test_rdrop_term_is_the_symmetric_kl_over_the_scored_rows():
+    from lmops.tasks.finetune import symmetric_kl
+
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5], [9.0, -9.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0, 0.0], [1.5, 0.5, -0.5], [-9.0, 9.0, 0.0]])
+    target = torch.tensor([0, 2, -100])  # the third row is not scored (a sub-token, padding)
+    pa, pb = torch.softmax(a[:2].double(), -1), torch.softmax(b[:2].double(), -1)
+    by_row = ((pa * (pa / pb).log()).sum(-1) + (pb * (pb / pa).log()).sum(-1)) / 2
+    assert symmetric_kl(a, b, target).item() == pytest.approx(by_row.mean().item(), rel=1e-5)
+    assert symmetric_kl(a, b, target).item() == pytest.approx(symmetric_kl(b, a, target).item(), rel=1e-6)
+    assert symmetric_kl(a, a, target).item() == 0.0
+    assert symmetric_kl(a, b, torch.full((3,), -100)).item() == 0.0
+
+
+def test_rdrop_term_of_a_tagger_counts_each_word_once(tiny_lm):
+    from lmops.models import load_tokenizer
+    from lmops.tasks.finetune import symmetric_kl
+
+    token = KINDS["token"]
+    tok = load_tokenizer(tiny_lm[1].model_dir)
+    words = [["infosys", "shares", "skyrocketed"], ["up"]]
+    enc = token.encode(tok, words, 32)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(*enc["input_ids"].shape, 9, generator=g) for _ in range(2))
+    rows_a, target = token.scored(a, enc, [[1, 2, 0], [0]])
+    rows_b, _ = token.scored(b, enc, [[1, 2, 0], [0]])
+    # the first sub-token of each of the 4 words, wherever the tokenizer split them
+    firsts = [(i, enc.word_ids(i).index(w)) for i, ws in enumerate(words) for w in range(len(ws))]
+    assert int((target != -100).sum()) == 4 and enc["input_ids"].shape[1] > 6
+    by_word = [symmetric_kl(a[i, j][None], b[i, j][None], torch.zeros(1, dtype=torch.long)) for i, j in firsts]
+    assert symmetric_kl(rows_a, rows_b, target).item() == pytest.approx(torch.stack(by_word).mean().item(), rel=1e-5)
+
+
+def test_rdrop_steps_on_two_dropout_draws_and_needs_dropout(tiny_lm, ingested, tmp_path):
+    import pandas as pd
+
+    from lmops.errors import UserError
+    from lmops.models import load_tokenizer
+    from lmops.tasks.finetune import symmetric_kl, training_loss
+
+    _, pre, p = tiny_lm
+    data = ingested[0]
+    texts = pd.read_parquet(data / "train.parquet")["text"].tolist()[:16]
+    targets = [0, 1, 2, 1] * 4
+    model = initial_model(pre.model_dir, LABELS, SEQ, 0)[0].train()
+    enc = SEQ.encode(load_tokenizer(pre.model_dir), texts, 32)
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 0.5, 2.0]))
+    torch.manual_seed(3)
+    loss, fit, agreement = training_loss(model, enc, SEQ, ce, targets, 4.0)
+    torch.manual_seed(3)  # the same two dropout draws, by hand
+    a, b = model(**enc).logits, model(**enc).logits
+    y = torch.tensor(targets)
+    assert not torch.allclose(a, b)  # two draws do differ
+    assert fit.item() == pytest.approx(((ce(a, y) + ce(b, y)) / 2).item(), rel=1e-6)
+    assert agreement.item() == pytest.approx(symmetric_kl(a, b, y).item(), rel=1e-6) and agreement.item() > 0
+    assert loss.item() == pytest.approx(fit.item() + 4.0 * agreement.item(), rel=1e-6)
+    torch.manual_seed(3)  # off: one pass, the plain loss
+    plain, plain_fit, none = training_loss(model, enc, SEQ, ce, targets, 0.0)
+    assert none is None and plain is plain_fit and plain.item() == pytest.approx(ce(a, y).item(), rel=1e-6)
+    # in a fine-tuning: the term per epoch in the history, the loss curve still the cross-entropy
+    fp = p.finetune.model_copy(update={"method": "full", "rdrop": 4.0, "epochs": 2, "patience": 2, "calibration": "none"})
+    s = finetune(data / "train.parquet", data / "validation.parquet", pre.model_dir, LABELS, fp, 0, tmp_path / "rdrop", progress=False)
+    assert all(0 < h["train_dropout_kl"] < 0.1 and 0.5 < h["train_loss"] < 1.5 for h in s.history)
+    # a base with every dropout probability at 0 would pay twice the compute for nothing
+    still = tmp_path / "no_dropout"
+    shutil.copytree(pre.model_dir, still)
+    config = json.loads((still / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (still / "config.json").write_text(json.dumps(config))
+    fp = p.finetune.model_copy(update={"method": "full", "rdrop": 1.0, "epochs": 1, "calibration": "none"})
+    with pytest.raises(UserError, match="finetune.rdrop: 1.0 .* has no dropout"):
+        finetune(data / "train.parquet", data / "validation.parquet", str(still), LABELS, fp, 0, tmp_path / "refused", progress=False)

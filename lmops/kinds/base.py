@@ -199,10 +199,14 @@ class TaskKind:
         """Training rows as the model reads them: (inputs, targets, the source row of each)."""
         return inputs, targets, list(range(len(inputs)))
 
-    def batch_loss(self, loss_fn, logits, enc, targets: list):
+    def scored(self, logits, enc, targets: list):
+        """(logits, target ids): one row per prediction the training loss scores, ignored ones with target -100."""
         import torch
 
-        return loss_fn(logits, torch.as_tensor(targets, dtype=torch.long))
+        return logits, torch.as_tensor(targets, dtype=torch.long)
+
+    def batch_loss(self, loss_fn, logits, enc, targets: list):
+        return loss_fn(*self.scored(logits, enc, targets))
 
     def lengths(self, tokenizer, inputs: list, max_length: int, reading: Reading = Reading()) -> list[int]:
         """What each input is padded up to in a batch: its word pieces as :meth:`encode` reads it, at most

@@ -81,8 +81,9 @@ class TokenKind(TaskKind):
                                                  dtype=torch.long)
         return enc
 
-    def batch_loss(self, loss_fn, logits, enc, targets: list):
-        return loss_fn(logits.flatten(0, 1), align_tags(enc, targets).flatten())
+    def scored(self, logits, enc, targets: list):
+        # a word's first sub-token carries its tag; the others, specials and padding are -100
+        return logits.flatten(0, 1), align_tags(enc, targets).flatten()
 
     # --- long sentences: word windows instead of a cut ------------------------------------------------
     # A sentence longer than max_length sub-tokens used to lose its tail (every word there tagged O, every entity
